@@ -1,0 +1,3 @@
+from minict.cli import main
+
+main()

@@ -1,0 +1,192 @@
+"""The command line: each command parses, calls one function, and formats.
+
+The commands, flags and one-line usages are the Go original's (urfave/cli):
+pull, run, start, rm, list-containers, list-images, and help (alias h).
+Every failure is one `fatal <message>` line on standard error and exit 1;
+click's own usage errors keep exit 2.  Heavy modules (requests, rich) are
+imported inside the commands that need them, so `--help` and `start` stay fast.
+"""
+
+import json
+import os
+import sys
+
+import click
+
+from minict import __version__, log
+from minict.errors import MinictError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+# The original's order (urfave/cli lists commands as declared, not sorted).
+ORDER = ["pull", "run", "start", "rm", "list-containers", "list-images", "help"]
+ALIASES = {"h": "help"}
+
+
+class MinictGroup(click.Group):
+    """A group that keeps the original's command order and the `h` alias."""
+
+    def list_commands(self, ctx):
+        known = [name for name in ORDER if name in self.commands]
+        return known + sorted(set(self.commands) - set(known))
+
+    def get_command(self, ctx, name):
+        return super().get_command(ctx, ALIASES.get(name, name))
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        return (command.name if command else name), command, rest
+
+    def format_commands(self, ctx, formatter):
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is None or command.hidden:
+                continue
+            shown = ", ".join([name] + [a for a, target in ALIASES.items() if target == name])
+            rows.append((shown, command.get_short_help_str(limit=80)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=MinictGroup, context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="minict", message="%(prog)s version %(version)s")
+@click.option("--debug", is_flag=True, help="Print debug lines for every request and decision "
+              "(also MINICT_LOG_LEVEL=debug).")
+def group(debug):
+    """A minimal, easy-to-understand container runtime."""
+    if debug:
+        log.set_debug(True)
+
+
+def _parse_reference(text):
+    from minict import reference
+
+    return reference.parse(text)
+
+
+def _print_json_list(items):
+    """Print a JSON array indented by tabs, as Go's json.MarshalIndent(x, "", "\\t")."""
+    click.echo(json.dumps(list(items), indent="\t"))
+
+
+@group.command(short_help="Pull an image from Dockerhub or a different container registry.")
+@click.option("--image", required=True, help="The image to pull, e.g. ubuntu:20.04.")
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]",
+              help="Which platform to pick from a multi-platform image (default: this host's).")
+@click.option("--insecure", is_flag=True,
+              help="Allow plain HTTP and unverified TLS for this registry.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="How many blobs to download at once.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only errors.")
+def pull(image, platform, insecure, jobs, quiet):
+    """Pull an image from Dockerhub or a different container registry."""
+    ref = _parse_reference(image)
+    if quiet:
+        log.set_quiet(True)
+    from minict import pull as pulling
+
+    pulling.pull(ref, platform=platform, insecure=insecure, jobs=jobs)
+    log.info("Image pulled successfully.")
+
+
+@group.command(short_help="Run a new container.")
+@click.option("--image", required=True, help="The image to run, as pulled (see list-images).")
+@click.option("--name", required=True, help="The new container's name.")
+def run(image, name):
+    """Run a new container."""
+    from minict import container, store
+
+    store.check_container_name(name)
+    ref = _parse_reference(image)
+    status = container.run(ref, name)
+    sys.exit(status)
+
+
+@group.command(short_help="Start an existing container that was exited.")
+@click.option("--name", required=True, help="The container to start.")
+def start(name):
+    """Start an existing container that was exited."""
+    from minict import container, store
+
+    store.check_container_name(name)
+    sys.exit(container.start(name))
+
+
+@group.command(short_help="Remove an existing container.")
+@click.option("--name", required=True, help="The container to remove.")
+@click.option("--force", "-f", is_flag=True, help="Kill the container first if it is running.")
+def rm(name, force):
+    """Remove an existing container."""
+    from minict import container, store
+
+    store.check_container_name(name)
+    container.remove(name, force=force)
+    log.info("Container removed successfully.")
+
+
+@group.command("list-containers", short_help="List all current containers.")
+def list_containers():
+    """List all current containers."""
+    from minict import store
+
+    _print_json_list(store.list_container_names())
+
+
+@group.command("list-images", short_help="List all images.")
+def list_images():
+    """List all images."""
+    from minict import layout
+
+    _print_json_list(layout.list_images())
+
+
+@group.command("help", short_help="Shows a list of commands or help for one command")
+@click.argument("command", required=False)
+@click.pass_context
+def help_command(ctx, command):
+    """Shows a list of commands or help for one command"""
+    parent = ctx.parent
+    if not command:
+        click.echo(parent.get_help())
+        return
+    target = group.get_command(parent, command)
+    if target is None:
+        raise MinictError(f"No help topic for '{command}'")
+    with click.Context(target, info_name=target.name, parent=parent) as sub:
+        click.echo(target.get_help(sub))
+
+
+def main(argv=None):
+    """Run the CLI; turn every failure into one `fatal` line and exit 1."""
+    if os.environ.get("MINICT_LOG_LEVEL", "").lower() == "debug":
+        log.set_debug(True)
+    try:
+        group.main(args=argv, prog_name="minict", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as usage:
+        usage.show()
+        sys.exit(usage.exit_code)
+    except click.exceptions.Abort:
+        log.fatal("aborted")
+        sys.exit(1)
+    except MinictError as err:
+        log.fatal(str(err))
+        sys.exit(1)
+    except KeyboardInterrupt:
+        log.fatal("interrupted")
+        sys.exit(130)
+    except BrokenPipeError:
+        # A reader closed our stdout (`minict list-images | head -0`): nothing to report.
+        sys.stderr.close()
+        sys.exit(1)
+    except OSError as err:
+        # An unforeseen OS failure still reaches the user as one line, not a traceback.
+        log.fatal(f"{err.strerror or err}" + (f": {err.filename}" if err.filename else ""))
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

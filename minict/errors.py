@@ -1,0 +1,59 @@
+"""The one error type minict raises, caught once in the CLI.
+
+Code anywhere raises MinictError (or a subclass naming its stage); cli.py
+prints it as a single `fatal` line and exits 1.  The message is what the
+user reads: short, lower-case context first (`pull layer sha256:ab12: ...`)
+so the one printed line says where and why.
+"""
+
+
+class MinictError(Exception):
+    """An error with a message for the user and an optional hint."""
+
+    # What the CLI prints before the message; the stages set the original's
+    # "Failed to <stage> image. Error received: " here.
+    prefix = ""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = self.prefix + self.message
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+
+class InvalidReference(MinictError):
+    """An image reference that does not follow Docker's grammar."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"Invalid image name: {reason}")
+
+
+class InvalidName(MinictError):
+    """A container name that could not be a directory name of ours."""
+
+
+class PullError(MinictError):
+    """Talking to a registry or storing what it sent failed."""
+
+    prefix = "Failed to pull image. Error received: "
+
+
+class UnpackError(MinictError):
+    """Turning a stored image into a bundle failed."""
+
+    prefix = "Failed to unpack image. Error received: "
+
+
+class LaunchError(MinictError):
+    """Starting the container's process failed."""
+
+    prefix = "Failed to run image. Error received: "
+
+
+class ContainerError(MinictError):
+    """A container is not in a state the command can act on (exists, missing, running)."""

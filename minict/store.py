@@ -1,0 +1,111 @@
+"""The only place that turns names into paths under $MINICT_DIR.
+
+    $MINICT_DIR/                      (default /var/lib/minict)
+      images/<repository>/            an OCI image layout per repository
+      containers/<name>/              an OCI runtime bundle per container
+
+Container names are checked before any path is built from them, and image
+repositories come only from a parsed Reference, so nothing here can point
+outside the root.
+"""
+
+import os
+import re
+from pathlib import Path
+
+from minict.errors import InvalidName, MinictError
+from minict.reference import Reference
+
+DEFAULT_ROOT = "/var/lib/minict"
+_CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+# Names an OCI image layout uses for itself; a repository path component
+# with one of these names would land inside another repository's layout.
+_LAYOUT_ENTRIES = frozenset({"blobs", "index.json", "oci-layout"})
+
+
+def root() -> Path:
+    """Return $MINICT_DIR (default /var/lib/minict) as an absolute path."""
+    return Path(os.path.abspath(os.environ.get("MINICT_DIR") or DEFAULT_ROOT))
+
+
+def images_dir() -> Path:
+    return root() / "images"
+
+
+def containers_dir() -> Path:
+    return root() / "containers"
+
+
+def ensure_dirs() -> None:
+    """Create the root, images/ and containers/ if missing; raise MinictError."""
+    for path in (images_dir(), containers_dir()):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise MinictError(f"cannot create {path}: {err.strerror}") from None
+
+
+def check_container_name(name: str) -> str:
+    """Return `name` if it can name a container; raise InvalidName otherwise."""
+    if not isinstance(name, str) or not _CONTAINER_NAME.match(name):
+        raise InvalidName(
+            f"Invalid container name {name!r}: use 1-128 of letters, digits, '_', '.' "
+            "and '-', starting with a letter or digit"
+        )
+    return name
+
+
+def container_dir(name: str) -> Path:
+    """Return the bundle directory of container `name` (validated)."""
+    return containers_dir() / check_container_name(name)
+
+
+def image_dir(ref: Reference) -> Path:
+    """Return the OCI layout directory of the repository `ref` names.
+
+    Docker Hub's `docker.io/` and `library/` are dropped: `images/ubuntu`,
+    `images/someuser/app`, `images/localhost:5000/team/app`.
+    """
+    parts = ref.familiar_name.split("/")
+    for part in parts[1:]:
+        if part in _LAYOUT_ENTRIES:
+            raise MinictError(
+                f"repository {ref.familiar_name!r} cannot be stored: its path component "
+                f"{part!r} is a name the OCI image layout uses"
+            )
+    return images_dir().joinpath(*parts)
+
+
+def list_container_names() -> list[str]:
+    """Return the names of the bundles under containers/, sorted."""
+    try:
+        entries = os.listdir(containers_dir())
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        raise MinictError(f"cannot read {containers_dir()}: {err.strerror}") from None
+    return sorted(e for e in entries if _CONTAINER_NAME.match(e)
+                  and (containers_dir() / e).is_dir())
+
+
+def list_image_dirs() -> list[tuple[str, Path]]:
+    """Return (repository, layout dir) for every image layout under images/, sorted.
+
+    Repositories nest (`someuser/app`, `localhost:5000/team/app`), so the
+    tree is walked; a directory is a layout when it holds `oci-layout`.
+    """
+    found = []
+    base = images_dir()
+    try:
+        for current, dirs, files in os.walk(base, onerror=_raise_walk_error):
+            dirs[:] = sorted(d for d in dirs if d != "blobs" and not d.startswith("."))
+            if "oci-layout" in files:
+                found.append((os.path.relpath(current, base), Path(current)))
+    except OSError as err:
+        raise MinictError(f"cannot read {base}: {err.strerror}") from None
+    return sorted(found)
+
+
+def _raise_walk_error(err: OSError) -> None:
+    if not isinstance(err, FileNotFoundError):
+        raise err
