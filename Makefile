@@ -1,0 +1,62 @@
+# minict's tasks.  Run as root: minict creates namespaces and mounts.
+#
+#   make install   system packages, a venv in $(PREFIX), and $(BINDIR)/minict
+#   make demo      a local registry, a busybox image pushed to it, pulled and run
+#   make test      the whole test suite against a real registry on loopback
+#   make lint      ruff
+#   make bench     minict against skopeo, umoci, tar, runc and crun (see bench/)
+
+# Debian's python3, not a user's pyenv shim: the installed minict must work for root.
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
+PREFIX ?= /opt/minict
+BINDIR ?= /usr/local/bin
+VENV ?= .venv
+
+RUNTIME_PACKAGES = python3 python3-venv ca-certificates
+TEST_PACKAGES = docker-registry skopeo umoci busybox-static apache2-utils zstd tmux \
+	iproute2 nftables util-linux procps
+BENCH_PACKAGES = debootstrap runc crun hyperfine time
+
+.PHONY: install uninstall demo test lint bench deps test-deps bench-deps clean
+
+install: deps
+	$(PYTHON) -m venv $(PREFIX)
+	$(PREFIX)/bin/pip install --quiet --disable-pip-version-check .
+	ln -sf $(PREFIX)/bin/minict $(BINDIR)/minict
+	@$(BINDIR)/minict --version
+
+uninstall:
+	rm -f $(BINDIR)/minict
+	rm -rf --one-file-system $(PREFIX)
+
+demo: test-deps
+	@command -v minict >/dev/null || { echo "run 'make install' first" >&2; exit 1; }
+	$(PYTHON) tests/support/demo.py
+
+test: test-deps $(VENV)/.installed
+	@# pytest exits 5 when it collected no test: that must not pass.
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: no tests ran" >&2; exit 1; fi; exit $$rc
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check minict tests bench
+
+bench: bench-deps test-deps $(VENV)/.installed
+	$(VENV)/bin/python bench/run.py all $(BENCH_ARGS)
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+deps:
+	@sh .ci/apt-install $(RUNTIME_PACKAGES)
+
+test-deps: deps
+	@sh .ci/apt-install $(TEST_PACKAGES)
+
+bench-deps: deps
+	@sh .ci/apt-install $(BENCH_PACKAGES)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
