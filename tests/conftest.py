@@ -1,0 +1,152 @@
+"""Fixtures every test module shares.
+
+    registry       a started docker-registry on 127.0.0.1:<port> (tests.support.registry)
+    minict_dir     an empty temporary MINICT_DIR (it exists)
+    minict         run `python -m minict ARGS...` with MINICT_DIR set; returns CompletedProcess
+    busybox_image  a busybox image built by umoci, pushed by skopeo to `registry`
+    require_tool   require_tool("skopeo") -> path; skips locally, fails under CI=true
+
+Mark tests that need root with `@pytest.mark.root`: they skip locally when not
+root and fail under CI=true.  Every test is checked for mounts it left behind
+under pytest's temporary directories.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import ci
+from tests.support.registry import Registry
+
+MINICT_TIMEOUT = 120
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "root: the test needs root (skips locally, fails in CI)")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("root") is not None:
+        ci.require_root()
+
+
+# -- mount leak guard -----------------------------------------------------
+
+
+def _mounts_under(base: str) -> set[str]:
+    """Return the mount points below `base` in this mount namespace."""
+    found = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            # Field 5 is the mount point, with space, tab, newline and
+            # backslash written as octal escapes (proc(5)).
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4])
+            if point == base or point.startswith(base.rstrip("/") + "/"):
+                found.add(point)
+    return found
+
+
+@pytest.fixture(scope="session")
+def _pytest_tmp_base(tmp_path_factory):
+    return str(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_mounts_left_in_session(_pytest_tmp_base):
+    """After the session, nothing may stay mounted under pytest's temp dirs."""
+    yield
+    leaked = _mounts_under(_pytest_tmp_base)
+    assert not leaked, f"mounts left behind under {_pytest_tmp_base}: {sorted(leaked)}"
+
+
+@pytest.fixture(autouse=True)
+def _no_mounts_left_by_test(_pytest_tmp_base):
+    """Blame the test that leaked a mount (this fixture is torn down last)."""
+    before = _mounts_under(_pytest_tmp_base)
+    yield
+    leaked = _mounts_under(_pytest_tmp_base) - before
+    assert not leaked, f"the test left mounts behind: {sorted(leaked)}"
+
+
+# -- tools, registry, minict ----------------------------------------------
+
+
+@pytest.fixture
+def require_tool():
+    """Return require_tool(name) -> path; it skips locally and fails in CI when missing."""
+    return ci.require_tool
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """A started registry; stopped (by pid) after the test."""
+    ci.require_tool("docker-registry")
+    reg = Registry(tmp_path / "registry")
+    reg.start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def minict_dir(tmp_path):
+    """An empty MINICT_DIR for one test."""
+    path = tmp_path / "minict"
+    path.mkdir()
+    return path
+
+
+def run_minict(*args, minict_dir, input=None, env=None, timeout=MINICT_TIMEOUT, cwd=None):
+    """Run `python -m minict ARGS` and return the CompletedProcess (text, captured)."""
+    full_env = dict(os.environ)
+    full_env["MINICT_DIR"] = str(minict_dir)
+    full_env.pop("MINICT_LOG_LEVEL", None)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "minict", *map(str, args)],
+        input=input, check=False,
+        stdin=subprocess.DEVNULL if input is None else None,
+        capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd,
+    )
+
+
+@pytest.fixture
+def minict(minict_dir):
+    """minict("pull", "--image", ref, input=None, env=None, timeout=120) -> CompletedProcess.
+
+    `env` is merged over the test's environment (MINICT_DIR set to `minict_dir`;
+    pass env={"MINICT_DIR": ...} to point elsewhere).
+    """
+
+    def call(*args, input=None, env=None, timeout=MINICT_TIMEOUT, cwd=None):
+        return run_minict(*args, minict_dir=minict_dir, input=input, env=env,
+                          timeout=timeout, cwd=cwd)
+
+    return call
+
+
+# -- images built with real tools -----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def busybox_layout(tmp_path_factory):
+    """The busybox OCI layout built once per session by umoci (see tests.support.tools)."""
+    from tests.support import tools
+
+    for tool in tools.BUSYBOX_TOOLS:
+        ci.require_tool(tool)
+    return tools.build_busybox_layout(tmp_path_factory.mktemp("busybox"))
+
+
+@pytest.fixture
+def busybox_image(busybox_layout, registry):
+    """The busybox image pushed by skopeo to `registry` as test/busybox:latest.
+
+    It is a str (the reference `127.0.0.1:PORT/test/busybox:latest`) with
+    `.registry`, `.layout`, `.repo` and `.tag` attributes.
+    """
+    from tests.support import tools
+
+    return tools.skopeo_push(busybox_layout, registry, "test/busybox", "latest")

@@ -1,0 +1,176 @@
+"""A real CNCF distribution registry (`docker-registry serve`) on loopback.
+
+    with Registry(tmp_path) as reg:
+        push(reg.url, "test/app", "latest", image)
+        ...  # reg.host == "127.0.0.1:PORT"
+
+The registry stores blobs on the file system under `workdir/storage`, so a
+test can read or corrupt what it serves (`blob_data_path`).  Usable from
+bench/ as well: nothing here imports pytest.
+"""
+
+import json
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Self
+
+import requests
+
+BINARY = "docker-registry"
+START_TIMEOUT = 15.0
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nobody listened on a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RegistryError(RuntimeError):
+    """The registry would not start (its log is in the message)."""
+
+
+class Registry:
+    """One `docker-registry serve` process with its config and storage under `workdir`.
+
+    `htpasswd`: path of an htpasswd file (bcrypt entries) to turn on basic auth.
+    `token`: a dict for distribution's `auth: token` section
+    (realm, service, issuer, rootcertbundle).
+    """
+
+    def __init__(self, workdir, *, htpasswd=None, token=None, binary=BINARY):
+        if htpasswd is not None and token is not None:
+            raise ValueError("choose one of htpasswd and token auth")
+        self.workdir = Path(workdir)
+        self.storage = self.workdir / "storage"
+        self.config_path = self.workdir / "config.yml"
+        self.log_path = self.workdir / "registry.log"
+        self.htpasswd = htpasswd
+        self.token = token
+        self.binary = binary
+        self.port = None
+        self.process = None
+
+    # -- addresses --------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.htpasswd is not None or self.token is not None
+
+    def blob_data_path(self, digest: str) -> Path:
+        """Return the file the registry keeps blob `digest`'s bytes in."""
+        algorithm, _, hexdigest = digest.partition(":")
+        return (self.storage / "docker" / "registry" / "v2" / "blobs" / algorithm
+                / hexdigest[:2] / hexdigest / "data")
+
+    # -- configuration ----------------------------------------------------
+
+    def config(self) -> dict:
+        """Return the distribution configuration for the current port."""
+        config = {
+            "version": 0.1,
+            "log": {"level": "warn", "accesslog": {"disabled": True}},
+            "storage": {
+                "filesystem": {"rootdirectory": str(self.storage)},
+                "delete": {"enabled": True},
+                "maintenance": {"uploadpurging": {"enabled": False}},
+            },
+            "http": {"addr": self.host, "secret": secrets.token_hex(16)},
+            "health": {"storagedriver": {"enabled": False}},
+        }
+        if self.htpasswd is not None:
+            config["auth"] = {"htpasswd": {"realm": "minict-test", "path": str(self.htpasswd)}}
+        elif self.token is not None:
+            config["auth"] = {"token": {k: str(v) for k, v in self.token.items()}}
+        return config
+
+    # -- life cycle -------------------------------------------------------
+
+    def start(self, attempts: int = 3) -> Self:
+        """Start the registry and wait until `GET /v2/` answers; raise RegistryError."""
+        if self.process is not None:
+            raise RegistryError("registry already started")
+        if shutil.which(self.binary) is None:
+            raise RegistryError(f"{self.binary} is not installed")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.storage.mkdir(exist_ok=True)
+        for attempt in range(attempts):
+            self.port = free_port()
+            # JSON is YAML, and it spares us a YAML dependency.
+            self.config_path.write_text(json.dumps(self.config(), indent=2))
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen(
+                    [self.binary, "serve", str(self.config_path)],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                )
+            if self._wait_ready():
+                return self
+            self.stop()
+            # Another process may have taken the port between our probe and its bind.
+        raise RegistryError(f"{self.binary} did not start; its log:\n{self.log()}")
+
+    def _wait_ready(self) -> bool:
+        accepted = {401} if self.auth_enabled else {200}
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                if requests.get(f"{self.url}/v2/", timeout=2).status_code in accepted:
+                    return True
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        """Stop our process by its pid: terminate, wait, then kill."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def log(self) -> str:
+        """Return what the registry printed so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.process is not None else "stopped"
+        return f"<Registry {self.url if self.port else '-'} {state}>"
+
+
+__all__ = ["Registry", "RegistryError", "free_port"]
+
+if __name__ == "__main__":  # a quick manual check: python -m tests.support.registry
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, Registry(tmp) as reg:
+        print(reg, requests.get(f"{reg.url}/v2/", timeout=2).status_code)
