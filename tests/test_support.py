@@ -234,3 +234,21 @@ def test_token_auth_registry_challenges(tmp_path):
         assert challenge.startswith("Bearer ")
         assert 'realm="http://127.0.0.1:1/token"' in challenge
         assert 'service="test-registry"' in challenge
+
+
+def test_busybox_image_is_pushed_by_skopeo(busybox_image):
+    reg = busybox_image.registry
+    assert busybox_image == f"{reg.host}/test/busybox:latest"
+    manifest = get_manifest(reg, "test/busybox", "latest").json()
+    config = json.loads(get_blob(reg, "test/busybox", manifest["config"]["digest"]))
+    assert config["config"]["Cmd"] == ["sh"]
+    assert config["config"]["Env"][0].startswith("PATH=")
+    (layer,) = manifest["layers"]
+    assert layer["mediaType"] == OCI_LAYER["gzip"]
+    with tarfile.open(fileobj=io.BytesIO(get_blob(reg, "test/busybox", layer["digest"]))) as tar:
+        members = {m.name.lstrip("/"): m for m in tar.getmembers()}
+        passwd = tar.extractfile(members["etc/passwd"]).read().decode()
+    assert members["bin/busybox"].isreg() and members["bin/busybox"].mode == 0o755
+    assert members["bin/sh"].issym() and members["bin/sh"].linkname == "/bin/busybox"
+    assert members["tmp"].mode == 0o1777
+    assert "app:x:1000:1000:" in passwd
