@@ -1,0 +1,391 @@
+"""Benchmark minict against the tools it replaces, on the local bench image.
+
+    bench/run.py pull|unpack|launch|all [--runs N] [--markdown]
+
+Starts a docker-registry on loopback, pushes the cached bench image to it
+(bench/image.py), then runs each comparison's commands alternately, round
+after round (bench/timing.py), and prints medians, median ratios and the
+goals from the issues.  Run as root: unpacking keeps owners and device
+nodes, and launching creates namespaces.
+
+Python commands run as `<venv>/bin/python` directly, never through a pyenv
+shim (which adds ~130 ms per start), with bytecode caching allowed so the
+warm-up round leaves .pyc files for every later round.
+"""
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import image
+import timing
+from image import BenchError, sh
+from timing import Command
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from tests.support.registry import Registry
+
+DEFAULT_PYTHON = REPO / ".venv" / "bin" / "python"
+CLONE_NEWNS = 0x00020000
+MB = 1_000_000
+
+
+@dataclass
+class Row:
+    """One line of the report: a measured value, and the goal it answers if any."""
+
+    benchmark: str
+    measure: str
+    value: str
+    goal: str = ""
+    met: bool | None = None
+
+
+class Session:
+    """What every comparison shares: a work directory, the registry, the pushed image."""
+
+    def __init__(self, python: Path, stack: contextlib.ExitStack):
+        self.python = python
+        self.stack = stack
+        self.work = Path(tempfile.mkdtemp(prefix="minict-bench."))
+        stack.callback(remove_tree, self.work)
+        self.registry = stack.enter_context(Registry(self.work / "registry"))
+        self.reference = image.push(self.registry.host)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Return this process's environment with bytecode caching on, plus `extra`."""
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env.update(extra)
+        return env
+
+    def minict(self, *args: str) -> list[str]:
+        return [str(self.python), "-m", "minict", *args]
+
+    def python_c(self, code: str) -> list[str]:
+        return [str(self.python), "-c", code]
+
+    def skopeo_copy(self, destination: Path) -> list[str]:
+        """Return argv copying the bench image from the registry into OCI layout `destination`."""
+        return ["skopeo", "copy", "--quiet", "--src-tls-verify=false",
+                f"docker://{self.reference}", f"oci:{destination}:{image.TAG}"]
+
+    def seed_store(self, minict_dir: Path) -> Path:
+        """Put the bench image into `minict_dir`'s store as `minict pull` would; return the layout.
+
+        Done with skopeo, so unpack and launch do not depend on minict's pull.
+        The path is store.image_dir's: images/<registry host>/<repository>.
+        """
+        layout = minict_dir / "images" / self.registry.host / image.REPOSITORY
+        layout.mkdir(parents=True, exist_ok=True)  # skopeo resolves the symlink below
+        (minict_dir / "containers").mkdir(parents=True, exist_ok=True)
+        sh(*self.skopeo_copy(colon_free(layout, self.work)))
+        return layout
+
+
+def colon_free(path: Path, work: Path) -> Path:
+    """Return a colon-free symlink to `path` (skopeo and umoci split `PATH:TAG` at a colon)."""
+    if ":" not in str(path):
+        return path
+    link = Path(tempfile.mkdtemp(prefix="link.", dir=work)) / "layout"
+    link.symlink_to(path)
+    return link
+
+
+def remove_tree(path: Path) -> None:
+    """Delete `path` recursively without crossing into other mounted file systems."""
+    if path.exists() or path.is_symlink():
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=True)
+
+
+def fresh(path: Path, settle: float = 0.0):
+    """Return a setup hook that removes `path`, flushes the disk and waits `settle` s.
+
+    After a large deletion this disk (ext4 with discard) stays slow for a
+    while; sync and a pause keep that cost off the next timed command.
+    """
+    def setup() -> None:
+        remove_tree(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.sync()
+        time.sleep(settle)
+    return setup
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def median_rows(benchmark: str, results: timing.Results) -> list[Row]:
+    return [Row(benchmark, f"{label} (median)", ms(results.median(label)))
+            for label in results.samples]
+
+
+def goal_row(benchmark: str, measure: str, value: float, goal: float, unit: str = "x") -> Row:
+    shown = f"{value:.2f}{unit}" if unit == "x" else f"{value:.0f} {unit}"
+    limit = f"{goal:g}{unit}" if unit == "x" else f"{goal:g} {unit}"
+    return Row(benchmark, measure, shown, f"<= {limit}", value <= goal)
+
+
+# -- pull --------------------------------------------------------------------------------
+
+def bench_pull(session: Session, runs: int) -> list[Row]:
+    """Cold and warm pulls of the bench image: minict against skopeo, plus peak RSS."""
+    work = session.work / "pull"
+    cold_store, cold_oci = work / "cold-store", work / "cold-oci"
+    warm_store, warm_oci = work / "warm-store", work / "warm-oci"
+    pull = session.minict("pull", "--image", session.reference)
+
+    cold = timing.alternate([
+        Command("minict pull, cold", pull, session.env(MINICT_DIR=str(cold_store)),
+                setup=fresh(cold_store)),
+        Command("skopeo copy, cold", session.skopeo_copy(cold_oci), setup=fresh(cold_oci)),
+    ], runs)
+
+    warm_oci.parent.mkdir(parents=True, exist_ok=True)
+    sh(*session.skopeo_copy(warm_oci))
+    subprocess.run(pull, env=session.env(MINICT_DIR=str(warm_store)), check=True,
+                   stderr=subprocess.DEVNULL)
+    warm = timing.alternate([
+        Command("minict pull, warm", pull, session.env(MINICT_DIR=str(warm_store))),
+        Command("skopeo copy, warm", session.skopeo_copy(warm_oci)),
+        Command("python -c 'import click, requests'",
+                session.python_c("import click, requests"), session.env()),
+    ], runs)
+
+    rss = max(cold.max_rss_mib("minict pull, cold"), warm.max_rss_mib("minict pull, warm"))
+    return [
+        *median_rows("pull", cold),
+        goal_row("pull", "cold: minict / skopeo", cold.ratio("minict pull, cold",
+                                                             "skopeo copy, cold"), 0.9),
+        *median_rows("pull", warm),
+        goal_row("pull", "warm: minict / python import click, requests",
+                 warm.ratio("minict pull, warm", "python -c 'import click, requests'"), 1.3),
+        Row("pull", "warm: minict / skopeo",
+            f"{warm.ratio('minict pull, warm', 'skopeo copy, warm'):.2f}x"),
+        goal_row("pull", "minict pull peak RSS (max of runs)", rss * 1024 * 1024 / MB, 80, "MB"),
+    ]
+
+
+# -- unpack ------------------------------------------------------------------------------
+
+def bench_unpack(session: Session, runs: int, settle: float) -> list[Row]:
+    """Unpack on disk and on a tmpfs: minict against umoci and plain tar."""
+    rows = bench_unpack_on(session, session.work / "unpack-disk", "disk", runs, settle)
+    tmpfs = session.work / "unpack-tmpfs"
+    tmpfs.mkdir()
+    sh("mount", "-t", "tmpfs", "-o", "size=2g,mode=0700", "tmpfs", tmpfs)
+    try:
+        rows += bench_unpack_on(session, tmpfs, "tmpfs", runs, settle=0.0)
+    finally:
+        sh("umount", tmpfs)
+    return rows
+
+
+def bench_unpack_on(session: Session, base: Path, where: str, runs: int,
+                    settle: float) -> list[Row]:
+    """Time the three unpackers with every input and output under `base`."""
+    store = base / "minict"
+    layout = session.seed_store(store)
+    blobs = image.layer_blobs(layout)
+    bundle = store / "containers" / "x"
+    umoci_bundle, tar_root = base / "umoci-bundle", base / "tar-rootfs"
+    create = ("from minict import bundle, reference; "
+              f"bundle.create(reference.parse({session.reference!r}), 'x')")
+    extract = " && ".join(f"tar -xzf {shlex.quote(str(blob))} -C {shlex.quote(str(tar_root))}"
+                          for blob in blobs)
+
+    results = timing.alternate([
+        Command("minict unpack", session.python_c(create), session.env(MINICT_DIR=str(store)),
+                setup=fresh(bundle, settle)),
+        Command("umoci unpack", ["umoci", "unpack", "--image",
+                                 f"{colon_free(layout, session.work)}:{image.TAG}", umoci_bundle],
+                setup=fresh(umoci_bundle, settle)),
+        Command("tar -xzf layers", ["sh", "-c", f"mkdir {shlex.quote(str(tar_root))} && {extract}"],
+                setup=fresh(tar_root, settle)),
+    ], runs)
+    benchmark = f"unpack ({where})"
+    rows = median_rows(benchmark, results)
+    to_umoci = results.ratio("minict unpack", "umoci unpack")
+    to_tar = results.ratio("minict unpack", "tar -xzf layers")
+    if where == "disk":
+        rows += [goal_row(benchmark, "minict / umoci", to_umoci, 0.5),
+                 Row(benchmark, "minict / tar", f"{to_tar:.2f}x")]
+    else:
+        rows += [Row(benchmark, "minict / umoci", f"{to_umoci:.2f}x"),
+                 goal_row(benchmark, "minict / tar", to_tar, 1.0)]
+    for path in (bundle, umoci_bundle, tar_root):
+        remove_tree(path)
+    return rows
+
+
+# -- launch ------------------------------------------------------------------------------
+
+def bench_launch(session: Session, runs: int) -> list[Row]:
+    """Start latency of /bin/true: minict start against runc, crun and bare Python."""
+    store = session.work / "launch"
+    session.seed_store(store)
+    env = session.env(MINICT_DIR=str(store))
+    sh(*session.minict("run", "--image", session.reference, "--name", "bench"), env=env)
+    bundle = store / "containers" / "bench"
+    peer_bundle = peer_copy(bundle, session.work / "peer-bundle")
+    namespace = session.stack.enter_context(mount_namespace_without_unified())
+    ids = (f"minict-bench-{n}" for n in range(10**9))
+
+    def peer(label, runtime, *global_flags, preexec=None):
+        current = {}
+
+        def setup():
+            current["id"] = next(ids)
+            command.argv[-1] = current["id"]
+
+        def teardown():
+            subprocess.run([runtime, *global_flags, "delete", "-f", current["id"]], check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           preexec_fn=preexec)
+
+        command = Command(label, [runtime, *global_flags, "run", "--bundle", str(peer_bundle),
+                                  "id"], setup=setup, teardown=teardown, preexec=preexec)
+        return command
+
+    results = timing.alternate([
+        Command("minict start", session.minict("start", "--name", "bench"), env),
+        peer("runc run", "runc"),
+        peer("crun run", "crun", "--cgroup-manager=disabled", preexec=namespace),
+        Command("python -c 'import click'", session.python_c("import click"), session.env()),
+        Command("python -c pass", session.python_c("pass"), session.env()),
+    ], runs)
+    return [
+        *median_rows("launch", results),
+        goal_row("launch", "minict − python import click",
+                 results.difference("minict start", "python -c 'import click'") * 1000, 25,
+                 "ms"),
+        goal_row("launch", "minict / runc", results.ratio("minict start", "runc run"), 2.0),
+        Row("launch", "minict / crun", f"{results.ratio('minict start', 'crun run'):.2f}x"),
+    ]
+
+
+def peer_copy(bundle: Path, destination: Path) -> Path:
+    """Return a bundle for runc and crun: minict's config.json, adapted, on minict's rootfs.
+
+    Adapted: no terminal (stdin is /dev/null), an absolute rootfs path, and
+    an identity uid/gid mapping when a user namespace is asked for without one.
+    """
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"]["terminal"] = False
+    config["root"]["path"] = str(bundle / config["root"]["path"])
+    linux = config.setdefault("linux", {})
+    if any(ns["type"] == "user" for ns in linux.get("namespaces", [])):
+        identity = [{"containerID": 0, "hostID": 0, "size": 4294967295}]
+        linux.setdefault("uidMappings", identity)
+        linux.setdefault("gidMappings", identity)
+    destination.mkdir(parents=True, exist_ok=True)
+    (destination / "config.json").write_text(json.dumps(config, indent=2))
+    return destination
+
+
+@contextlib.contextmanager
+def mount_namespace_without_unified():
+    """Yield a preexec hook that enters a mount namespace lacking /sys/fs/cgroup/unified.
+
+    crun refuses this VM's hybrid cgroup setup otherwise (verified-facts.md).
+    A sleeping holder process keeps the namespace alive; the timed crun only
+    pays for one setns(2) between fork and exec.
+    """
+    holder = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         "umount /sys/fs/cgroup/unified 2>/dev/null; exec sleep infinity"])
+    try:
+        mountinfo = Path(f"/proc/{holder.pid}/mountinfo")
+        deadline = time.monotonic() + 5
+        while (holder.poll() is None and time.monotonic() < deadline
+               and (Path(f"/proc/{holder.pid}/comm").read_text().strip() != "sleep"
+                    or " /sys/fs/cgroup/unified " in mountinfo.read_text())):
+            time.sleep(0.01)
+        if holder.poll() is not None or " /sys/fs/cgroup/unified " in mountinfo.read_text():
+            raise BenchError("could not make a mount namespace without /sys/fs/cgroup/unified")
+        namespace = os.open(f"/proc/{holder.pid}/ns/mnt", os.O_RDONLY)
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        def enter() -> None:
+            if libc.setns(namespace, CLONE_NEWNS) != 0:
+                raise OSError(ctypes.get_errno(), "setns into the crun mount namespace")
+
+        try:
+            yield enter
+        finally:
+            os.close(namespace)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# -- report ------------------------------------------------------------------------------
+
+def print_table(rows: list[Row], markdown: bool) -> None:
+    header = ["Benchmark", "Measure", "Value", "Goal", "Met"]
+    cells = [[r.benchmark, r.measure, r.value, r.goal,
+              "" if r.met is None else ("yes" if r.met else "no")] for r in rows]
+    if markdown:
+        print("| " + " | ".join(header) + " |")
+        print("|---|---|---:|---|---|")
+        for row in cells:
+            print("| " + " | ".join(row) + " |")
+        return
+    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
+    for row in [header, *cells]:
+        print("  ".join(c.rjust(w) if i == 2 else c.ljust(w)
+                        for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("comparison", choices=["pull", "unpack", "launch", "all"])
+    parser.add_argument("--runs", type=int, default=7, help="timed rounds (default 7)")
+    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    parser.add_argument("--python", type=Path, default=DEFAULT_PYTHON,
+                        help="the venv python that runs minict (default: the repo's .venv)")
+    parser.add_argument("--settle", type=float, default=1.0,
+                        help="seconds to wait after deleting an unpacked tree on disk")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("run as root: unpacking and launching need it")
+
+    chosen = ["pull", "unpack", "launch"] if args.comparison == "all" else [args.comparison]
+    rows, failed = [], []
+    with contextlib.ExitStack() as stack:
+        try:
+            session = Session(args.python, stack)
+        except BenchError as err:
+            print(f"bench: {err}", file=sys.stderr)
+            return 1
+        for name in chosen:
+            print(f"bench: {name}", file=sys.stderr, flush=True)
+            try:
+                if name == "pull":
+                    rows += bench_pull(session, args.runs)
+                elif name == "unpack":
+                    rows += bench_unpack(session, args.runs, args.settle)
+                else:
+                    rows += bench_launch(session, args.runs)
+            except (BenchError, timing.CommandFailed, subprocess.CalledProcessError) as err:
+                failed.append(name)
+                rows.append(Row(name, f"could not run: {str(err).splitlines()[0][:120]}", "-"))
+                print(f"bench: {name} failed: {err}", file=sys.stderr)
+                if isinstance(err, timing.CommandFailed):
+                    print(err.stderr[-3000:], file=sys.stderr)
+    print_table(rows, args.markdown)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
