@@ -25,6 +25,11 @@ from minict.errors import MinictError
 from minict.reference import Reference
 
 REF_NAME = "org.opencontainers.image.ref.name"
+# What the pulled tag or digest named at the registry (an index, or a Docker
+# manifest before conversion), and the platform picked from an index: they let
+# a re-pull stop after one HEAD when nothing changed.
+SOURCE_DIGEST = "dev.minict.source.digest"
+SOURCE_PLATFORM = "dev.minict.platform"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -34,6 +39,8 @@ LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 JSON_BLOB_MAX = 4 * 1024 * 1024
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
+# Resumable downloads live here; a dot directory, so layout readers skip it.
+PARTIAL_DIR = ".partial"
 
 
 def check_digest(digest: str) -> str:
@@ -106,6 +113,10 @@ class Layout:
             raise MinictError(f"blob {digest} is not a JSON object")
         return value
 
+    def blob_writer(self, digest: str, size: int) -> "BlobWriter":
+        """Return a resumable writer for blob `digest` of `size` bytes (a context manager)."""
+        return BlobWriter(self, check_digest(digest), size)
+
     def put_blob_bytes(self, data: bytes) -> str:
         """Store a small blob (manifest, config) and return its digest."""
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -165,7 +176,10 @@ class Layout:
         """Return the index.json descriptor `ref` names; raise MinictError if none."""
         for name, descriptor in self.refs():
             if ref.digest is not None:
-                if descriptor.get("digest") == ref.digest:
+                # A pull by digest is named by the digest asked for, which differs
+                # from the stored manifest's when it was converted or an index.
+                annotations = descriptor.get("annotations") or {}
+                if ref.digest in (name, descriptor.get("digest"), annotations.get(SOURCE_DIGEST)):
                     return descriptor
             elif name == ref.tag:
                 return descriptor
@@ -173,6 +187,115 @@ class Layout:
             f"image {ref.familiar()} not found",
             hint=f"pull it first with 'minict pull --image {ref.familiar()}'",
         )
+
+
+class BlobWriter:
+    """Write one blob resumably, so readers only ever see verified blobs.
+
+    Bytes go to `<layout>/.partial/<hex>` (layout readers skip dot
+    directories), hashed as they arrive; commit() checks size and digest and
+    renames the file into blobs/sha256/.  A partial file left by a killed
+    pull is hashed again on open and writing resumes at its end.  An
+    exclusive flock on the partial file keeps two pulls from writing one
+    blob; the second finds the blob present once the first committed it.
+    """
+
+    def __init__(self, layout: Layout, digest: str, size: int):
+        self.layout = layout
+        self.digest = digest
+        self.size = size
+        self.path = layout.path / PARTIAL_DIR / digest.split(":", 1)[1]
+        self.present = False  # the verified blob exists; nothing to write
+        self._file = None
+        self._hash = hashlib.sha256()
+        self.offset = 0
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.layout.blobs_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if self.layout.has_blob(self.digest, self.size):
+                self.present = True
+                self._discard_if_ours(fd)
+                os.close(fd)
+                return self
+            # The file we locked may have been renamed into blobs/ (or removed)
+            # while we waited; lock the file now at the path instead.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        self._file = os.fdopen(fd, "r+b", buffering=0)
+        self._rehash()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()  # releases the lock
+            self._file = None
+
+    def _discard_if_ours(self, fd: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(self.path)
+
+    def _rehash(self) -> None:
+        """Hash what an earlier attempt left, so writing can go on at its end."""
+        self._hash = hashlib.sha256()
+        self._file.seek(0)
+        total = 0
+        while chunk := self._file.read(1 << 20):
+            if total + len(chunk) > self.size:
+                self.restart()
+                return
+            self._hash.update(chunk)
+            total += len(chunk)
+        self.offset = total
+
+    def restart(self) -> None:
+        """Throw away what was written; the next write starts the blob again."""
+        self._file.seek(0)
+        self._file.truncate(0)
+        self._hash = hashlib.sha256()
+        self.offset = 0
+
+    def write(self, data) -> None:
+        """Append `data`; raise MinictError if the blob grows past its size."""
+        if self.offset + len(data) > self.size:
+            raise MinictError(f"blob {self.digest} is longer than the {self.size} bytes "
+                              "its descriptor declares")
+        view = memoryview(data)
+        while view:
+            done = self._file.write(view)
+            view = view[done:]
+        self._hash.update(data)
+        self.offset += len(data)
+
+    def complete(self) -> bool:
+        return self.offset == self.size
+
+    def commit(self) -> None:
+        """Check size and digest, then give the blob its name; raise DigestMismatch."""
+        got = "sha256:" + self._hash.hexdigest()
+        if self.offset != self.size or got != self.digest:
+            found = self.offset
+            self.restart()
+            raise DigestMismatch(
+                f"blob {self.digest} does not match its digest: got {got} from {found} "
+                f"of {self.size} bytes")
+        os.fsync(self._file.fileno())
+        os.chmod(self.path, 0o644)
+        os.replace(self.path, self.layout.blob_path(self.digest))
+        self.present = True
+
+
+class DigestMismatch(MinictError):
+    """Bytes that do not hash to the digest that named them."""
 
 
 def list_images() -> list[str]:

@@ -1,0 +1,577 @@
+"""Pull an image from a registry into its OCI image layout: the one module joining both.
+
+    1. If index.json already names the tag, with the registry digest it had,
+       and every blob is present: one HEAD, and stop (the warm re-pull).
+    2. GET the manifest; from an index pick this host's platform (or
+       --platform); refuse schema 1 and anything over 4 MiB.
+    3. Convert a Docker schema 2 manifest to OCI media types, as skopeo does.
+    4. Download the config and layers in parallel, each verified before it
+       gets its name, resuming cut-off downloads with Range requests.
+    5. Store the manifest, then point the tag at it in index.json.
+
+Nothing is listed before step 5, so a failed pull leaves no image behind.
+"""
+
+import hashlib
+import json
+import os
+import platform as host
+import sys
+import threading
+import time
+
+from minict import auth, log, registry
+from minict.errors import MinictError, PullError
+from minict.layout import (
+    JSON_BLOB_MAX,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    SOURCE_DIGEST,
+    SOURCE_PLATFORM,
+    DigestMismatch,
+    Layout,
+    check_digest,
+)
+from minict.reference import Reference
+
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
+           "application/vnd.docker.distribution.manifest.v1+prettyjws")
+# Docker layer types and their OCI names (containers/image manifest/oci.go).
+DOCKER_LAYERS = {
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar": "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar":
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip":
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+}
+CHUNK = 512 * 1024
+STREAM_ATTEMPTS = 5  # interruptions in a row without progress before a blob download gives up
+
+
+def pull(ref: Reference, *, platform: str | None, insecure: bool, jobs: int) -> None:
+    """Pull `ref` into its image layout; raise PullError."""
+    try:
+        Puller(ref, platform=platform, insecure=insecure, jobs=jobs).run()
+    except PullError:
+        raise
+    except MinictError as err:
+        raise PullError(err.message, hint=err.hint) from None
+    except OSError as err:
+        where = f": {err.filename}" if err.filename else ""
+        raise PullError(f"{err.strerror or err}{where}") from None
+
+
+# -- platforms -------------------------------------------------------------
+
+# `uname -m` to Go's GOARCH and variant (containerd's platforms package).
+_MACHINES = {
+    "x86_64": ("amd64", ""), "amd64": ("amd64", ""), "i386": ("386", ""), "i686": ("386", ""),
+    "aarch64": ("arm64", "v8"), "arm64": ("arm64", "v8"), "armv8l": ("arm", "v8"),
+    "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"), "armv5tel": ("arm", "v5"),
+    "ppc64le": ("ppc64le", ""), "s390x": ("s390x", ""), "riscv64": ("riscv64", ""),
+    "mips64": ("mips64", ""), "loongarch64": ("loong64", ""),
+}
+_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386"}
+
+
+def normalize_platform(os_name: str, arch: str, variant: str = "") -> str:
+    """Return `os/arch[/variant]` normalised: arm64 ≡ arm64/v8, arm ≡ arm/v7, amd64/v1 ≡ amd64."""
+    os_name, arch, variant = os_name.lower(), arch.lower(), (variant or "").lower()
+    arch = _ARCH_ALIASES.get(arch, arch)
+    if variant.isdigit():
+        variant = "v" + variant
+    if arch == "arm64" and variant in ("", "v8"):
+        variant = "v8"
+    elif arch == "arm" and not variant:
+        variant = "v7"
+    elif arch == "amd64" and variant == "v1":
+        variant = ""
+    return "/".join(p for p in (os_name, arch, variant) if p)
+
+
+def host_platform() -> str:
+    """Return this host's platform: linux and `uname -m` in Go's names."""
+    machine = host.machine()
+    arch, variant = _MACHINES.get(machine, (machine, ""))
+    return normalize_platform("linux", arch, variant)
+
+
+def parse_platform(text: str) -> str:
+    """Return the normalised platform `os/arch[/variant]`; raise PullError."""
+    parts = text.split("/")
+    if not 2 <= len(parts) <= 3 or not all(parts):
+        raise PullError(f"invalid platform {text!r}: use os/arch[/variant], e.g. linux/arm64")
+    return normalize_platform(*parts)
+
+
+def _acceptable(want: str) -> list[str]:
+    """Return the platforms that can run on `want`, best first (arm/v7 runs v6 and v5)."""
+    parts = want.split("/")
+    if len(parts) == 3 and parts[1] == "arm" and parts[2] in ("v8", "v7", "v6", "v5"):
+        newest = int(parts[2][1:])
+        return [f"{parts[0]}/arm/v{n}" for n in range(newest, 4, -1)]
+    return [want]
+
+
+def _entry_platform(entry: dict) -> str | None:
+    """Return an index entry's normalised platform, or None for attestations and the like."""
+    spec = entry.get("platform")
+    if not isinstance(spec, dict):
+        return None
+    os_name, arch = str(spec.get("os") or ""), str(spec.get("architecture") or "")
+    annotations = entry.get("annotations") or {}
+    if not os_name or not arch or "unknown" in (os_name, arch) or \
+            annotations.get("vnd.docker.reference.type") == "attestation-manifest":
+        return None
+    return normalize_platform(os_name, arch, str(spec.get("variant") or ""))
+
+
+def choose_platform(index: dict, want: str, what: str) -> dict:
+    """Return the entry of `index` for platform `want`; raise PullError listing the offers."""
+    entries = [e for e in index.get("manifests") or [] if isinstance(e, dict)]
+    offered = [(e, _entry_platform(e)) for e in entries]
+    for candidate in _acceptable(want):
+        for entry, found in offered:
+            if found == candidate:
+                return entry
+    offers = sorted({p for _, p in offered if p})
+    raise PullError(f"{what} has no image for platform {want}; it offers "
+                    + (", ".join(offers) if offers else "no platforms"),
+                    hint="choose one with --platform")
+
+
+# -- manifests -------------------------------------------------------------
+
+def go_json(value) -> bytes:
+    """Encode `value` as Go's encoding/json does, so converted manifests match skopeo's bytes."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(char, escaped)
+    return text.encode()
+
+
+def classify(data: bytes, media: str, what: str) -> tuple[str, dict]:
+    """Return ("index" | "oci" | "docker", document) of a manifest; raise PullError.
+
+    The body's mediaType wins over Content-Type; umoci writes manifests
+    without one, so then the header, then the shape decides.
+    """
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        if media in SCHEMA1:
+            doc = {}
+        else:
+            raise PullError(f"{what}: the manifest is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise PullError(f"{what}: the manifest is not a JSON object")
+    kind = doc.get("mediaType") if isinstance(doc.get("mediaType"), str) else media
+    if kind in SCHEMA1 or doc.get("schemaVersion") == 1:
+        raise PullError(f"{what}: the image has a Docker schema 1 manifest, which minict does not "
+                        "support", hint="push it again with a current Docker or skopeo (schema 2)")
+    if kind in (OCI_INDEX, registry.DOCKER_LIST) or (
+            kind not in (OCI_MANIFEST, registry.DOCKER_MANIFEST) and "manifests" in doc):
+        return "index", doc
+    if kind == registry.DOCKER_MANIFEST:
+        return "docker", doc
+    if kind == OCI_MANIFEST or "config" in doc:
+        return "oci", doc
+    raise PullError(f"{what}: unsupported manifest media type {kind or 'unknown'!r}")
+
+
+def _descriptor(value, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise PullError(f"{what}: a descriptor is not a JSON object")
+    check_digest(value.get("digest"))
+    size = value.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise PullError(f"{what}: descriptor {value.get('digest')} has no valid size")
+    return value
+
+
+def check_manifest(doc: dict, what: str) -> tuple[dict, list[dict]]:
+    """Return (config, layers) descriptors of an image manifest; raise PullError."""
+    if doc.get("schemaVersion") != 2:
+        raise PullError(f"{what}: schemaVersion is {doc.get('schemaVersion')!r}, not 2")
+    config = _descriptor(doc.get("config"), what)
+    layers = doc.get("layers")
+    if not isinstance(layers, list):
+        raise PullError(f"{what}: the manifest has no layers list")
+    if config["size"] > JSON_BLOB_MAX:
+        raise PullError(f"{what}: the config is {config['size']} bytes, over the "
+                        f"{JSON_BLOB_MAX}-byte limit")
+    return config, [_descriptor(layer, what) for layer in layers]
+
+
+def _oci_descriptor(d: dict, media_type: str) -> dict:
+    """Return an OCI descriptor in Go's field order (mediaType, digest, size, urls, annotations)."""
+    out = {"mediaType": media_type, "digest": d["digest"], "size": d["size"]}
+    if d.get("urls"):
+        out["urls"] = d["urls"]
+    if d.get("annotations"):
+        out["annotations"] = dict(sorted(d["annotations"].items()))
+    return out
+
+
+def docker_to_oci(doc: dict) -> bytes:
+    """Return the OCI manifest for a Docker schema 2 one, byte for byte as skopeo writes it.
+
+    The config blob is kept as it is (a Docker config is a valid OCI
+    config); only media types change, so the manifest digest changes.
+    """
+    config = doc["config"]
+    out = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": _oci_descriptor(config, OCI_CONFIG),
+        "layers": [_oci_descriptor(layer, DOCKER_LAYERS.get(layer.get("mediaType"),
+                                                            layer.get("mediaType")))
+                   for layer in doc["layers"]],
+    }
+    if doc.get("annotations"):
+        out["annotations"] = dict(sorted(doc["annotations"].items()))
+    return go_json(out)
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# -- progress --------------------------------------------------------------
+
+class PlainProgress:
+    """One log line per blob (not a TTY): `Copying blob da7391352a9b done`."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def start(self, kind: str, digest: str, size: int, done: int = 0) -> "PlainProgress._Task":
+        return self._Task(kind, digest)
+
+    def skipped(self, kind: str, digest: str, size: int) -> None:
+        log.info(f"Copying {kind} {_short(digest)} skipped: already exists")
+
+    class _Task:
+        def __init__(self, kind, digest):
+            self.kind, self.digest = kind, digest
+
+        def advance(self, n: int) -> None:
+            pass
+
+        def restart(self, done: int) -> None:
+            pass
+
+        def finish(self) -> None:
+            log.info(f"Copying {self.kind} {_short(self.digest)} done")
+
+
+class QuietProgress(PlainProgress):
+    """Nothing at all (--quiet)."""
+
+    def skipped(self, kind, digest, size):
+        pass
+
+    class _Task(PlainProgress._Task):
+        def finish(self):
+            pass
+
+
+class RichProgress:
+    """A rich progress bar per blob on a TTY, like skopeo's."""
+
+    def __init__(self):
+        # Imported here: rich costs ~100 ms, paid only when a bar is shown.
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("Copying {task.fields[kind]} {task.fields[short]}"),
+            BarColumn(bar_width=40),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=Console(stderr=True),
+        )
+
+    def __enter__(self):
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._progress.__exit__(*exc)
+
+    def start(self, kind: str, digest: str, size: int, done: int = 0):
+        task = self._progress.add_task("", total=size, completed=done, kind=kind,
+                                       short=_short(digest), status="")
+        return self._Task(self._progress, task)
+
+    def skipped(self, kind: str, digest: str, size: int) -> None:
+        self._progress.add_task("", total=size, completed=size, kind=kind, short=_short(digest),
+                                status="skipped: already exists")
+
+    class _Task:
+        def __init__(self, progress, task):
+            self._progress, self._task = progress, task
+
+        def advance(self, n: int) -> None:
+            self._progress.advance(self._task, n)
+
+        def restart(self, done: int) -> None:
+            self._progress.update(self._task, completed=done)
+
+        def finish(self) -> None:
+            self._progress.update(self._task, status="done")
+
+
+def _short(digest: str) -> str:
+    return digest.split(":", 1)[-1][:12]
+
+
+def _progress():
+    if log.quiet():
+        return QuietProgress()
+    if sys.stderr.isatty() and not log.debug_enabled():
+        return RichProgress()
+    return PlainProgress()
+
+
+# -- the pull --------------------------------------------------------------
+
+class Cancelled(Exception):
+    """Another download failed; this one stops."""
+
+
+class Puller:
+    """One pull of one reference into one layout."""
+
+    def __init__(self, ref: Reference, *, platform: str | None, insecure: bool, jobs: int):
+        self.ref = ref
+        self.want = parse_platform(platform) if platform else host_platform()
+        self.jobs = max(1, jobs)
+        self.layout = Layout.for_reference(ref)
+        self.registry = registry.Registry(
+            ref.endpoint, ref.path, insecure=insecure,
+            credentials=lambda: auth.lookup(ref.domain), connections=self.jobs)
+        self.stop = threading.Event()
+        self.progress = None
+
+    def run(self) -> None:
+        try:
+            if self._up_to_date():
+                log.debug(f"{self.ref.familiar()} is up to date")
+                return
+            self._pull()
+        finally:
+            self.registry.close()
+
+    # -- the warm path
+
+    def _up_to_date(self) -> bool:
+        """Return whether the layout already holds what the registry has for the reference."""
+        stored = self._stored()
+        if stored is None:
+            return False
+        source = stored["annotations"][SOURCE_DIGEST]
+        if self.ref.digest is not None:
+            # Content addressed: what was verified once cannot change.
+            return source == self.ref.digest
+        current = self.registry.manifest_digest(self.ref.tag)
+        log.debug(f"tag {self.ref.tag} is {current} at the registry, {source} here")
+        return current == source
+
+    def _stored(self) -> dict | None:
+        """Return index.json's descriptor for the reference if its image is complete here."""
+        if not self.layout.exists():
+            return None
+        for name, descriptor in self.layout.refs():
+            if name != self.ref.ref_name:
+                continue
+            annotations = descriptor.get("annotations") or {}
+            if SOURCE_DIGEST not in annotations:
+                return None
+            if annotations.get(SOURCE_PLATFORM, self.want) != self.want:
+                log.debug(f"stored {name} is {annotations[SOURCE_PLATFORM]}, not {self.want}")
+                return None
+            try:
+                manifest = self.layout.read_json_blob(descriptor["digest"])
+                config, layers = check_manifest(manifest, "stored manifest")
+            except (MinictError, KeyError):
+                return None
+            missing = [d["digest"] for d in [config, *layers]
+                       if not self.layout.has_blob(d["digest"], d["size"])]
+            if missing:
+                log.debug(f"stored {name} lacks {len(missing)} blob(s)")
+                return None
+            return descriptor
+        return None
+
+    # -- the full pull
+
+    def _pull(self) -> None:
+        ref = self.ref
+        what = f"{ref.endpoint}/{ref.path}:{ref.tag}" if ref.digest is None else str(ref)
+        data, media, header_digest = self.registry.manifest(ref.digest or ref.tag)
+        source = sha256(data)
+        if ref.digest is not None and source != ref.digest:
+            raise PullError(f"{what}: the registry sent a manifest with digest {source}")
+        if header_digest and header_digest.startswith("sha256:") and header_digest != source:
+            raise PullError(f"{what}: the manifest's digest is {source}, but the registry "
+                            f"says {header_digest}")
+        kind, doc = classify(data, media, what)
+        annotations = {SOURCE_DIGEST: source}
+        if kind == "index":
+            entry = _descriptor(choose_platform(doc, self.want, what), what)
+            log.debug(f"platform {self.want}: manifest {entry['digest']}")
+            data, media, _ = self.registry.manifest(entry["digest"])
+            if sha256(data) != entry["digest"] or len(data) != entry["size"]:
+                raise PullError(f"{what}: manifest {entry['digest']} does not match its digest "
+                                "or size")
+            kind, doc = classify(data, entry.get("mediaType") or media, what)
+            if kind == "index":
+                raise PullError(f"{what}: an index inside an index is not supported")
+            annotations[SOURCE_PLATFORM] = self.want
+        config, layers = check_manifest(doc, what)
+        if kind == "docker":
+            data = docker_to_oci(doc)
+            log.debug(f"converted the Docker manifest to OCI: {sha256(data)}")
+
+        self.layout.init()
+        self._download_all([("blob", d) for d in layers] + [("config", config)])
+        self.layout.read_json_blob(config["digest"])  # a config that is not a JSON object fails here
+        digest = self.layout.put_blob_bytes(data)
+        _fsync_dir(self.layout.blobs_dir)
+        self.layout.tag({"mediaType": OCI_MANIFEST, "digest": digest, "size": len(data),
+                         "annotations": annotations}, ref.ref_name)
+        log.debug(f"tagged {ref.ref_name} -> {digest} in {self.layout.path}")
+
+    def _download_all(self, blobs: list[tuple[str, dict]]) -> None:
+        """Download every blob not present yet, `jobs` at a time; raise the first failure."""
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+        todo, seen = [], set()
+        with _progress() as self.progress:
+            for kind, d in blobs:
+                if d["digest"] in seen:
+                    continue
+                seen.add(d["digest"])
+                if self.layout.has_blob(d["digest"], d["size"]):
+                    log.debug(f"blob {d['digest']} is present; not downloading it")
+                    self.progress.skipped(kind, d["digest"], d["size"])
+                else:
+                    todo.append((kind, d))
+            if not todo:
+                return
+            with ThreadPoolExecutor(max_workers=min(self.jobs, len(todo)),
+                                    thread_name_prefix="blob") as pool:
+                futures = [pool.submit(self._download, kind, d) for kind, d in todo]
+                try:
+                    wait(futures, return_when=FIRST_EXCEPTION)
+                finally:
+                    # On a failure (or ^C) the others stop at their next chunk.
+                    if not all(f.done() and f.exception() is None for f in futures):
+                        self.stop.set()
+                        for f in futures:
+                            f.cancel()
+            errors = [f.exception() for f in futures if not f.cancelled() and f.exception()]
+            real = [e for e in errors if not isinstance(e, Cancelled)]
+            if real:
+                raise real[0]
+
+    def _download(self, kind: str, d: dict) -> None:
+        """Download one blob into the layout, resuming and retrying; raise PullError."""
+        digest, size = d["digest"], d["size"]
+        with self.layout.blob_writer(digest, size) as writer:
+            if writer.present:
+                log.debug(f"blob {digest} is present (another pull stored it)")
+                self.progress.skipped(kind, digest, size)
+                return
+            if writer.offset:
+                log.debug(f"resuming blob {digest} at byte {writer.offset} of {size}")
+            task = self.progress.start(kind, digest, size, writer.offset)
+            resumed = writer.offset > 0
+            failures = 0
+            while True:
+                if self.stop.is_set():
+                    raise Cancelled()
+                before = writer.offset
+                try:
+                    if not writer.complete():
+                        self._fetch(writer, task)
+                    writer.commit()
+                    break
+                except DigestMismatch:
+                    if not resumed:
+                        raise
+                    # Kept bytes from an earlier attempt may be what was wrong.
+                    log.debug(f"blob {digest} failed its check after resuming; downloading it again")
+                    resumed = False
+                    task.restart(0)
+                except _Interrupted as err:
+                    failures = 0 if writer.offset > before else failures + 1
+                    if failures >= STREAM_ATTEMPTS:
+                        raise PullError(f"fetching blob {digest}: {err}") from None
+                    wait = min(0.5 * 2 ** failures, registry.BACKOFF_MAX) if failures else 0
+                    log.debug(f"blob {digest} cut off at byte {writer.offset} ({err}); "
+                              f"resuming in {wait:.1f}s")
+                    time.sleep(wait)
+            task.finish()
+
+    def _fetch(self, writer, task) -> None:
+        """Stream the rest of a blob into `writer`; raise _Interrupted if the body breaks."""
+        offset = writer.offset
+        response = self.registry.blob(writer.digest, offset)
+        with response:
+            if offset and response.status_code == 206:
+                start = response.headers.get("Content-Range", "").removeprefix("bytes ").split("-")[0]
+                if start != str(offset):
+                    log.debug(f"blob {writer.digest}: Content-Range does not start at {offset}; "
+                              "starting over")
+                    writer.restart()
+                    task.restart(0)
+                    raise _Interrupted("the registry answered a different range")
+            elif offset:
+                log.debug(f"blob {writer.digest}: no range support (HTTP {response.status_code}); "
+                          "starting over")
+                writer.restart()
+                task.restart(0)
+                if response.status_code == 416:
+                    raise _Interrupted("the registry refused the range")
+            while True:
+                if self.stop.is_set():
+                    raise Cancelled()
+                try:
+                    chunk = response.raw.read(CHUNK, decode_content=False)
+                except registry.STREAM_ERRORS as err:
+                    raise _Interrupted(registry.describe(err, self.registry.endpoint)) from None
+                if not chunk:
+                    break
+                writer.write(chunk)
+                task.advance(len(chunk))
+        if not writer.complete():
+            raise _Interrupted(f"the body ended after {writer.offset} of {writer.size} bytes")
+
+
+class _Interrupted(Exception):
+    """A blob's body broke off; the download resumes where it stopped."""
+
+
+def _fsync_dir(path) -> None:
+    """Make the blobs' new names durable before index.json points at them."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
