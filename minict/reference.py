@@ -57,6 +57,10 @@ class Reference:
             return self.name
         if self.path.startswith("library/") and self.path.count("/") == 1:
             return self.path[len("library/"):]
+        first = self.path.split("/", 1)[0]
+        if "." in first or first == "localhost":
+            # Shortened, `docker.io/a.b/c` would read as repository c on host a.b.
+            return self.name
         return self.path
 
     @property

@@ -42,6 +42,11 @@ VALID = [
      "a__b-c---d/e_f.g:T_1.x-y"),
     ("ubuntu:" + "t" * 128, "docker.io", "library/ubuntu", "t" * 128, None,
      "ubuntu:" + "t" * 128),
+    # Docker Hub repositories whose first component looks like a host keep their
+    # domain when shortened, or the short form would name another registry.
+    ("docker.io/a.b/c", "docker.io", "a.b/c", "latest", None, "docker.io/a.b/c:latest"),
+    ("docker.io/localhost/app", "docker.io", "localhost/app", "latest", None,
+     "docker.io/localhost/app:latest"),
 ]
 
 INVALID = [
@@ -141,9 +146,10 @@ def test_str_round_trips(drawn):
 
 
 @given(st.builds(Reference, st.one_of(st.just("docker.io"), DOMAIN),
-                 st.lists(PATH_COMPONENT.filter(lambda c: "." not in c and c != "localhost"),
-                          min_size=1, max_size=4).map("/".join),
+                 st.lists(PATH_COMPONENT, min_size=1, max_size=4).map("/".join),
                  st.one_of(st.none(), TAG), st.one_of(st.none(), DIGESTS)))
+@example(Reference("docker.io", "a.b/c", "latest", None))
+@example(Reference("docker.io", "localhost/x", "latest", None))
 @example(Reference("docker.io", "library/library", "latest", None))
 def test_familiar_parses_back(ref):
     assume(ref.domain != "index.docker.io")  # parse() names it docker.io
