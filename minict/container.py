@@ -1,0 +1,248 @@
+"""Containers: their state, their lock, and the run/start/rm/list verbs.
+
+    containers/<name>/              the bundle (bundle.py): rootfs/, config.json
+    containers/<name>/state.json    {"status": "created"|"running"|"exited", "pid", "exitStatus"}
+    containers/.locks/<name>        held (flock) by the minict that creates or runs it
+
+The lock is the truth about "running": the minict that holds it is the
+parent of the container's init, and that init dies with it (PDEATHSIG), so a
+free lock means nothing runs, whatever state.json says after a crash.
+state.json tells the rest: the pid while running, the status after.
+"""
+
+import fcntl
+import json
+import os
+import re
+import signal
+
+from minict import launch, linux, log, store
+from minict.errors import ContainerError, LaunchError
+
+# bundle.py's names, repeated so that `start` need not import the unpacker
+# (tests check they agree): the completion mark and the config's name.
+COMPLETE_MARK = ".minict-complete"
+CONFIG_NAME = "config.json"
+STATE_NAME = "state.json"
+LOCKS_DIR = ".locks"
+EXITED_MESSAGE = "Container process exited. It can be started again using the 'start' option."
+
+
+def run(ref, name: str) -> int:
+    """Create container `name` from image `ref`, run it, and return its exit status.
+
+    Raise ContainerError if the name is taken (also by a concurrent run),
+    UnpackError or LaunchError.
+    """
+    from minict import bundle as bundles
+
+    store.ensure_dirs()
+    lock = _lock(name, wait=False)
+    if lock is None:
+        raise ContainerError(f"Container with name {name} already exists.")
+    try:
+        path = store.container_dir(name)
+        if is_complete(path):
+            raise ContainerError(f"Container with name {name} already exists.")
+        # A bundle without the completion mark is what an interrupted run
+        # left; bundle.create removes it and starts over.
+        path = bundles.create(ref, name)
+        _write_state(path, {"status": "created"})
+        return _launch(path)
+    finally:
+        os.close(lock)
+
+
+def start(name: str) -> int:
+    """Run the existing container `name` again and return its exit status.
+
+    Its rootfs keeps what earlier runs changed.  Raise ContainerError if it
+    does not exist or is running, or LaunchError.
+    """
+    path = store.container_dir(name)
+    lock = _lock(name, wait=False)
+    if lock is None:
+        if is_complete(path):
+            raise ContainerError(f"Container with name {name} is already running.")
+        raise ContainerError(f"Container with name {name} does not exist. "
+                             "Use the 'run' option to start a new container")
+    try:
+        if not is_complete(path):
+            raise ContainerError(f"Container with name {name} does not exist. "
+                                 "Use the 'run' option to start a new container")
+        return _launch(path)
+    finally:
+        os.close(lock)
+
+
+def remove(name: str, force: bool) -> None:
+    """Delete container `name`: unmount what is left, then its bundle.
+
+    A running container is refused unless `force`, which kills it (SIGKILL)
+    and waits for its minict to record the exit.  Raise ContainerError.
+    """
+    from minict import bundle as bundles
+
+    path = store.container_dir(name)
+    if not os.path.lexists(path):
+        raise ContainerError(f"Container with name {name} does not exist.")
+    lock = _lock(name, wait=False)
+    if lock is None:
+        if not force:
+            raise ContainerError(f"Container with name {name} is running; "
+                                 "stop it first or use 'rm --force'")
+        _kill(name, path)
+        lock = _lock(name, wait=True)
+    try:
+        unmount_below(path)
+        bundles.remove_tree(path)
+        # Unlinked while held: whoever waits on this file sees the unlink
+        # and locks the new file instead (see _lock).
+        os.unlink(_lock_path(name))
+    finally:
+        os.close(lock)
+
+
+def list_names() -> list[str]:
+    """Return the names of all containers, sorted (the `list-containers` array)."""
+    return store.list_container_names()
+
+
+def is_complete(path) -> bool:
+    """Return whether the bundle at `path` was fully built (bundle.is_complete)."""
+    return os.path.isfile(os.path.join(path, COMPLETE_MARK))
+
+
+def read_state(path) -> dict:
+    """Return the bundle's state.json, or {} if it has none or it is unreadable."""
+    try:
+        with open(os.path.join(path, STATE_NAME), "rb") as f:
+            state = json.loads(f.read())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+# -- running ------------------------------------------------------------------------
+
+def _launch(path) -> int:
+    """Launch the bundle at `path` (its lock held); record and return the exit status."""
+    config = _read_config(path)
+
+    def started(pid: int) -> None:
+        _write_state(path, {"status": "running", "pid": pid, "owner": os.getpid()})
+
+    try:
+        status = launch.launch(str(path), config, on_start=started)
+    except LaunchError as err:
+        _write_state(path, {"status": "exited", "exitStatus": None, "error": err.message})
+        raise
+    _write_state(path, {"status": "exited", "exitStatus": status})
+    log.info(EXITED_MESSAGE)
+    return status
+
+
+def _read_config(path) -> dict:
+    try:
+        with open(os.path.join(path, CONFIG_NAME), "rb") as f:
+            config = json.loads(f.read())
+    except OSError as err:
+        raise LaunchError(f"cannot read {path}/{CONFIG_NAME}: {err.strerror}") from None
+    except ValueError as err:
+        raise LaunchError(f"{path}/{CONFIG_NAME} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise LaunchError(f"{path}/{CONFIG_NAME} is not a JSON object")
+    return config
+
+
+def _write_state(path, state: dict) -> None:
+    # Replaced by rename, so a reader never sees half a document; no fsync:
+    # after a crash the lock, not this file, says whether anything runs.
+    tmp = os.path.join(path, f".{STATE_NAME}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(state, f)
+    os.replace(tmp, os.path.join(path, STATE_NAME))
+
+
+def _kill(name: str, path) -> None:
+    """SIGKILL the running container `name` (its minict then records the exit)."""
+    state = read_state(path)
+    pid, owner = state.get("pid"), state.get("owner")
+    if state.get("status") != "running" or not isinstance(pid, int) or _parent(pid) != owner:
+        raise ContainerError(f"Container with name {name} is being created or stopped; "
+                             "try again in a moment")
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _parent(pid: int) -> int | None:
+    """Return the parent pid of `pid`, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    return int(stat[stat.rindex(b")") + 2:].split()[1])
+
+
+# -- locks --------------------------------------------------------------------------
+
+def _lock_path(name: str):
+    return store.containers_dir() / LOCKS_DIR / store.check_container_name(name)
+
+
+def _lock(name: str, *, wait: bool) -> int | None:
+    """Take container `name`'s lock; return its descriptor, or None if taken and not `wait`."""
+    path = _lock_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        # `rm` unlinks the file of a removed container while holding it; a
+        # lock on an unlinked file guards nothing, so lock the new one.
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            return fd
+        os.close(fd)
+
+
+# -- leftover mounts ----------------------------------------------------------------
+
+def unmount_below(path) -> None:
+    """Detach every mount at or below `path`, deepest first, never following a symlink."""
+    base = os.path.realpath(path)
+    for _ in range(100):  # mounts may be stacked; each pass removes the top ones
+        points = mounts_below(base)
+        if not points:
+            return
+        for point in sorted(points, key=lambda p: p.count("/"), reverse=True):
+            try:
+                linux.umount2(point, linux.MNT_DETACH | linux.UMOUNT_NOFOLLOW)
+            except OSError as err:
+                raise ContainerError(f"cannot unmount {point}: {err.strerror}") from None
+    raise ContainerError(f"cannot unmount everything below {base}")
+
+
+def mounts_below(base: str) -> list[str]:
+    """Return the mount points at or below `base` in /proc/self/mountinfo."""
+    found = []
+    prefix = base.rstrip("/") + "/"
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            # Field 5 is the mount point, with space, tab, newline and
+            # backslash as octal escapes (proc(5)).
+            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), line.split()[4])
+            point = os.fsdecode(point)
+            if point == base or point.startswith(prefix):
+                found.append(point)
+    return found
