@@ -141,24 +141,27 @@ def describe(err: BaseException, host: str) -> str:
             reason = cause.reason
             nxt = reason if isinstance(reason, BaseException) else None
         cause = nxt
-    for e in seen:
-        if isinstance(e, ssl.SSLCertVerificationError):
-            return f"TLS certificate of {host} not trusted: {e.verify_message}"
-        if isinstance(e, (ssl.SSLError, requests.exceptions.SSLError)):
-            reason = getattr(e, "reason", None) or type(e).__name__
-            return f"TLS handshake with {host} failed: {reason}"
-        if isinstance(e, (socket.gaierror, urllib3.exceptions.NameResolutionError)):
-            return f"cannot resolve registry host {split_host(host)!r} (DNS lookup failed)"
-        if isinstance(e, ConnectionRefusedError):
-            return f"cannot connect to {host}: connection refused"
-        if isinstance(e, (TimeoutError, requests.exceptions.Timeout,
-                          urllib3.exceptions.TimeoutError)):
-            return f"{host} did not answer in time"
+    def first(kind):
+        return next((e for e in seen if isinstance(e, kind)), None)
+
+    if (e := first(ssl.SSLCertVerificationError)) is not None:
+        return f"TLS certificate of {host} not trusted: {e.verify_message}"
+    if (e := first((ssl.SSLError, requests.exceptions.SSLError))) is not None:
+        return f"TLS handshake with {host} failed: {getattr(e, 'reason', None) or type(e).__name__}"
+    if first((socket.gaierror, urllib3.exceptions.NameResolutionError)) is not None:
+        return f"cannot resolve registry host {split_host(host)!r} (DNS lookup failed)"
+    if first(ConnectionRefusedError) is not None:
+        return f"cannot connect to {host}: connection refused"
+    # urllib3's NewConnectionError is a ConnectTimeoutError too; it is no timeout.
+    if any(isinstance(e, (TimeoutError, requests.exceptions.Timeout,
+                          urllib3.exceptions.TimeoutError))
+           and not isinstance(e, urllib3.exceptions.NewConnectionError) for e in seen):
+        return f"{host} did not answer in time"
+    if (e := first(urllib3.exceptions.ProtocolError)) is not None:
+        return f"connection to {host} broke: {_short(e)}"
     for e in seen:
         if isinstance(e, OSError) and e.errno is not None and e.strerror:
             return f"connection to {host} failed: {e.strerror}"
-        if isinstance(e, urllib3.exceptions.ProtocolError):
-            return f"connection to {host} broke: {_short(e)}"
     return f"connection to {host} failed: {type(err).__name__}"
 
 
