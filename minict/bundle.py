@@ -1,0 +1,249 @@
+"""Turn a stored image into a runtime bundle: containers/<name>/{rootfs/, config.json}.
+
+    containers/<name>/rootfs/             the image's layers, applied in order
+    containers/<name>/config.json         the runtime config (spec.generate)
+    containers/<name>/.minict-complete    the completion mark, written last
+
+The mark (`COMPLETE_MARK`, check it with `is_complete`) is what makes a
+bundle a container: it is written only after the rootfs and config.json are
+in place, so a bundle without it was cut short (an error, Ctrl-C, kill -9).
+`create` removes its half-made bundle on any error; one left by a killed
+process is removed by the next `create` of that name.
+
+`remove_tree` is the one recursive delete of a bundle: it stays on one file
+system and never follows a symlink (container.remove uses it too).
+"""
+
+import contextlib
+import json
+import os
+import platform
+import re
+import stat
+import time
+from pathlib import Path
+
+from minict import layout as layouts
+from minict import log, spec, store, unpack
+from minict.errors import MinictError, UnpackError
+from minict.reference import Reference
+
+COMPLETE_MARK = ".minict-complete"
+CONFIG_NAME = "config.json"
+ROOTFS_NAME = "rootfs"
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MANIFEST_TYPES = {layouts.OCI_MANIFEST, DOCKER_MANIFEST}
+CONFIG_TYPES = {layouts.OCI_CONFIG, DOCKER_CONFIG}
+INDEX_TYPES = {layouts.OCI_INDEX, DOCKER_LIST}
+_GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
+_USER_DB_MAX = 4 * 1024 * 1024
+
+
+def is_complete(bundle: Path) -> bool:
+    """Return whether `bundle` was fully built (its completion mark exists)."""
+    return os.path.isfile(os.path.join(bundle, COMPLETE_MARK))
+
+
+def create(ref: Reference, name: str) -> Path:
+    """Build the bundle of container `name` from the stored image `ref`; return its path.
+
+    Does not check whether the container exists (container.run does, under
+    its lock); a leftover bundle without the completion mark is removed
+    first.  Raise UnpackError; on any failure nothing of the bundle remains.
+    """
+    bundle = store.container_dir(name)
+    image = layouts.Layout.for_reference(ref)
+    try:
+        descriptor = image.resolve(ref)
+    except MinictError:
+        raise UnpackError(f"image {ref.familiar()} not found; "
+                          f"pull it first with 'minict pull --image {ref.familiar()}'") from None
+    try:
+        manifest, config = _read_image(image, descriptor)
+    except MinictError as err:
+        raise UnpackError(f"image {ref.familiar()}: {err.message}") from None
+
+    store.ensure_dirs()
+    if os.path.lexists(bundle):
+        if is_complete(bundle):
+            raise UnpackError(f"container directory {bundle} already exists")
+        log.info(f"removing the incomplete bundle {bundle} left by an earlier run")
+        remove_tree(bundle)
+    try:
+        os.mkdir(bundle, 0o700)
+    except OSError as err:
+        raise UnpackError(f"cannot create {bundle}: {err.strerror}") from None
+    try:
+        _build(bundle, image, manifest, config, name)
+        _write_json_atomic(bundle / COMPLETE_MARK, {
+            "image": ref.familiar(),
+            "manifest": descriptor["digest"],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+    except BaseException as err:
+        try:
+            remove_tree(bundle)
+        except (OSError, MinictError) as cleanup:
+            log.error(f"cannot remove the half-made bundle {bundle}: {cleanup}")
+        if isinstance(err, OSError):
+            raise UnpackError(f"{err.strerror or err}"
+                              + (f": {err.filename}" if err.filename else "")) from None
+        raise
+    log.info(f"unpacked image bundle: {bundle}")
+    return bundle
+
+
+def _read_image(image: layouts.Layout, descriptor: dict) -> tuple[dict, dict]:
+    """Return (manifest, config) of the image `descriptor` names, checked."""
+    if descriptor.get("mediaType") in INDEX_TYPES:
+        descriptor = _pick_platform(image.read_json_blob(descriptor.get("digest")))
+    manifest = image.read_json_blob(descriptor.get("digest"))
+    # umoci writes manifests without mediaType: absent is fine, a wrong one is not.
+    kind = manifest.get("mediaType", descriptor.get("mediaType"))
+    if kind is not None and kind not in MANIFEST_TYPES:
+        raise MinictError(f"unsupported manifest media type {kind!r}")
+    config_desc = manifest.get("config")
+    layers = manifest.get("layers")
+    if not isinstance(config_desc, dict) or not isinstance(layers, list):
+        raise MinictError("manifest has no config or no layers")
+    if config_desc.get("mediaType") not in CONFIG_TYPES:
+        raise MinictError(f"unsupported config media type {config_desc.get('mediaType')!r}")
+    config = image.read_json_blob(config_desc.get("digest"))
+    if config.get("os", "linux") != "linux":
+        raise MinictError(f"image is for {config.get('os')!r}; minict runs linux images only")
+    arch = _GO_ARCH.get(platform.machine(), platform.machine())
+    if config.get("architecture") not in (None, arch):
+        log.warn(f"image is for architecture {config.get('architecture')}, this host is {arch}")
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids")
+    if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
+        raise MinictError(f"config lists {len(diff_ids) if isinstance(diff_ids, list) else 'no'} "
+                          f"diff_ids for {len(layers)} layers")
+    for layer, diff_id in zip(layers, diff_ids):
+        if not isinstance(layer, dict) or layer.get("mediaType") not in unpack.LAYER_MEDIA_TYPES:
+            kind = layer.get("mediaType") if isinstance(layer, dict) else layer
+            raise MinictError(f"unsupported layer media type {kind!r}")
+        layouts.check_digest(layer.get("digest"))
+        layouts.check_digest(diff_id)
+    return manifest, config
+
+
+def _pick_platform(index: dict) -> dict:
+    arch = _GO_ARCH.get(platform.machine(), platform.machine())
+    for d in index.get("manifests") or []:
+        p = d.get("platform") or {}
+        if p.get("os") == "linux" and p.get("architecture") == arch:
+            return d
+    raise MinictError(f"the image index has no linux/{arch} image")
+
+
+def _build(bundle: Path, image: layouts.Layout, manifest: dict, config: dict, name: str) -> None:
+    """Apply every layer into bundle/rootfs, then write bundle/config.json."""
+    rootfs = bundle / ROOTFS_NAME
+    os.mkdir(rootfs, 0o755)
+    os.chmod(rootfs, 0o755)  # the umask's choice is not the image's; "." entries may change it
+    root_fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        diff_ids = config["rootfs"]["diff_ids"]
+        for layer, diff_id in zip(manifest["layers"], diff_ids):
+            digest = layer["digest"]
+            log.info(f"unpack layer: {digest}")
+            compression = unpack.LAYER_MEDIA_TYPES[layer["mediaType"]]
+            blob = image.blob_path(digest)
+            if not blob.is_file():
+                raise UnpackError(f"layer {digest} is missing from {image.path}")
+            started = time.monotonic()
+            with unpack.LayerStream(blob, compression) as stream:
+                unpack.apply_layer(root_fd, stream, digest)
+            if stream.diff_id != diff_id:
+                raise UnpackError(f"layer {digest}: its content is {stream.diff_id}, "
+                                  f"the image config says {diff_id}")
+            log.debug(f"layer {digest} applied in {time.monotonic() - started:.2f}s")
+        passwd = _read_user_db(root_fd, "passwd")
+        group = _read_user_db(root_fd, "group")
+    finally:
+        os.close(root_fd)
+    try:
+        document = spec.generate(config, name, passwd, group)
+    except spec.SpecError as err:
+        raise UnpackError(f"cannot write {CONFIG_NAME}: {err}") from None
+    _write_json_atomic(bundle / CONFIG_NAME, document, indent="\t")
+
+
+def _read_user_db(root_fd: int, name: str) -> str | None:
+    """Return the rootfs's /etc/<name>, or None if absent; never follow a symlink out."""
+    try:
+        etc = unpack.open_dir_at(root_fd, "etc")
+    except OSError:
+        return None
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=etc)
+    except OSError as err:
+        if err.errno not in (2, 40):  # ENOENT, ELOOP (a symlink: not read, it may lead out)
+            raise
+        if err.errno == 40:
+            log.warn(f"/etc/{name} in the rootfs is a symlink; not reading it")
+        return None
+    finally:
+        os.close(etc)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return f.read(_USER_DB_MAX).decode("utf-8", "replace")
+
+
+def _write_json_atomic(path: Path, document: dict, indent=None) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(document, f, indent=indent)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# -- removal ----------------------------------------------------------------------
+
+
+def remove_tree(path) -> None:
+    """Delete `path` and everything below it; a missing path is fine.
+
+    Never follows a symlink (one inside the tree is removed, not its target)
+    and never enters another mount: any mount point at or below `path`
+    (from /proc/self/mountinfo, which also catches bind mounts of the same
+    file system) or a directory on another device makes it raise MinictError
+    before or instead of deleting there.
+    """
+    path = Path(os.path.abspath(path))
+    mounted = _mounts_at_or_below(path)
+    if mounted:
+        raise MinictError(f"cannot remove {path}: {mounted[0]} is still mounted")
+    try:
+        parent_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        try:
+            st = os.stat(path.name, dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        unpack.remove_at(parent_fd, path.name, st.st_dev)
+    except OSError as err:
+        raise MinictError(f"cannot remove {path}: {err.strerror or err}"
+                          + (f" ({os.fsdecode(err.filename)})" if err.filename else "")) from None
+    finally:
+        os.close(parent_fd)
+
+
+def _mounts_at_or_below(path: Path) -> list[str]:
+    base = os.path.realpath(path) if os.path.lexists(path) else str(path)
+    found = []
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as f:
+        for line in f:
+            # Field 5 is the mount point, octal-escaped (proc(5)).
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4])
+            if point == base or point.startswith(base.rstrip("/") + "/"):
+                found.append(point)
+    return found

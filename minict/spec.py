@@ -1,0 +1,231 @@
+"""Turn an image config into the runtime config.json: a pure function.
+
+The document is the one umoci writes for `umoci unpack --rootless` (the seed
+article shows it for ubuntu:20.04), with two deliberate changes: the
+hostname is the container's name, and the inheritable and ambient
+capability sets are empty.  Filling them (as umoci did) let a process keep
+capabilities across an exec of a non-privileged binary: CVE-2022-29162,
+after which runc and crun stopped doing it.
+
+The conversion follows image-spec conversion.md and umoci's
+oci/config/convert: args = Entrypoint + Cmd, Env over the default PATH and
+TERM, cwd = WorkingDir or "/", the user resolved through the rootfs's
+/etc/passwd and /etc/group (moby/sys/user's rules), labels and a few config
+fields as annotations, and each Volume as a tmpfs mount.
+"""
+
+import copy
+
+OCI_VERSION = "1.0.0"
+DEFAULT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"]
+DEFAULT_HOME = "/root"
+CAPABILITIES = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+
+# umoci's defaults as ToRootless leaves them (the seed document): /sys and
+# /etc/resolv.conf become read-only rbinds at the end, devpts loses gid=5.
+_MOUNTS_HEAD = [
+    {"destination": "/proc", "type": "proc", "source": "proc"},
+    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+     "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+    {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+     "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+    {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+     "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+    {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+     "options": ["nosuid", "noexec", "nodev"]},
+]
+_MOUNTS_TAIL = [
+    {"destination": "/sys", "type": "bind", "source": "/sys",
+     "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]},
+    {"destination": "/etc/resolv.conf", "type": "bind", "source": "/etc/resolv.conf",
+     "options": ["noexec", "nosuid", "rbind", "ro"]},
+]
+_VOLUME_OPTIONS = ["rw", "nosuid", "nodev", "noexec", "relatime"]
+_NAMESPACES = ["pid", "ipc", "uts", "mount", "user"]
+_MASKED_PATHS = ["/proc/kcore", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                 "/proc/sched_debug", "/sys/firmware", "/proc/scsi"]
+_READONLY_PATHS = ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
+                   "/proc/sysrq-trigger"]
+_ID_MAX = 2**31 - 1  # moby/sys/user's range for numeric ids
+
+ANNOTATION = "org.opencontainers.image."
+ZERO_TIME = "0001-01-01T00:00:00Z"  # how Go prints an image without `created`
+
+
+class SpecError(ValueError):
+    """The image config cannot become a runtime config (bad Env, unknown user...)."""
+
+
+def generate(image: dict, hostname: str, passwd: str | None = None,
+             group: str | None = None) -> dict:
+    """Return the runtime config.json document for `image` (a parsed image config blob).
+
+    `passwd` and `group` are the contents of the rootfs's /etc/passwd and
+    /etc/group, or None when absent.  Raise SpecError for what cannot be converted.
+    """
+    config = image.get("config") or {}
+    if not isinstance(config, dict):
+        raise SpecError("image config's 'config' is not an object")
+
+    env = list(DEFAULT_ENV)
+    for item in _strings(config, "Env"):
+        name, sep, _ = item.partition("=")
+        if not sep or not name:
+            raise SpecError(f"environment variable must look like NAME=value: {item!r}")
+        _set_env(env, name, item)
+    args = _strings(config, "Entrypoint") + _strings(config, "Cmd")
+    user = resolve_user(_string(config, "User"), passwd, group)
+    if not any(item.startswith("HOME=") for item in _strings(config, "Env")):
+        _set_env(env, "HOME", "HOME=" + (user.pop("home") or DEFAULT_HOME))
+    user.pop("home", None)
+
+    annotations = {}
+    labels = config.get("Labels") or {}
+    if isinstance(labels, dict):
+        annotations.update({str(k): str(v) for k, v in labels.items()})
+    annotations.update({
+        ANNOTATION + "architecture": _string(image, "architecture"),
+        ANNOTATION + "author": _string(image, "author"),
+        ANNOTATION + "created": _string(image, "created") or ZERO_TIME,
+        ANNOTATION + "exposedPorts": ",".join(sorted(_keys(config, "ExposedPorts"))),
+        ANNOTATION + "os": _string(image, "os"),
+        ANNOTATION + "stopSignal": _string(config, "StopSignal"),
+    })
+    volumes = [{"destination": v, "type": "tmpfs", "source": "none",
+                "options": list(_VOLUME_OPTIONS)} for v in sorted(_keys(config, "Volumes"))]
+
+    return {
+        "ociVersion": OCI_VERSION,
+        "process": {
+            "terminal": True,
+            "user": user,
+            "args": args or ["sh"],
+            "env": env,
+            "cwd": _string(config, "WorkingDir") or "/",
+            "capabilities": {
+                "bounding": list(CAPABILITIES),
+                "effective": list(CAPABILITIES),
+                "inheritable": [],
+                "permitted": list(CAPABILITIES),
+                "ambient": [],
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": "rootfs"},
+        "hostname": hostname,
+        "mounts": copy.deepcopy(_MOUNTS_HEAD) + volumes + copy.deepcopy(_MOUNTS_TAIL),
+        "annotations": annotations,
+        "linux": {
+            "namespaces": [{"type": t} for t in _NAMESPACES],
+            "maskedPaths": list(_MASKED_PATHS),
+            "readonlyPaths": list(_READONLY_PATHS),
+        },
+    }
+
+
+def resolve_user(spec: str, passwd: str | None, group: str | None) -> dict:
+    """Return {"uid", "gid", ["additionalGids"], "home"} for an image's `User`.
+
+    `spec` is "", "user" or "user:group", each a name or a number (moby/sys/user
+    GetExecUser): a name must exist in passwd (group); a number need not.
+    A matched user brings its primary gid and home; without an explicit
+    group, the groups listing the user by name become additional gids.
+    """
+    user_arg, _, group_arg = spec.partition(":")
+    uid, gid, home, matched = 0, 0, None, None
+    users = _database(passwd, 7)
+    if user_arg == "":
+        found = [u for u in users if _int(u[2]) == 0]
+    elif user_arg.isdigit():
+        found = [u for u in users if _int(u[2]) == int(user_arg)]
+    else:
+        found = [u for u in users if u[0] == user_arg]
+    if found:
+        matched = found[0][0]
+        uid, gid, home = _int(found[0][2]), _int(found[0][3]), found[0][5]
+    elif user_arg:
+        if not user_arg.isdigit():
+            raise SpecError(f"cannot find user {user_arg!r} in the image's /etc/passwd")
+        uid = _check_id(user_arg, "uid")
+
+    additional = []
+    groups = _database(group, 4)
+    if group_arg:
+        if group_arg.isdigit():
+            gid = _check_id(group_arg, "gid")
+        else:
+            named = [g for g in groups if g[0] == group_arg]
+            if not named:
+                raise SpecError(f"cannot find group {group_arg!r} in the image's /etc/group")
+            gid = _int(named[0][2])
+    elif matched is not None:
+        # moby/sys/user lists supplementary groups only for an implicit group.
+        additional = [_int(g[2]) for g in groups if matched in g[3].split(",")]
+
+    user = {"uid": uid, "gid": gid}
+    if additional:
+        user["additionalGids"] = additional
+    user["home"] = home
+    return user
+
+
+def _database(text: str | None, fields: int) -> list[list[str]]:
+    """Parse colon-separated /etc/passwd or /etc/group lines, skipping malformed ones."""
+    rows = []
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        row = line.split(":")
+        if len(row) < 3 or not row[2].isdigit():
+            continue
+        rows.append((row + [""] * fields)[:fields])
+    return rows
+
+
+def _int(text: str) -> int:
+    return int(text) if text.isdigit() else 0
+
+
+def _check_id(text: str, what: str) -> int:
+    value = int(text)
+    if value > _ID_MAX:
+        raise SpecError(f"{what} {value} is out of range")
+    return value
+
+
+def _set_env(env: list[str], name: str, item: str) -> None:
+    """Replace `name`'s entry in `env` in place, or append it (umoci's appendEnv)."""
+    for i, old in enumerate(env):
+        if old.startswith(name + "="):
+            env[i] = item
+            return
+    env.append(item)
+
+
+def _string(obj: dict, key: str) -> str:
+    value = obj.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise SpecError(f"image config field {key!r} is not a string")
+    return value
+
+
+def _strings(obj: dict, key: str) -> list[str]:
+    value = obj.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SpecError(f"image config field {key!r} is not a list of strings")
+    return list(value)
+
+
+def _keys(obj: dict, key: str) -> list[str]:
+    value = obj.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        raise SpecError(f"image config field {key!r} is not an object")
+    return [str(k) for k in value]

@@ -1,0 +1,708 @@
+"""Apply image layers to a rootfs, confined to it, and fast.
+
+A layer is a tar stream (image-spec layer.md).  `LayerStream` inflates and
+hashes it on a second thread (the decompressors and hashlib release the
+GIL), while `apply_layer` parses the tar headers itself and writes each
+entry with dir-fd system calls.
+
+Confinement: every parent directory is reached one component at a time with
+`openat(..., O_NOFOLLOW | O_DIRECTORY)` from the rootfs's own descriptor, so
+no path is ever resolved through a symlink, inside the rootfs or out of it.
+Members named absolutely or with `..`, members under a symlink, hardlinks and
+whiteouts reaching outside, and entries that would replace the root itself
+are refused with an error naming the layer and the entry.  Hardlink targets
+may be absolute (real images have them): they are taken relative to the
+rootfs, like everything else.
+
+Whiteouts (layer.md "Whiteouts"): `.wh.<name>` removes `<name>` from the
+layers below, `.wh..wh..opq` empties its directory of the layers below; a
+whiteout never removes what the same layer wrote (umoci tracks the same).
+"""
+
+import errno
+import hashlib
+import os
+import queue
+import stat
+import threading
+
+from minict import log
+from minict.errors import UnpackError
+
+# Layer media types and their compression (image-spec media-types.md, and
+# Docker's, which skopeo keeps when it copies schema 2 images).
+LAYER_MEDIA_TYPES = {
+    "application/vnd.oci.image.layer.v1.tar": None,
+    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar": None,
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
+    "application/vnd.docker.image.rootfs.diff.tar": None,
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
+}
+
+_READ_SIZE = 1 << 20  # compressed bytes read at a time
+_PIECE_MAX = 1 << 20  # most uncompressed bytes handed over at a time (bounds a gzip bomb)
+_QUEUE_PIECES = 16  # pieces buffered between the threads (~16 MiB)
+
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_CACHE_MAX = 256  # open directory descriptors kept per layer (the soft RLIMIT_NOFILE is 1024)
+# xattr failures that mean "this file system will not store it": warned about, not fatal.
+_XATTR_REFUSED = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL, errno.EACCES}
+
+
+# -- the uncompressed stream ----------------------------------------------------
+
+
+def _inflate_gzip(f):
+    """Yield the uncompressed pieces of a gzip file (all its members, as pigz may write)."""
+    try:
+        from isal import isal_zlib as zlib  # ISA-L inflates ~3x faster than zlib
+    except ImportError:  # a platform without isal wheels still works, only slower
+        import zlib
+    inflater = zlib.decompressobj(31)
+    fed = False  # whether the current gzip member has had any input
+    while True:
+        data = f.read(_READ_SIZE)
+        if not data:
+            break
+        while data:
+            fed = True
+            piece = inflater.decompress(data, _PIECE_MAX)
+            if piece:
+                yield piece
+            if inflater.eof:
+                data = inflater.unused_data
+                inflater, fed = zlib.decompressobj(31), False
+            else:
+                data = inflater.unconsumed_tail
+    if fed and not inflater.eof:
+        raise ValueError("gzip stream is truncated")
+
+
+def _inflate_zstd(f):
+    """Yield the uncompressed pieces of a zstd file (all its frames)."""
+    import zstandard
+
+    reader = zstandard.ZstdDecompressor().stream_reader(f, read_size=_READ_SIZE,
+                                                        read_across_frames=True)
+    while piece := reader.read(_PIECE_MAX):
+        yield piece
+
+
+def _read_plain(f):
+    while piece := f.read(_PIECE_MAX):
+        yield piece
+
+
+_DECOMPRESSORS = {"gzip": _inflate_gzip, "zstd": _inflate_zstd, None: _read_plain}
+
+
+class LayerStream:
+    """A layer blob's uncompressed bytes, inflated on a second thread, and hashed.
+
+    Use as a context manager; `read_piece()` returns the next piece (b"" at the
+    end) and re-raises the worker's failure; `diff_id` is the sha256 of all
+    uncompressed bytes once the end was read.
+    """
+
+    def __init__(self, path, compression: str | None):
+        if compression not in _DECOMPRESSORS:
+            raise UnpackError(f"unsupported layer compression {compression!r}")
+        self.path = path
+        self.diff_id: str | None = None
+        self._digest = hashlib.sha256()
+        self._decompress = _DECOMPRESSORS[compression]
+        self._queue: queue.Queue = queue.Queue(_QUEUE_PIECES)
+        self._stopped = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._work, name="inflate", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _put(self, item) -> bool:
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self):
+        try:
+            with open(self.path, "rb") as f:
+                for piece in self._decompress(f):
+                    if not self._put(piece):
+                        return
+            self._put(b"")
+        except BaseException as err:  # noqa: BLE001 -- handed to the reading thread, raised there
+            self._put(err)
+
+    def read_piece(self) -> bytes:
+        if self._done:
+            return b""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            if isinstance(item, OSError):
+                raise UnpackError(f"cannot read layer blob {self.path}: {item.strerror or item}")
+            raise UnpackError(f"cannot decompress layer blob {self.path}: {item}")
+        if item:
+            # Hashed here, not by the inflating thread: inflate is the longer
+            # task of the two, and update() releases the GIL either way.
+            self._digest.update(item)
+        else:
+            self._done = True
+            self.diff_id = "sha256:" + self._digest.hexdigest()
+        return item
+
+    def close(self):
+        """Stop the worker (it may be blocked handing over a piece) and wait for it."""
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+class _Reader:
+    """Exact-size reads over the stream's pieces, without copying file contents."""
+
+    def __init__(self, stream: LayerStream):
+        self._stream = stream
+        self._buf = memoryview(b"")
+        self._pos = 0
+
+    def _fill(self) -> bool:
+        piece = self._stream.read_piece()
+        if not piece:
+            return False
+        rest = self._buf[self._pos:]
+        self._buf = memoryview(bytes(rest) + piece if len(rest) else piece)
+        self._pos = 0
+        return True
+
+    def read(self, n: int, end_ok: bool = False) -> bytes:
+        """Return exactly n bytes; raise UnpackError if the stream ends first.
+
+        With `end_ok`, return b"" if the stream ends cleanly before them.
+        """
+        while len(self._buf) - self._pos < n:
+            if not self._fill():
+                if end_ok and self._pos == len(self._buf):
+                    return b""
+                raise UnpackError("layer tar stream ends in the middle of an entry")
+        start = self._pos
+        self._pos += n
+        return bytes(self._buf[start:self._pos])
+
+    def chunks(self, n: int):
+        """Yield memoryviews covering the next n bytes, as the pieces arrive."""
+        while n:
+            if self._pos == len(self._buf) and not self._fill():
+                raise UnpackError("layer tar stream ends in the middle of a file")
+            take = min(n, len(self._buf) - self._pos)
+            start = self._pos
+            self._pos += take
+            n -= take
+            yield self._buf[start:self._pos]
+
+    def skip(self, n: int) -> None:
+        for _ in self.chunks(n):
+            pass
+
+    def drain(self) -> None:
+        """Read to the end, so that the whole stream is hashed."""
+        self._buf, self._pos = memoryview(b""), 0
+        while self._stream.read_piece():
+            pass
+
+
+# -- tar headers (POSIX ustar, pax and GNU extensions) ---------------------------
+
+_ZERO_BLOCK = bytes(512)
+_REGULAR = (b"0", b"\0", b"7")
+
+
+def _number(field: bytes) -> int:
+    """Parse a numeric header field: octal text, or GNU base-256 for large values."""
+    if field[0] & 0x80:
+        if field[0] == 0xFF:
+            raise ValueError("negative number in a tar header")
+        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _cstring(field: bytes) -> bytes:
+    return field.split(b"\0", 1)[0]
+
+
+def _pax_records(data: bytes) -> dict[bytes, bytes]:
+    """Parse `<length> <key>=<value>\\n` records (pax extended header)."""
+    records = {}
+    pos = 0
+    while pos < len(data) and data[pos] != 0:
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        if length <= 0:
+            raise ValueError("bad pax record length")
+        record = data[space + 1:pos + length]
+        if not record.endswith(b"\n") or b"=" not in record:
+            raise ValueError("malformed pax record")
+        key, value = record[:-1].split(b"=", 1)
+        records[key] = value
+        pos += length
+    return records
+
+
+def _pax_time_ns(value: bytes) -> int:
+    whole, _, frac = value.partition(b".")
+    sign = -1 if whole.startswith(b"-") else 1
+    return int(whole) * 1_000_000_000 + sign * int((frac + b"000000000")[:9] or b"0")
+
+
+class Entry:
+    """One tar member, with pax and GNU long-name overrides applied."""
+
+    __slots__ = (
+        "devmajor",
+        "devminor",
+        "gid",
+        "linkname",
+        "mode",
+        "mtime_ns",
+        "name",
+        "size",
+        "type",
+        "uid",
+        "xattrs",
+    )
+
+
+def _entries(reader: _Reader):
+    """Yield the members of the tar stream; stop at the end-of-archive block."""
+    global_pax: dict[bytes, bytes] = {}
+    pax: dict[bytes, bytes] = {}
+    long_name = long_link = None
+    while True:
+        block = reader.read(512, end_ok=True)
+        if block == _ZERO_BLOCK or not block:  # some writers omit the end-of-archive blocks
+            return
+        checksum = _number(block[148:156])
+        if checksum != sum(block[:148]) + 256 + sum(block[156:]):
+            raise ValueError("tar header checksum mismatch (not a tar stream?)")
+        kind = block[156:157]
+        size = _number(block[124:136])
+        if kind in (b"x", b"g", b"L", b"K"):
+            data = reader.read(size)[:size]
+            reader.skip(-size % 512)
+            if kind == b"x":
+                pax = _pax_records(data)
+            elif kind == b"g":
+                global_pax.update(_pax_records(data))
+            elif kind == b"L":
+                long_name = _cstring(data)
+            else:
+                long_link = _cstring(data)
+            continue
+        e = Entry()
+        name = _cstring(block[0:100])
+        if block[257:263] == b"ustar\0":  # POSIX: a prefix field extends the name
+            prefix = _cstring(block[345:500])
+            if prefix:
+                name = prefix + b"/" + name
+        records = {**global_pax, **pax} if global_pax else pax
+        e.name = records.get(b"path", long_name or name)
+        e.linkname = records.get(b"linkpath", long_link or _cstring(block[157:257]))
+        e.type = kind
+        e.mode = _number(block[100:108]) & 0o7777
+        e.uid = int(records[b"uid"]) if b"uid" in records else _number(block[108:116])
+        e.gid = int(records[b"gid"]) if b"gid" in records else _number(block[116:124])
+        e.size = int(records[b"size"]) if b"size" in records else size
+        e.mtime_ns = (_pax_time_ns(records[b"mtime"]) if b"mtime" in records
+                      else _number(block[136:148]) * 1_000_000_000)
+        if kind in (b"3", b"4"):
+            e.devmajor, e.devminor = _number(block[329:337]), _number(block[337:345])
+        e.xattrs = None
+        if records:
+            if any(k.startswith(b"GNU.sparse.") for k in records):
+                raise ValueError(f"sparse file {e.name!r} is not supported")
+            xattrs = {k[13:]: v for k, v in records.items() if k.startswith(b"SCHILY.xattr.")}
+            e.xattrs = xattrs or None
+        pax, long_name, long_link = {}, None, None
+        # Only regular files carry data (apply_layer consumes it); the other
+        # types are header-only whatever their size field says (as Go's archive/tar).
+        yield e
+
+
+# -- removing trees without following symlinks or leaving the file system ---------
+
+
+def open_dir_at(dir_fd: int, name, dev: int | None = None) -> int:
+    """Open directory `name` under `dir_fd` without following a symlink.
+
+    With `dev`, refuse (OSError EXDEV) a directory on another device: a mount point.
+    """
+    fd = os.open(name, _O_DIR, dir_fd=dir_fd)
+    if dev is not None and os.fstat(fd).st_dev != dev:
+        os.close(fd)
+        raise OSError(errno.EXDEV, "is a mount point of another file system", name)
+    return fd
+
+
+def remove_at(dir_fd: int, name, dev: int) -> None:
+    """Remove `name` under `dir_fd` and, if it is a directory, everything below it.
+
+    Symlinks are removed, never followed; directories on a device other than
+    `dev` are not entered (OSError EXDEV).  A missing `name` is fine.  The walk
+    uses an explicit stack: hostile layers can nest deeper than Python recurses.
+    """
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    stack = [(dir_fd, name, open_dir_at(dir_fd, name, dev))]
+    try:
+        while stack:
+            parent_fd, dir_name, fd = stack[-1]
+            child = None
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        child = entry.name
+                        break
+                    os.unlink(entry.name, dir_fd=fd)
+            if child is not None:
+                stack.append((fd, child, open_dir_at(fd, child, dev)))
+                continue
+            stack.pop()
+            os.close(fd)
+            os.rmdir(dir_name, dir_fd=parent_fd)
+    finally:
+        for _, _, fd in stack:
+            os.close(fd)
+
+
+# -- applying one layer --------------------------------------------------------------
+
+
+class _Refused(Exception):
+    """An entry that would reach outside the rootfs or is otherwise not allowed."""
+
+
+def _split(name: bytes, what: str = "name") -> tuple[bytes, bytes]:
+    """Return (parent, base) of a member name, normalised; raise _Refused if unsafe.
+
+    Parent is b"" for the top level; base is b"" for the root itself.
+    """
+    if name.startswith(b"/"):
+        raise _Refused(f"absolute {what}")
+    if name.startswith(b"./"):
+        name = name[2:]
+    name = name.rstrip(b"/")
+    if b"//" in name or b"./" in name or name.endswith(b".") or b"/." in name:
+        parts = [p for p in name.split(b"/") if p and p != b"."]
+        if b".." in parts:
+            raise _Refused(f"'..' in {what}")
+        name = b"/".join(parts)
+    parent, _, base = name.rpartition(b"/")
+    return parent, base
+
+
+class _Applier:
+    """The state of applying one layer: open parent directories, what it wrote."""
+
+    def __init__(self, root_fd: int, layer: str):
+        self.root_fd = root_fd
+        self.dev = os.fstat(root_fd).st_dev
+        self.layer = layer
+        self.dirs: dict[bytes, int] = {}  # resolved parent path -> open fd, in LRU order
+        self.written: set[bytes] = set()  # paths this layer created (whiteouts spare them)
+        self.dir_times: list[tuple[bytes, int]] = []  # directories' mtimes, set last
+
+    def close(self):
+        for fd in self.dirs.values():
+            os.close(fd)
+        self.dirs.clear()
+
+    # Parent directories ------------------------------------------------------
+
+    def dir_fd(self, path: bytes, create: bool = True) -> int | None:
+        """Return an fd of directory `path` (b"" is the root), resolved without symlinks.
+
+        Missing directories are created (0755, root) when `create`, else None
+        is returned.  Raise _Refused for a symlink or non-directory on the way.
+        """
+        if not path:
+            return self.root_fd
+        fd = self.dirs.pop(path, None)
+        if fd is not None:
+            self.dirs[path] = fd  # most recently used last
+            return fd
+        parent, _, base = path.rpartition(b"/")
+        parent_fd = self.dir_fd(parent, create)
+        if parent_fd is None:
+            return None
+        try:
+            fd = os.open(base, _O_DIR, dir_fd=parent_fd)
+        except FileNotFoundError:
+            if not create:
+                return None
+            os.mkdir(base, 0o755, dir_fd=parent_fd)
+            fd = os.open(base, _O_DIR, dir_fd=parent_fd)
+            os.fchmod(fd, 0o755)  # not the umask's choice
+        except OSError as err:
+            if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            st = os.stat(base, dir_fd=parent_fd, follow_symlinks=False)
+            what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+            raise _Refused(f"its parent {path.decode(errors='replace')!r} is {what}") from None
+        self._remember(path, fd)
+        return fd
+
+    def _remember(self, path: bytes, fd: int) -> None:
+        old = self.dirs.pop(path, None)
+        if old is not None:
+            os.close(old)
+        self.dirs[path] = fd
+        if len(self.dirs) > _DIR_CACHE_MAX:
+            oldest = next(iter(self.dirs))
+            os.close(self.dirs.pop(oldest))
+
+    def forget(self, path: bytes) -> None:
+        """Drop cached fds of `path` and below: it is being removed or replaced."""
+        below = path + b"/"
+        for p in [p for p in self.dirs if p == path or p.startswith(below)]:
+            os.close(self.dirs.pop(p))
+
+    def remove(self, parent_fd: int, base: bytes, path: bytes) -> None:
+        self.forget(path)
+        remove_at(parent_fd, base, self.dev)
+
+    # Entries -------------------------------------------------------------------
+
+    def apply(self, e: Entry, reader: _Reader) -> None:
+        parent, base = _split(e.name)
+        if base.startswith(b".wh."):
+            self.whiteout(parent, base[4:])
+            return
+        path = parent + b"/" + base if parent else base
+        if not base:
+            self.root_entry(e)
+            return
+        parent_fd = self.dir_fd(parent)
+        kind = e.type
+        if kind in _REGULAR:
+            self.regular(e, reader, parent_fd, base, path)
+        elif kind == b"5":
+            self.directory(e, parent_fd, base, path)
+        elif kind == b"2":
+            self.create(lambda: os.symlink(e.linkname, base, dir_fd=parent_fd), parent_fd, base, path)
+            os.chown(base, e.uid, e.gid, dir_fd=parent_fd, follow_symlinks=False)
+            self.set_xattrs_at(e, parent_fd, base)
+            os.utime(base, ns=(e.mtime_ns, e.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
+        elif kind == b"1":
+            self.hardlink(e, parent_fd, base, path)
+        elif kind in (b"3", b"4", b"6"):
+            if kind == b"6":
+                make = lambda: os.mkfifo(base, 0o600, dir_fd=parent_fd)
+            else:
+                fmt = stat.S_IFCHR if kind == b"3" else stat.S_IFBLK
+                device = os.makedev(e.devmajor, e.devminor)
+                make = lambda: os.mknod(base, fmt | 0o600, device, dir_fd=parent_fd)
+            self.create(make, parent_fd, base, path)
+            os.chown(base, e.uid, e.gid, dir_fd=parent_fd, follow_symlinks=False)
+            os.chmod(base, e.mode, dir_fd=parent_fd, follow_symlinks=False)
+            self.set_xattrs_at(e, parent_fd, base)
+            os.utime(base, ns=(e.mtime_ns, e.mtime_ns), dir_fd=parent_fd, follow_symlinks=False)
+        else:
+            raise _Refused(f"unsupported tar entry type {kind!r}")
+
+    def create(self, make, parent_fd: int, base: bytes, path: bytes):
+        """Run `make()`; if the name exists (from a lower layer), remove it and retry."""
+        try:
+            result = make()
+        except FileExistsError:
+            self.remove(parent_fd, base, path)
+            result = make()
+        self.written.add(path)
+        return result
+
+    def regular(self, e: Entry, reader: _Reader, parent_fd: int, base: bytes, path: bytes):
+        # A new inode, never the old one opened for writing: that could be a
+        # hardlink shared with a lower layer's file.
+        fd = self.create(lambda: os.open(base, _O_NEW_FILE, 0o600, dir_fd=parent_fd),
+                         parent_fd, base, path)
+        try:
+            for chunk in reader.chunks(e.size):
+                while chunk:
+                    chunk = chunk[os.write(fd, chunk):]
+            # chown clears setuid/setgid and security.capability: chmod and xattrs after it.
+            os.fchown(fd, e.uid, e.gid)
+            os.fchmod(fd, e.mode)
+            if e.xattrs:
+                self.set_xattrs(e, fd)
+            os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+        finally:
+            os.close(fd)
+        reader.skip(-e.size % 512)
+
+    def directory(self, e: Entry, parent_fd: int, base: bytes, path: bytes):
+        try:
+            os.mkdir(base, 0o700, dir_fd=parent_fd)
+        except FileExistsError:
+            st = os.stat(base, dir_fd=parent_fd, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):  # a file or symlink becomes a directory
+                self.remove(parent_fd, base, path)
+                os.mkdir(base, 0o700, dir_fd=parent_fd)
+        fd = os.open(base, _O_DIR, dir_fd=parent_fd)
+        self._remember(path, fd)  # its members usually follow
+        self.written.add(path)
+        self.set_dir_metadata(e, fd, path)
+
+    def root_entry(self, e: Entry):
+        if e.type != b"5":
+            raise _Refused("it would replace the rootfs itself")
+        self.set_dir_metadata(e, self.root_fd, b"")
+
+    def set_dir_metadata(self, e: Entry, fd: int, path: bytes):
+        os.fchown(fd, e.uid, e.gid)
+        os.fchmod(fd, e.mode)
+        if e.xattrs:
+            self.set_xattrs(e, fd)
+        # Writing members into a directory changes its mtime: set it after the layer.
+        self.dir_times.append((path, e.mtime_ns))
+
+    def hardlink(self, e: Entry, parent_fd: int, base: bytes, path: bytes):
+        # Link names are rootfs paths; real images write them absolute too.
+        target_parent, target_base = _split(e.linkname.lstrip(b"/"), "link name")
+        if not target_base:
+            raise _Refused("hardlink to the rootfs itself")
+        target_path = target_parent + b"/" + target_base if target_parent else target_base
+        if target_path == path:
+            return  # a link to itself: the file is already there
+        target_fd = self.dir_fd(target_parent, create=False)
+        if target_fd is None:
+            raise _Refused(f"hardlink target {e.linkname!r} does not exist")
+        parent_fd = self.dir_fd(path.rpartition(b"/")[0])  # target_fd's lookup may have evicted it
+        try:
+            self.create(lambda: os.link(target_base, base, src_dir_fd=target_fd,
+                                        dst_dir_fd=parent_fd, follow_symlinks=False),
+                        parent_fd, base, path)
+        except FileNotFoundError:
+            raise _Refused(f"hardlink target {e.linkname!r} does not exist") from None
+
+    # Whiteouts -------------------------------------------------------------------
+
+    def whiteout(self, parent: bytes, name: bytes):
+        if name == b".wh..opq":
+            parent_fd = self.dir_fd(parent, create=False)
+            if parent_fd is not None:
+                for child in os.listdir(parent_fd):
+                    child_path = parent + b"/" + os.fsencode(child) if parent else os.fsencode(child)
+                    self.remove_lower(parent_fd, os.fsencode(child), child_path)
+            return
+        if name.startswith(b".wh."):
+            return  # aufs metadata (.wh..wh.plnk and such): nothing to apply
+        if name in (b"", b".", b".."):
+            raise _Refused("whiteout of an invalid name")
+        parent_fd = self.dir_fd(parent, create=False)
+        if parent_fd is not None:
+            self.remove_lower(parent_fd, name, parent + b"/" + name if parent else name)
+
+    def remove_lower(self, parent_fd: int, name: bytes, path: bytes):
+        """Remove `path` as the layers below made it, sparing what this layer wrote."""
+        if path in self.written:
+            return
+        below = path + b"/"
+        if not any(w.startswith(below) for w in self.written):
+            self.remove(parent_fd, name, path)
+            return
+        fd = self.dir_fd(path, create=False)
+        for child in os.listdir(fd):
+            self.remove_lower(fd, os.fsencode(child), below + os.fsencode(child))
+
+    # Metadata ----------------------------------------------------------------------
+
+    def set_xattrs(self, e: Entry, target) -> None:
+        for key, value in e.xattrs.items():
+            try:
+                os.setxattr(target, key, value, follow_symlinks=False)
+            except OSError as err:
+                if err.errno not in _XATTR_REFUSED:
+                    raise
+                log.warn(f"layer {self.layer}: entry {e.name.decode(errors='replace')}: "
+                         f"cannot set xattr {key.decode(errors='replace')}: {err.strerror}")
+
+    def set_xattrs_at(self, e: Entry, parent_fd: int, base: bytes) -> None:
+        # setxattr has no dir_fd form; the fd's /proc path reaches the same
+        # (already resolved) directory, and the last component is not followed.
+        if e.xattrs:
+            self.set_xattrs(e, b"/proc/self/fd/%d/%s" % (parent_fd, base))
+
+    def set_dir_times(self) -> None:
+        for path, mtime_ns in self.dir_times:  # utime changes no parent's mtime: any order
+            parent, _, base = path.rpartition(b"/")
+            try:
+                parent_fd = self.dir_fd(parent, create=False)
+                if parent_fd is None:
+                    continue
+                fd = open_dir_at(parent_fd, base) if base else os.dup(self.root_fd)
+            except (_Refused, FileNotFoundError, NotADirectoryError):
+                continue  # removed or replaced later in the layer
+            except OSError as err:
+                if err.errno != errno.ELOOP:
+                    raise
+                continue
+            try:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            finally:
+                os.close(fd)
+
+
+def apply_layer(root_fd: int, stream: LayerStream, layer: str) -> None:
+    """Apply the tar stream of `layer` (its digest, for messages) to the rootfs at `root_fd`.
+
+    Raise UnpackError naming the layer and entry for anything unsafe or failing.
+    """
+    reader = _Reader(stream)
+    applier = _Applier(root_fd, layer)
+    name = None
+    try:
+        entries = _entries(reader)
+        while True:
+            name = None
+            try:
+                e = next(entries)
+            except StopIteration:
+                break
+            name = e.name
+            applier.apply(e, reader)
+        name = None
+        applier.set_dir_times()
+    except _Refused as err:
+        raise UnpackError(f"layer {layer}: entry {_show(name)}: refused: {err}") from None
+    except OSError as err:
+        where = f"entry {_show(name)}: " if name is not None else ""
+        raise UnpackError(f"layer {layer}: {where}{err.strerror or err}") from None
+    except ValueError as err:
+        where = f"entry {_show(name)}: " if name is not None else ""
+        raise UnpackError(f"layer {layer}: {where}invalid tar: {err}") from None
+    finally:
+        applier.close()
+    reader.drain()
+
+
+def _show(name: bytes | None) -> str:
+    return repr(name.decode(errors="backslashreplace")) if name is not None else "?"
