@@ -106,12 +106,12 @@ def _handshake(channel, intermediate: int, config: dict) -> _Started:
             kind, _, rest = data.partition(b" ")
             if kind == b"userns":
                 _write_id_maps(intermediate, config.get("linux") or {})
-                channel.send(b"mapped")
+                _send(channel, b"mapped")
             elif kind == b"pid":
                 started.pid = int(rest)
                 os.waitpid(intermediate, 0)
                 intermediate = None
-                channel.send(b"reaped")
+                _send(channel, b"reaped")
             elif kind == b"pty":
                 started.master = int.from_bytes(ancillary[0][2][:4], "little")
             elif kind == b"error":
@@ -125,6 +125,14 @@ def _handshake(channel, intermediate: int, config: dict) -> _Started:
     if started.pid is None and started.error is None:
         started.error = (1, "the container's init process died before it started")
     return started
+
+
+def _send(channel, message: bytes) -> None:
+    """Send `message` to the children; if they are gone, what they said before tells why."""
+    try:
+        channel.send(message)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
 
 
 def _write_id_maps(pid: int, linux_config: dict) -> None:

@@ -1,0 +1,346 @@
+"""Real containers, as root: what the process inside sees, and what the host keeps.
+
+Each test makes a bundle directly (a busybox rootfs plus the config.json
+minict.spec writes, see tests.support.bundles) and runs `minict start` on it
+as a subprocess, so the whole path from the CLI to execve is exercised.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from minict import init, linux, spec
+from tests.support import bundles
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    return bundles.busybox_template(tmp_path_factory.mktemp("busybox"))
+
+
+@pytest.fixture
+def box(minict_dir, template):
+    """box(cmd, name="box", **image_config) -> the bundle path of a new container."""
+
+    def make(cmd, name="box", **kw):
+        return bundles.make_bundle(minict_dir, name, template, cmd=cmd, **kw)
+
+    return make
+
+
+def sh(script):
+    return ["sh", "-c", script]
+
+
+def host_mounts():
+    with open("/proc/self/mountinfo") as f:
+        return sorted(" ".join(line.split()[3:5]) for line in f)
+
+
+def popen_start(minict_dir, name="box", **kw):
+    env = dict(os.environ, MINICT_DIR=str(minict_dir))
+    return subprocess.Popen([sys.executable, "-m", "minict", "start", "--name", name],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kw)
+
+
+def wait_running(bundle, timeout=10):
+    """Return the pid of the container once state.json says it runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = json.loads((bundle / "state.json").read_text())
+        except (OSError, ValueError):
+            state = {}
+        if state.get("status") == "running":
+            return state["pid"]
+        time.sleep(0.02)
+    raise AssertionError("the container did not start")
+
+
+# -- exit statuses and streams ---------------------------------------------------------
+
+@pytest.mark.parametrize("cmd, status", [
+    (["true"], 0),
+    (sh("exit 3"), 3),
+    (["/etc/passwd"], init.NOT_EXECUTABLE),
+    (["no-such-program"], init.NOT_FOUND),
+    (["/bin/no-such-program"], init.NOT_FOUND),
+])
+def test_exit_status_is_the_containers(minict, box, cmd, status):
+    box(cmd)
+    done = minict("start", "--name", "box")
+    assert done.returncode == status, done.stderr
+    if status in (init.NOT_EXECUTABLE, init.NOT_FOUND):
+        assert "Failed to run image. Error received: exec" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_killed_container_gives_128_plus_signal(minict_dir, box):
+    bundle = box(["sleep", "30"])
+    proc = popen_start(minict_dir)
+    os.kill(wait_running(bundle), signal.SIGKILL)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 137, err
+    assert "Container process exited. It can be started again using the 'start' option." in err
+    state = json.loads((bundle / "state.json").read_text())
+    assert state["status"] == "exited" and state["exitStatus"] == 137
+
+
+def test_stdin_piped_in_and_stdout_captured(minict, box):
+    box(sh("tr a-z A-Z; echo to-stderr >&2"))
+    done = minict("start", "--name", "box", input="hello from the pipe\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "HELLO FROM THE PIPE\n"
+    assert "to-stderr" in done.stderr
+
+
+@pytest.mark.parametrize("signo, trap", [(signal.SIGTERM, "TERM"), (signal.SIGINT, "INT"),
+                                         (signal.SIGHUP, "HUP"), (signal.SIGQUIT, "QUIT")])
+def test_signals_sent_to_minict_reach_the_container(minict_dir, box, signo, trap):
+    bundle = box(sh(f"trap 'echo got {trap}; exit 9' {trap}; echo ready; "
+                    "while :; do sleep 0.05; done"))
+    proc = popen_start(minict_dir)
+    wait_running(bundle)
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signo)
+    out, err = proc.communicate(timeout=20)
+    assert out == f"got {trap}\n"
+    assert proc.returncode == 9, err
+
+
+# -- isolation ---------------------------------------------------------------------------
+
+def test_hostname_is_the_name_and_the_host_keeps_its_own(minict, box):
+    box(["hostname"], name="web-1")
+    done = minict("start", "--name", "web-1")
+    assert done.stdout == "web-1\n"
+    assert socket.gethostname() != "web-1"
+
+
+def test_command_is_pid_1_and_sees_only_its_own_processes(minict, box):
+    box(sh("echo $$; ps -o pid,comm; true"))  # `; true`: sh must not exec ps
+    done = minict("start", "--name", "box")
+    lines = done.stdout.split("\n")
+    assert lines[0] == "1"
+    pids = sorted(int(line.split()[0]) for line in lines[2:] if line.strip())
+    assert pids[0] == 1 and len(pids) == 2, done.stdout  # sh and ps, nothing of the host
+
+
+def test_masked_and_readonly_paths(minict, box):
+    config = spec.generate({"config": {}}, "x")
+    masked = [p for p in config["linux"]["maskedPaths"] if os.path.exists(p)]
+    assert masked, "this kernel has none of the masked paths: the test would prove nothing"
+    box(sh("for p in " + " ".join(masked) + "; do echo \"$p:$(if [ -d $p ]; then ls -A $p;"
+           " else cat $p; fi)\"; done; grep -E ' /proc/sys | /sys ' /proc/self/mounts;"
+           " echo 1 > /proc/sys/kernel/domainname && echo WROTE"))
+    done = minict("start", "--name", "box")
+    out = done.stdout
+    for path in masked:
+        assert f"{path}:\n" in out, out  # empty: /dev/null or an empty tmpfs
+    for line in out.splitlines():
+        if " /proc/sys " in line or " /sys " in line:
+            assert line.split()[3].startswith("ro"), line
+    assert "WROTE" not in out
+
+
+def test_mount_is_refused_inside(minict, box):
+    box(sh("mkdir -p /mnt; mount -t tmpfs none /mnt && echo MOUNTED; umount /proc && echo UNMOUNTED;"
+           " true"))
+    done = minict("start", "--name", "box")
+    assert "MOUNTED" not in done.stdout
+    assert done.returncode == 0
+
+
+def _status_fields(text):
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
+
+
+@pytest.mark.parametrize("edit", [
+    None,
+    lambda c: c["process"]["capabilities"].update(
+        bounding=["CAP_CHOWN", "CAP_KILL", "CAP_SETUID", "CAP_SYS_CHROOT"],
+        effective=["CAP_CHOWN", "CAP_KILL"], permitted=["CAP_CHOWN", "CAP_KILL"],
+        inheritable=["CAP_CHOWN"], ambient=["CAP_CHOWN"]),
+])
+def test_capabilities_and_no_new_privs_match_the_config(minict_dir, minict, box, edit):
+    bundle = box(["cat", "/proc/self/status"], edit=edit)
+    caps = json.loads((bundle / "config.json").read_text())["process"]["capabilities"]
+    done = minict("start", "--name", "box")
+    fields = _status_fields(done.stdout)
+
+    def mask(names):
+        return sum(1 << linux.CAPABILITIES[n] for n in names)
+
+    # Root's execve would raise effective to the bounding set; no_new_privs
+    # keeps it within the permitted set the config gave (here = effective).
+    assert int(fields["CapBnd"], 16) == mask(caps["bounding"])
+    assert int(fields["CapEff"], 16) == mask(caps["effective"])
+    assert int(fields["CapPrm"], 16) == mask(caps["permitted"])
+    assert int(fields["CapInh"], 16) == mask(caps["inheritable"])
+    assert int(fields["CapAmb"], 16) == mask(caps["ambient"])
+    assert fields["NoNewPrivs"] == "1"
+
+
+def test_non_root_user_keeps_only_ambient_capabilities(minict, box):
+    def edit(config):
+        config["process"]["capabilities"].update(inheritable=["CAP_KILL"], ambient=["CAP_KILL"])
+
+    box(["cat", "/proc/self/status"], user="app", edit=edit)
+    fields = _status_fields(minict("start", "--name", "box").stdout)
+    assert fields["Uid"].split()[0] == "1000" and fields["Gid"].split()[0] == "1000"
+    assert int(fields["CapEff"], 16) == 1 << linux.CAPABILITIES["CAP_KILL"]
+    assert int(fields["CapAmb"], 16) == 1 << linux.CAPABILITIES["CAP_KILL"]
+
+
+def test_user_env_cwd_and_rlimit_come_from_the_config(minict, box):
+    box(sh("id -u; id -g; pwd; echo $GREETING; echo $HOME; ulimit -n"), user="app",
+        env=["PATH=/bin", "GREETING=hi there"], workdir="/home/app/work")
+    done = minict("start", "--name", "box")
+    assert done.stdout.split("\n")[:6] == ["1000", "1000", "/home/app/work", "hi there",
+                                          "/home/app", "1024"], done.stderr
+
+
+def test_only_descriptors_0_to_2_are_open(minict_dir, box):
+    bundle = box(["sleep", "30"])
+    leak = os.open("/", os.O_RDONLY)  # not close-on-exec: a careless runtime would pass it on
+    os.set_inheritable(leak, True)
+    try:
+        proc = popen_start(minict_dir, pass_fds=(leak,))
+        pid = wait_running(bundle)
+        assert sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd")) == [0, 1, 2]
+        os.kill(pid, signal.SIGKILL)
+        proc.communicate(timeout=20)
+    finally:
+        os.close(leak)
+
+
+def test_escape_attempts_do_not_reach_host_files(minict, box, tmp_path):
+    marker = tmp_path / "host-marker"
+    marker.write_text("host secret")
+    relative = str(marker).lstrip("/")
+
+    def grant_chroot(config):
+        config["process"]["capabilities"]["bounding"].append("CAP_SYS_CHROOT")
+        config["process"]["capabilities"]["effective"].append("CAP_SYS_CHROOT")
+        config["process"]["capabilities"]["permitted"].append("CAP_SYS_CHROOT")
+
+    box(sh(f"cat /{relative} /../../{relative} /proc/1/root/../../{relative}"
+           f" /proc/self/cwd/../../{relative} 2>/dev/null;"
+           f" mkdir -p /jail/bin; cp /bin/busybox /jail/bin/;"
+           f" busybox chroot /jail /bin/busybox sh -c 'cd ../../../..; cat {relative}' 2>/dev/null;"
+           " echo done"), edit=grant_chroot)
+    done = minict("start", "--name", "box")
+    assert done.stdout.strip().endswith("done"), done.stderr
+    assert "host secret" not in done.stdout
+
+
+def test_the_host_is_untouched(minict, minict_dir, box):
+    before = (host_mounts(), socket.gethostname(), open("/etc/resolv.conf").read())
+    box(sh("hostname other; echo x > /etc/resolv.conf; touch /dev/null-was-here; echo done"))
+    done = minict("start", "--name", "box")
+    assert done.stdout == "done\n"
+    assert (host_mounts(), socket.gethostname(), open("/etc/resolv.conf").read()) == before
+    assert not any(str(minict_dir) in m for m in host_mounts())
+
+
+# -- refusals: the child reports one line and runs nothing ----------------------------------
+
+def test_symlinked_mount_destination_is_refused(minict, box, tmp_path):
+    bystander = tmp_path / "host-file"
+    bystander.write_text("untouched")
+    bundle = box(["true"])
+    resolv = bundle / "rootfs" / "etc" / "resolv.conf"
+    resolv.symlink_to(bystander)  # a bind on it would otherwise hit the host file
+    done = minict("start", "--name", "box")
+    assert done.returncode == 1
+    assert "fatal Failed to run image. Error received: mount destination /etc/resolv.conf" \
+        in done.stderr
+    assert "symlink" in done.stderr and "Traceback" not in done.stderr
+    assert bystander.read_text() == "untouched"
+
+
+def test_symlinked_parent_of_a_mount_is_refused(minict, box, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    bundle = box(["true"])
+    os.rmdir(bundle / "rootfs" / "proc")
+    (bundle / "rootfs" / "proc").symlink_to(outside)
+    done = minict("start", "--name", "box")
+    assert done.returncode == 1 and "symlink" in done.stderr
+    assert os.listdir(outside) == []
+
+
+def test_working_directory_through_proc_fd_is_refused(minict, box):
+    box(["pwd"], workdir="/proc/self/fd/3")
+    done = minict("start", "--name", "box")
+    assert done.returncode == 1
+    assert "refusing working directory '/proc/self/fd/3'" in done.stderr
+    assert done.stdout == ""
+
+
+def test_a_failing_mount_is_one_clear_error(minict, box):
+    def edit(config):
+        config["mounts"].append({"destination": "/data", "type": "nosuchfs", "source": "x"})
+
+    box(["echo", "SHOULD NOT RUN"], edit=edit)
+    done = minict("start", "--name", "box")
+    assert done.returncode == 1 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "mount nosuchfs on /data" in lines[0], done.stderr
+
+
+# -- terminal ----------------------------------------------------------------------------
+
+def test_terminal_session_has_a_tty_and_job_control(minict_dir, box):
+    import pty
+    import select
+
+    box(["sh"])
+    env = dict(os.environ, MINICT_DIR=str(minict_dir))
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(sys.executable, [sys.executable, "-m", "minict", "start", "--name", "box"], env)
+
+    def read_until(needle, timeout=10.0):
+        seen = b""
+        deadline = time.monotonic() + timeout
+        while needle not in seen and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    break
+        assert needle in seen, seen
+        return seen
+
+    try:
+        read_until(b"# ")
+        os.write(fd, b"tty; sleep 30\n")
+        read_until(b"/dev/pts/0\r\n")
+        time.sleep(0.3)
+        os.write(fd, b"\x03")  # Ctrl-C: the container's pty turns it into SIGINT for sleep
+        read_until(b"# ")
+        os.write(fd, b"sleep 20 &\n")
+        read_until(b"# ")
+        os.write(fd, b"jobs\n")
+        read_until(b"Running")
+        os.write(fd, b"kill %1; exit 4\n")
+        read_until(b"Container process exited")
+        _, raw = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(raw) == 4
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
