@@ -88,7 +88,7 @@ def test_killed_container_gives_128_plus_signal(minict_dir, box):
     bundle = box(["sleep", "30"])
     proc = popen_start(minict_dir)
     os.kill(wait_running(bundle), signal.SIGKILL)
-    out, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=20)
     assert proc.returncode == 137, err
     assert "Container process exited. It can be started again using the 'start' option." in err
     state = json.loads((bundle / "state.json").read_text())
@@ -243,12 +243,17 @@ def test_escape_attempts_do_not_reach_host_files(minict, box, tmp_path):
     assert "host secret" not in done.stdout
 
 
+def host_view():
+    with open("/etc/resolv.conf") as f:
+        return host_mounts(), socket.gethostname(), f.read()
+
+
 def test_the_host_is_untouched(minict, minict_dir, box):
-    before = (host_mounts(), socket.gethostname(), open("/etc/resolv.conf").read())
+    before = host_view()
     box(sh("hostname other; echo x > /etc/resolv.conf; touch /dev/null-was-here; echo done"))
     done = minict("start", "--name", "box")
     assert done.stdout == "done\n"
-    assert (host_mounts(), socket.gethostname(), open("/etc/resolv.conf").read()) == before
+    assert host_view() == before
     assert not any(str(minict_dir) in m for m in host_mounts())
 
 
