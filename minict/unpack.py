@@ -238,7 +238,10 @@ def _number(field: bytes) -> int:
             raise ValueError("negative number in a tar header")
         return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
     text = field.split(b"\0", 1)[0].strip()
-    return int(text, 8) if text else 0
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        raise ValueError("malformed number in a tar header (not a tar stream?)") from None
 
 
 def _cstring(field: bytes) -> bytes:
@@ -450,10 +453,21 @@ class _Applier:
         if fd is not None:
             self.dirs[path] = fd  # most recently used last
             return fd
-        parent, _, base = path.rpartition(b"/")
-        parent_fd = self.dir_fd(parent, create)
-        if parent_fd is None:
-            return None
+        # Walk down from the deepest directory already open (a loop, not
+        # recursion: hostile layers nest deeper than Python recurses).
+        parts = path.split(b"/")
+        known = len(parts) - 1
+        while known and (fd := self.dirs.get(b"/".join(parts[:known]))) is None:
+            known -= 1
+        if not known:
+            fd = self.root_fd
+        for depth in range(known + 1, len(parts) + 1):
+            fd = self._open_child(fd, parts[depth - 1], b"/".join(parts[:depth]), create)
+            if fd is None:
+                return None
+        return fd
+
+    def _open_child(self, parent_fd: int, base: bytes, path: bytes, create: bool) -> int | None:
         try:
             fd = os.open(base, _O_DIR, dir_fd=parent_fd)
         except FileNotFoundError:
@@ -638,7 +652,10 @@ class _Applier:
     def set_xattrs(self, e: Entry, target) -> None:
         for key, value in e.xattrs.items():
             try:
-                os.setxattr(target, key, value, follow_symlinks=False)
+                if isinstance(target, int):
+                    os.setxattr(target, key, value)
+                else:
+                    os.setxattr(target, key, value, follow_symlinks=False)
             except OSError as err:
                 if err.errno not in _XATTR_REFUSED:
                     raise

@@ -1,0 +1,107 @@
+"""Hostile layers: each is refused, names the layer and the entry, and changes nothing outside.
+
+The rootfs sits next to an `outside/` directory (with a file, a directory and
+a symlink) that the layers aim at; after each refusal the whole test
+directory outside the rootfs must be exactly as before.
+"""
+
+import os
+
+import pytest
+
+from minict.errors import UnpackError
+from tests.support.images import Dir, File, Hardlink, Opaque, Symlink, Whiteout, tar_layer
+from tests.support.layers import tree, unpack_layers
+
+pytestmark = pytest.mark.root
+
+
+def _outside(tmp_path):
+    return str(tmp_path / "outside")
+
+
+# Each case: (id, layers, the entry the error must name); layers may use {out},
+# the absolute path of the outside directory.
+CASES = [
+    ("dotdot-file", [[File("../outside/secret", b"pwned")]], "../outside/secret"),
+    ("dotdot-inner", [[Dir("a"), File("a/../../outside/secret", b"x")]], "a/../../outside/secret"),
+    ("absolute-file", [[File("{out}/secret", b"x")]], "{out}/secret"),
+    ("absolute-dir", [[Dir("{out}/newdir")]], "{out}/newdir/"),
+    ("symlinked-parent-abs", [[Symlink("etc", "{out}"), File("etc/secret", b"x")]], "etc/secret"),
+    ("symlinked-parent-rel", [[Symlink("up", "../outside"), File("up/secret", b"x")]], "up/secret"),
+    ("symlinked-parent-later-layer", [[Symlink("etc", "{out}")], [File("etc/passwd", b"x")]],
+     "etc/passwd"),
+    ("symlinked-grandparent", [[Symlink("etc", "{out}"), Dir("etc/dir/sub")]], "etc/dir/sub/"),
+    ("dir-through-symlink", [[Symlink("etc", "{out}"), Dir("etc/dir")]], "etc/dir/"),
+    ("symlink-through-symlink", [[Symlink("etc", "{out}"), Symlink("etc/link", "/")]],
+     "etc/link"),
+    ("hardlink-dotdot", [[Hardlink("h", "../outside/secret")]], "h"),
+    ("hardlink-through-symlink", [[Symlink("o", "{out}"), Hardlink("h", "o/secret")]], "h"),
+    ("hardlink-absolute-outside", [[Hardlink("h", "{out}/secret")]], "h"),
+    ("hardlink-into-symlinked-dir", [[File("f", b"x"), Symlink("o", "{out}"),
+                                      Hardlink("o/h", "f")]], "o/h"),
+    ("root-symlink", [[Symlink(".", "{out}")]], "."),
+    ("root-symlink-slash", [[Symlink("./", "/")]], "./"),
+    ("root-file", [[File(".", b"x")]], "."),
+    ("root-hardlink", [[File("f", b"x"), Hardlink(".", "f")]], "."),
+    ("whiteout-dotdot", [[File("../outside/.wh.secret")]], "../outside/.wh.secret"),
+    ("whiteout-of-dotdot", [[Dir("a"), File("a/.wh..."), ]], "a/.wh..."),
+    ("whiteout-through-symlink", [[Symlink("o", "{out}")], [Whiteout("o/secret")]],
+     "o/.wh.secret"),
+    ("whiteout-through-symlink-deep", [[Symlink("o", "{out}")], [Whiteout("o/dir/inner")]],
+     "o/dir/.wh.inner"),
+    ("opaque-through-symlink", [[Symlink("o", "{out}")], [Opaque("o")]], "o/.wh..wh..opq"),
+    ("whiteout-absolute", [[File("{out}/.wh.secret")]], "{out}/.wh.secret"),
+    ("opaque-absolute", [[Opaque("{out}")]], "{out}/.wh..wh..opq"),
+]
+
+
+def _fill(case, out):
+    if isinstance(case, list):
+        return [_fill(c, out) for c in case]
+    if isinstance(case, str):
+        return case.replace("{out}", out)
+    for attr in ("name", "linkname"):
+        setattr(case, attr, getattr(case, attr).replace("{out}", out))
+    return case
+
+
+@pytest.fixture
+def outside(tmp_path):
+    out = tmp_path / "outside"
+    (out / "dir").mkdir(parents=True)
+    (out / "secret").write_bytes(b"keep me")
+    (out / "dir/inner").write_bytes(b"keep me too")
+    os.symlink("secret", out / "link")
+    return out
+
+
+@pytest.mark.parametrize("case_id, layers, entry", CASES, ids=[c[0] for c in CASES])
+def test_hostile_layer_is_refused(tmp_path, outside, case_id, layers, entry):
+    out = str(outside)
+    layers = [tar_layer(_fill(layer, out)) for layer in layers]
+    entry = _fill(entry, out)
+    before = tree(tmp_path)
+    with pytest.raises(UnpackError) as refused:
+        unpack_layers(tmp_path / "rootfs", layers, name="evil")
+    message = str(refused.value)
+    assert message.startswith("Failed to unpack image. Error received: layer evil-")
+    assert repr(entry) in message, message
+    after = {k: v for k, v in tree(tmp_path).items()
+             if not k.startswith(("rootfs", "blobs"))}
+    assert after == {k: v for k, v in before.items() if not k.startswith(("rootfs", "blobs"))}
+
+
+def test_deep_nesting_is_no_recursion_problem(tmp_path):
+    # Deeper than Python's recursion limit: creating and whiting out must both work.
+    deep = "/".join(["d"] * 1500)
+    root = unpack_layers(tmp_path / "rootfs", [[File(deep + "/f", b"x")], [Whiteout("d")]])
+    assert os.listdir(root) == []
+
+
+def test_a_symlink_inside_the_rootfs_is_not_followed_either(tmp_path):
+    # Confinement is stricter than "inside": no member is written through any symlink.
+    with pytest.raises(UnpackError, match="'lib/x'.*parent 'lib' is a symlink"):
+        unpack_layers(tmp_path / "rootfs", [[Dir("usr"), Symlink("lib", "usr"),
+                                             File("lib/x", b"1")]])
+    assert not (tmp_path / "rootfs/usr/x").exists()
