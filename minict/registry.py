@@ -223,8 +223,9 @@ class Registry:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = "minict"
+        # Per request, because requests lets REQUESTS_CA_BUNDLE override Session.verify.
+        self._tls = {"verify": False} if insecure else {}
         if insecure:
-            self.session.verify = False
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self._lock = threading.Lock()
         self._challenge: tuple[str, dict[str, str]] | None = None
@@ -246,7 +247,7 @@ class Registry:
             if authorization and own:
                 sent["Authorization"] = authorization
             response = self.session.request(method, url, headers=sent, stream=stream,
-                                            allow_redirects=False, timeout=TIMEOUT)
+                                            allow_redirects=False, timeout=TIMEOUT, **self._tls)
             log.debug(f"{method} {redact(url, self.endpoint)} {response.status_code}")
             if response.status_code in (301, 302, 303, 307, 308) and "Location" in response.headers:
                 target = urllib.parse.urljoin(url, response.headers["Location"])
@@ -313,6 +314,8 @@ class Registry:
                 f"{what}: {reason}: access to {self.endpoint}/{self.repository} denied",
                 hint="the repository may not exist, or needs credentials in Docker's config.json",
             )
+        if status == 429 or status >= 500:
+            reason = f"HTTP {status}: {reason}"
         return PullError(f"{what}: {reason}")
 
     # -- ping and authentication ---------------------------------------------
@@ -352,7 +355,7 @@ class Registry:
 
     def _ping_once(self, base: str) -> requests.Response:
         url = base + "/v2/"
-        response = self.session.get(url, timeout=TIMEOUT, allow_redirects=False)
+        response = self.session.get(url, timeout=TIMEOUT, allow_redirects=False, **self._tls)
         log.debug(f"GET {redact(url, self.endpoint)} {response.status_code}")
         response.close()
         return response
@@ -416,10 +419,11 @@ class Registry:
                 form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token,
                         "client_id": "minict", "scope": " ".join(scopes),
                         "service": params.get("service", "")}
-                response = self.session.post(realm, data=form, timeout=TIMEOUT)
+                response = self.session.post(realm, data=form, timeout=TIMEOUT, **self._tls)
             else:
                 auth = (creds.username, creds.password) if creds and creds.username else None
-                response = self.session.get(realm, params=query, auth=auth, timeout=TIMEOUT)
+                response = self.session.get(realm, params=query, auth=auth, timeout=TIMEOUT,
+                                            **self._tls)
         except requests.RequestException as err:
             raise PullError(f"getting a token: {describe(err, realm_host)}") from None
         log.debug(f"{response.request.method} {redact(response.url, realm_host)} "
