@@ -11,10 +11,13 @@ root and fail under CI=true.  Every test is checked for mounts it left behind
 under pytest's temporary directories.
 """
 
+import getpass
 import os
 import re
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +29,15 @@ MINICT_TIMEOUT = 120
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "root: the test needs root (skips locally, fails in CI)")
+    # pytest deletes old temp dirs with a recursive delete that would go
+    # through a mount left there (a bind of /dev, say): refuse to start.
+    roots = [Path(tempfile.gettempdir(), f"pytest-of-{getpass.getuser()}")]
+    if config.option.basetemp:
+        roots.append(Path(config.option.basetemp).resolve())
+    leaked = sorted(set().union(*(_mounts_under(str(root)) for root in roots)))
+    if leaked:
+        pytest.exit(f"mounts left under pytest's temp dirs, unmount them first: {leaked}",
+                    returncode=3)
 
 
 def pytest_runtest_setup(item):
