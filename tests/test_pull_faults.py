@@ -64,7 +64,7 @@ def test_dropped_connection_resumes_with_range(registry, proxy, minict, minict_d
     assert "Range" not in first["headers"]
     offset = int(second["headers"]["Range"].removeprefix("bytes=").removesuffix("-"))
     assert 0 < offset <= len(big.blob) // 2
-    assert f"resuming in" in done.stderr
+    assert "resuming in" in done.stderr
     assert_layout_valid(minict_dir, f"{proxy.host}/test/app", "latest", image)
 
 
@@ -89,7 +89,7 @@ def test_a_registry_that_keeps_failing_gives_up(registry, proxy, minict):
     assert len(proxy.paths("GET", "/blobs/")) <= 3 * 5  # bounded: 5 tries for each of 3 blobs
 
 
-def test_redirect_to_another_host_carries_no_authorization(basic_registry, minict, tmp_path):
+def test_redirect_to_another_host_carries_no_authorization(basic_registry, minict, tmp_path):  # noqa: F811
     image = two_layer_image(big=100_000)
     push(basic_registry.url, "team/app", "latest", image, auth=(USER, PASSWORD))
     with FaultProxy(basic_registry.url) as proxy:
