@@ -2,6 +2,7 @@
 
 import json
 import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -301,3 +302,41 @@ def test_quiet_prints_nothing_but_errors(registry, minict):
     done = minict("pull", "--quiet", "--image", f"{registry.host}/test/app")
     assert done.returncode == 0 and done.stderr == ""
     fails(minict("pull", "--quiet", "--image", f"{registry.host}/test/app:nope"), "manifest unknown")
+
+
+def test_progress_bars_on_a_tty_and_no_rich_otherwise(registry, minict_dir):
+    image = small_image("tty")
+    push(registry.url, "test/app", "latest", image)
+    env = {**os.environ, "MINICT_DIR": str(minict_dir), "COLUMNS": "120", "TERM": "xterm"}
+    env.pop("MINICT_LOG_LEVEL", None)
+    main, sub = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "minict", "pull", "--image",
+                                 f"{registry.host}/test/app"], env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=sub)
+        os.close(sub)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the pull closed its end
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(main)
+    text = output.decode(errors="replace")
+    assert f"Copying blob {image.layers[0].digest[7:19]}" in text
+    assert "\x1b[" in text and "done" in text  # drawn by rich, on the terminal
+    assert "Image pulled successfully." in text
+
+    # Not on a TTY, rich (~100 ms to import) is never loaded.
+    code = ("import sys\nfrom minict import cli\n"
+            "try:\n    cli.main(['pull', '--image', sys.argv[1]])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0, e.code\nprint('rich' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code, f"{registry.host}/test/app"], env=env,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
