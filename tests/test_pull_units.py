@@ -10,7 +10,7 @@ import pytest
 
 from minict import auth, pull, registry
 from minict.errors import MinictError, PullError
-from minict.layout import Layout, SOURCE_DIGEST, DigestMismatch
+from minict.layout import SOURCE_DIGEST, DigestMismatch, Layout
 from minict.reference import parse
 
 
