@@ -480,6 +480,8 @@ class _Applier:
             if err.errno not in (errno.ELOOP, errno.ENOTDIR):
                 raise
             st = os.stat(base, dir_fd=parent_fd, follow_symlinks=False)
+            if not create and not stat.S_ISLNK(st.st_mode):
+                return None  # a file: nothing below it to find
             what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
             raise _Refused(f"its parent {path.decode(errors='replace')!r} is {what}") from None
         self._remember(path, fd)
@@ -620,6 +622,20 @@ class _Applier:
     # Whiteouts -------------------------------------------------------------------
 
     def whiteout(self, parent: bytes, name: bytes):
+        if name in (b"", b".", b".."):
+            raise _Refused("whiteout of an invalid name")
+        try:
+            self._whiteout(parent, name)
+        except _Refused:
+            # umoci writes `dir -> target` and then `dir/.wh.child` when a
+            # directory became a symlink: below a path this layer replaced,
+            # nothing of the lower layers is left to remove.
+            parts = parent.split(b"/")
+            if any(b"/".join(parts[:i]) in self.written for i in range(1, len(parts) + 1)):
+                return
+            raise
+
+    def _whiteout(self, parent: bytes, name: bytes):
         if name == b".wh..opq":
             parent_fd = self.dir_fd(parent, create=False)
             if parent_fd is not None:
@@ -629,8 +645,6 @@ class _Applier:
             return
         if name.startswith(b".wh."):
             return  # aufs metadata (.wh..wh.plnk and such): nothing to apply
-        if name in (b"", b".", b".."):
-            raise _Refused("whiteout of an invalid name")
         parent_fd = self.dir_fd(parent, create=False)
         if parent_fd is not None:
             self.remove_lower(parent_fd, name, parent + b"/" + name if parent else name)

@@ -105,3 +105,14 @@ def test_a_symlink_inside_the_rootfs_is_not_followed_either(tmp_path):
         unpack_layers(tmp_path / "rootfs", [[Dir("usr"), Symlink("lib", "usr"),
                                              File("lib/x", b"1")]])
     assert not (tmp_path / "rootfs/usr/x").exists()
+
+
+def test_whiteouts_below_a_path_this_layer_replaced_are_ignored(tmp_path, outside):
+    # umoci's repack writes `d -> target` then `d/.wh.child` when a directory
+    # became a symlink: the lower `d/child` is already gone with `d`.
+    root = unpack_layers(tmp_path / "rootfs", [
+        [Dir("d"), File("d/child", b"1")],
+        [Symlink("d", str(outside)), Whiteout("d/child"), Whiteout("d/x/y")],
+    ])
+    assert os.readlink(root / "d") == str(outside)
+    assert (outside / "secret").read_bytes() == b"keep me"
