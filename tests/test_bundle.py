@@ -1,0 +1,271 @@
+"""bundle.create and bundle.remove_tree: stored image -> containers/N, atomically.
+
+Images are written straight into $MINICT_DIR/images with the test image
+builder (no registry needed); interruption tests run bundle.create in a
+child process and kill it.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from minict import bundle, reference, spec, store
+from minict.errors import MinictError, UnpackError
+from tests.support.images import Dir, File, Image, Index, Layer, Symlink, tar_layer, write_layout
+from tests.support.layers import tree
+
+pytestmark = pytest.mark.root
+
+PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"
+GROUP = "root:x:0:\nwheel:x:10:app\n"
+ROOTFS = [Dir("etc"), File("etc/passwd", PASSWD.encode()), File("etc/group", GROUP.encode()),
+          Dir("bin"), File("bin/sh", b"#!fake\n", mode=0o755)]
+
+
+@pytest.fixture
+def home(minict_dir, monkeypatch):
+    monkeypatch.setenv("MINICT_DIR", str(minict_dir))
+    return minict_dir
+
+
+def store_image(name_tag, image):
+    ref = reference.parse(name_tag)
+    write_layout(store.image_dir(ref), ref.tag, image)
+    return ref
+
+
+def test_create_builds_rootfs_config_and_mark(home, capsys, tmp_path):
+    upper = [File("etc/motd", b"hi\n"), Symlink("bin/ash", "sh")]
+    image = Image([ROOTFS, upper], config={"Cmd": ["/bin/sh"], "User": "app",
+                                           "Labels": {"team": "x"}})
+    ref = store_image("app:1", image)
+    path = bundle.create(ref, "box")
+    assert path == home / "containers/box"
+    assert sorted(os.listdir(path)) == [".minict-complete", "config.json", "rootfs"]
+    assert bundle.is_complete(path)
+    mark = json.loads((path / ".minict-complete").read_text())
+    assert mark["image"] == "app:1" and mark["manifest"] == image.digest
+    text = (path / "config.json").read_text()
+    assert text.startswith('{\n\t"ociVersion"')  # tab-indented like the original's
+    assert json.loads(text) == spec.generate(image.config_doc, "box", PASSWD, GROUP)
+    assert json.loads(text)["process"]["user"] == {"uid": 1000, "gid": 1000,
+                                                    "additionalGids": [10]}
+    assert (path / "rootfs/etc/motd").read_bytes() == b"hi\n"
+    err = capsys.readouterr().err
+    for layer in image.layers:
+        assert f"info unpack layer: {layer.digest}" in err
+    assert f"info unpacked image bundle: {path}" in err
+
+
+@pytest.mark.parametrize("compression", [None, "gzip", "zstd"])
+@pytest.mark.parametrize("media", ["oci", "docker"])
+def test_media_types(home, media, compression):
+    if media == "docker" and compression == "zstd":
+        pytest.skip("Docker has no zstd layer media type")
+    image = Image([ROOTFS], media=media, compression=compression)
+    path = bundle.create(store_image("m:1", image), "m")
+    assert (path / "rootfs/bin/sh").read_bytes() == b"#!fake\n"
+
+
+def test_an_index_resolves_to_this_hosts_image(home):
+    from tests.support.images import host_platform
+
+    other = Image([[File("wrong", b"")]], architecture="s390x" if host_platform()[
+        "architecture"] != "s390x" else "arm64")
+    mine = Image([ROOTFS])
+    index = Index([(other, {"os": "linux", "architecture": other.config_doc["architecture"]}),
+                   (mine, host_platform())])
+    path = bundle.create(store_image("multi:1", index), "multi")
+    assert (path / "rootfs/bin/sh").exists() and not (path / "rootfs/wrong").exists()
+
+
+def test_an_image_that_was_not_pulled(minict):
+    done = minict("run", "--image", "nope:1", "--name", "x")
+    assert done.returncode == 1
+    assert done.stderr.rstrip("\n").endswith(
+        "fatal Failed to unpack image. Error received: image nope:1 not found; "
+        "pull it first with 'minict pull --image nope:1'")
+    assert done.stderr.count("\n") == 1
+
+
+def _assert_refused_without_leftovers(home, ref, *fragments):
+    with pytest.raises(UnpackError) as refused:
+        bundle.create(ref, "bad")
+    for fragment in fragments:
+        assert fragment in str(refused.value)
+    assert not os.path.lexists(home / "containers/bad")
+    return refused.value
+
+
+def test_a_wrong_diff_id_is_refused_and_nothing_remains(home):
+    good = Layer(tar_layer(ROOTFS))
+    wrong = "sha256:" + "0" * 64
+    image = Image([good], extra={"rootfs": {"type": "layers", "diff_ids": [wrong]}})
+    _assert_refused_without_leftovers(home, store_image("w:1", image), good.digest, wrong,
+                                      good.diff_id)
+
+
+def test_a_hostile_layer_is_refused_and_nothing_remains(home):
+    image = Image([ROOTFS, [File("../../escape", b"x")]])
+    _assert_refused_without_leftovers(home, store_image("h:1", image),
+                                      f"layer {image.layers[1].digest}", "'../../escape'")
+    assert not (home / "escape").exists() and not (home / "containers/escape").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"extra": {"os": "windows"}}, "minict runs linux images only"),
+    ({"extra": {"rootfs": {"type": "layers", "diff_ids": []}}}, "0 diff_ids for 1 layers"),
+    ({"config": {"User": "nobody"}}, "cannot find user 'nobody'"),
+    ({"manifest_extra": {"mediaType": "application/vnd.oci.image.index.v1+json"}},
+     "unsupported manifest media type"),
+])
+def test_bad_images_are_refused_and_nothing_remains(home, change, message):
+    image = Image([ROOTFS], **change)
+    _assert_refused_without_leftovers(home, store_image("b:1", image), message)
+
+
+def test_an_unknown_layer_media_type_is_refused(home):
+    layer = Layer(tar_layer(ROOTFS), None, media_type="application/x-tar")
+    _assert_refused_without_leftovers(home, store_image("u:1", Image([layer])),
+                                      "unsupported layer media type 'application/x-tar'")
+
+
+def test_a_user_database_symlinked_out_of_the_rootfs_is_not_read(home):
+    # Through the host's /etc/passwd, "daemon" would resolve; inside, it must not.
+    image = Image([[Dir("etc"), Symlink("etc/passwd", "/etc/passwd")]],
+                  config={"User": "daemon"})
+    _assert_refused_without_leftovers(home, store_image("s:1", image),
+                                      "cannot find user 'daemon'")
+
+
+def test_a_bundle_without_its_mark_is_replaced_one_with_it_is_not(home):
+    ref = store_image("r:1", Image([ROOTFS]))
+    stale = home / "containers/r"
+    (stale / "rootfs/junk").mkdir(parents=True)
+    path = bundle.create(ref, "r")
+    assert not (path / "rootfs/junk").exists() and bundle.is_complete(path)
+    with pytest.raises(UnpackError, match="already exists"):
+        bundle.create(ref, "r")
+    assert bundle.is_complete(path)
+
+
+# -- interruption ----------------------------------------------------------------------
+
+CREATE = ("import sys; from minict import bundle, reference; "
+          "bundle.create(reference.parse(sys.argv[1]), sys.argv[2])")
+
+
+def _big_image():
+    # ~60 MB of incompressible files: long enough to interrupt in the middle.
+    files = [File(f"f/{i:05d}", os.urandom(12_000)) for i in range(5000)]
+    return Image([[Dir("f")] + files], compression=None)
+
+
+def _start_create(home, ref, name):
+    env = dict(os.environ, MINICT_DIR=str(home))
+    return subprocess.Popen([sys.executable, "-c", CREATE, ref, name], env=env,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path, process, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.002)
+
+
+def test_kill_9_leaves_no_usable_container_and_the_next_create_cleans_up(home):
+    ref = store_image("big:1", _big_image())
+    child = _start_create(home, "big:1", "k")
+    _wait_for(home / "containers/k/rootfs/f/00100", child)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    leftover = home / "containers/k"
+    assert leftover.exists() and not bundle.is_complete(leftover)
+    assert not (home / "containers/k/rootfs/f/04999").exists()  # it was cut short
+    path = bundle.create(ref, "k")
+    assert bundle.is_complete(path) and len(os.listdir(path / "rootfs/f")) == 5000
+
+
+def test_ctrl_c_removes_the_half_made_bundle(home):
+    store_image("big:1", _big_image())
+    child = _start_create(home, "big:1", "c")
+    _wait_for(home / "containers/c/rootfs/f/00100", child)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode != 0 and "KeyboardInterrupt" in err
+    assert not os.path.lexists(home / "containers/c")
+
+
+# -- remove_tree -------------------------------------------------------------------------
+
+
+def test_remove_tree_removes_symlinks_not_their_targets(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "dir").mkdir(parents=True)
+    (outside / "dir/file").write_text("keep\n")
+    victim = tmp_path / "victim"
+    (victim / "a/b").mkdir(parents=True)
+    (victim / "a/b/file").write_text("x")
+    os.symlink(outside, victim / "a/to-outside")
+    os.symlink(outside / "dir", victim / "a/b/to-dir")
+    os.symlink("/", victim / "root-link")
+    before = tree(outside)
+    bundle.remove_tree(victim)
+    assert not os.path.lexists(victim)
+    assert tree(outside) == before
+
+
+def test_remove_tree_of_a_symlink_removes_only_the_link(tmp_path):
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target/file").write_text("keep\n")
+    os.symlink(tmp_path / "target", tmp_path / "link")
+    bundle.remove_tree(tmp_path / "link")
+    assert not os.path.lexists(tmp_path / "link")
+    assert (tmp_path / "target/file").read_text() == "keep\n"
+
+
+def test_remove_tree_of_a_missing_path_is_fine(tmp_path):
+    bundle.remove_tree(tmp_path / "none")
+
+
+def test_remove_tree_does_not_enter_a_mount(tmp_path):
+    victim = tmp_path / "victim"
+    (victim / "mnt").mkdir(parents=True)
+    (victim / "other").write_text("x")
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", victim / "mnt"], check=True)
+    try:
+        (victim / "mnt/precious").write_text("keep\n")
+        with pytest.raises(MinictError, match="is still mounted"):
+            bundle.remove_tree(victim)
+        assert (victim / "mnt/precious").read_text() == "keep\n"
+    finally:
+        subprocess.run(["umount", victim / "mnt"], check=True)
+    bundle.remove_tree(victim)
+    assert not victim.exists()
+
+
+def test_remove_at_refuses_another_device(tmp_path):
+    # The st_dev check on its own, below remove_tree's mountinfo check.
+    from minict import unpack
+
+    victim = tmp_path / "victim"
+    (victim / "mnt").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", victim / "mnt"], check=True)
+    try:
+        (victim / "mnt/precious").write_text("keep\n")
+        fd = os.open(tmp_path, os.O_RDONLY)
+        try:
+            with pytest.raises(OSError, match="mount point"):
+                unpack.remove_at(fd, "victim", os.stat(tmp_path).st_dev)
+        finally:
+            os.close(fd)
+        assert (victim / "mnt/precious").read_text() == "keep\n"
+    finally:
+        subprocess.run(["umount", victim / "mnt"], check=True)
