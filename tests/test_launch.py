@@ -5,12 +5,16 @@ minict.spec writes, see tests.support.bundles) and runs `minict start` on it
 as a subprocess, so the whole path from the CLI to execve is exercised.
 """
 
+import fcntl
 import json
 import os
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
@@ -305,47 +309,92 @@ def test_a_failing_mount_is_one_clear_error(minict, box):
 
 # -- terminal ----------------------------------------------------------------------------
 
-def test_terminal_session_has_a_tty_and_job_control(minict_dir, box):
-    import pty
-    import select
+class Terminal:
+    """minict started on a fresh pty: we hold the master and keep the slave to inspect it."""
 
-    box(["sh"])
-    env = dict(os.environ, MINICT_DIR=str(minict_dir))
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execve(sys.executable, [sys.executable, "-m", "minict", "start", "--name", "box"], env)
+    def __init__(self, minict_dir, name="box", rows=24, cols=80):
+        self.master, self.slave = os.openpty()
+        self.resize(rows, cols)
+        self.original = termios.tcgetattr(self.slave)
+        env = dict(os.environ, MINICT_DIR=str(minict_dir))
+        self.pid = os.fork()
+        if self.pid == 0:  # a session leader with the pty as its controlling terminal
+            os.setsid()
+            fcntl.ioctl(self.slave, termios.TIOCSCTTY, 0)
+            for fd in (0, 1, 2):
+                os.dup2(self.slave, fd)
+            os.execve(sys.executable, [sys.executable, "-m", "minict", "start", "--name", name],
+                      env)
+        self.seen = b""
 
-    def read_until(needle, timeout=10.0):
-        seen = b""
+    def resize(self, rows, cols):
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def write(self, data: bytes):
+        os.write(self.master, data)
+
+    def expect(self, needle: bytes, timeout=10.0) -> bytes:
+        """Read until `needle` shows up; return what came before and with it."""
         deadline = time.monotonic() + timeout
-        while needle not in seen and time.monotonic() < deadline:
-            if select.select([fd], [], [], 0.1)[0]:
-                try:
-                    seen += os.read(fd, 4096)
-                except OSError:
-                    break
-        assert needle in seen, seen
-        return seen
+        while needle not in self.seen and time.monotonic() < deadline:
+            if select.select([self.master], [], [], 0.1)[0]:
+                self.seen += os.read(self.master, 4096)
+        assert needle in self.seen, self.seen
+        before, _, self.seen = self.seen.partition(needle)
+        return before + needle
 
+    def wait(self) -> int:
+        _, raw = os.waitpid(self.pid, 0)
+        self.pid = None
+        return os.waitstatus_to_exitcode(raw)
+
+    def close(self):
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def test_terminal_session_has_a_tty_job_control_and_window_size(minict_dir, box):
+    box(["sh"])
+    term = Terminal(minict_dir, rows=33, cols=101)
     try:
-        read_until(b"# ")
-        os.write(fd, b"tty; sleep 30\n")
-        read_until(b"/dev/pts/0\r\n")
+        term.expect(b"# ")
+        # The host side is raw while the container runs: no echo, no line editing here.
+        assert not termios.tcgetattr(term.slave)[3] & termios.ECHO
+        term.write(b"tty; busybox stty size\n")
+        term.expect(b"/dev/pts/0\r\n33 101\r\n")
+        term.resize(40, 120)
+        os.kill(term.pid, signal.SIGWINCH)  # what the terminal emulator's kernel does
         time.sleep(0.3)
-        os.write(fd, b"\x03")  # Ctrl-C: the container's pty turns it into SIGINT for sleep
-        read_until(b"# ")
-        os.write(fd, b"sleep 20 &\n")
-        read_until(b"# ")
-        os.write(fd, b"jobs\n")
-        read_until(b"Running")
-        os.write(fd, b"kill %1; exit 4\n")
-        read_until(b"Container process exited")
-        _, raw = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(raw) == 4
+        term.write(b"busybox stty size; sleep 30\n")
+        term.expect(b"40 120\r\n")
+        time.sleep(0.3)
+        term.write(b"\x03")  # Ctrl-C: the container's pty turns it into SIGINT for sleep
+        term.expect(b"# ")
+        term.write(b"sleep 20 &\n")
+        term.expect(b"# ")
+        term.write(b"jobs\n")
+        term.expect(b"Running")
+        term.write(b"kill %1; exit 4\n")
+        term.expect(b"Container process exited")
+        assert term.wait() == 4
+        assert termios.tcgetattr(term.slave) == term.original  # the host terminal restored
     finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        os.close(fd)
+        term.close()
+
+
+# -- pure parts --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options, flags, propagation, data", [
+    ([], 0, 0, ""),
+    (["nosuid", "strictatime", "mode=755", "size=65536k"],
+     linux.MS_NOSUID | linux.MS_STRICTATIME, 0, "mode=755,size=65536k"),
+    (["rbind", "ro", "rprivate"], linux.MS_BIND | linux.MS_REC | linux.MS_RDONLY,
+     linux.MS_PRIVATE | linux.MS_REC, ""),
+    (["ro", "rw", "noexec", "exec", "nodev"], linux.MS_NODEV, 0, ""),
+    (["newinstance", "ptmxmode=0666"], 0, 0, "newinstance,ptmxmode=0666"),
+])
+def test_mount_options_become_flags_and_data(options, flags, propagation, data):
+    assert init._parse_options(options) == (flags, propagation, data)
