@@ -5,7 +5,7 @@ three layers, so pulling and unpacking meet what real images carry:
 
     1. the whole rootfs (~6,700 entries, device nodes, hard links; ~63 MB gzip)
     2. deletions: /usr/share/doc/* and /usr/share/man removed -> whiteout entries
-    3. /etc/apt/apt.conf.d replaced by an opaque directory with a few new files
+    3. /etc/apt/apt.conf.d replaced whole (an opaque whiteout) and a few new files
 
 Its Cmd is ["/bin/true"], so running it measures the runtime, not the payload.
 
@@ -14,12 +14,13 @@ rootfs as a tarball, and the OCI layout umoci builds from it.  Each benchmark
 run only pushes the cached layout to its own registry with skopeo.
 """
 
+import io
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -144,17 +145,38 @@ def layout() -> Path:
         _remove(rootfs / "usr/share/man")
         _repack(image, bundle, "rm -rf /usr/share/doc/* /usr/share/man")
 
-        conf = work / "apt.conf.d"
-        conf.mkdir()
-        (conf / "01bench-no-recommends").write_text('APT::Install-Recommends "false";\n')
-        (conf / "02bench-no-cache").write_text('Dir::Cache::pkgcache "";\n')
-        (conf / "README").write_text("Replaced whole by the minict benchmark image.\n")
-        os.symlink("01bench-no-recommends", conf / "99bench-link")
-        sh("umoci", "insert", "--image", image, "--opaque", conf, "/etc/apt/apt.conf.d")
+        opaque_layer = work / "layer3.tar"
+        write_opaque_layer(opaque_layer)
+        sh("umoci", "raw", "add-layer", "--image", image, opaque_layer)
 
         sh("umoci", "gc", "--layout", built)
         built.rename(LAYOUT)
     return LAYOUT
+
+
+def write_opaque_layer(path: Path) -> None:
+    """Write layer 3: /etc/apt/apt.conf.d replaced whole, and a few new files.
+
+    Written with tarfile, not `umoci insert`: umoci 0.4.7's insert leaves out
+    the tar end-of-archive blocks (umoci issue #436), which GNU tar and
+    Python's tarfile reject.  The opaque marker comes first, as umoci writes it.
+    """
+    def add(tar, name, kind=tarfile.REGTYPE, data=b"", mode=0o644, target=""):
+        info = tarfile.TarInfo(name)
+        info.type, info.mode, info.mtime, info.size = kind, mode, 1_700_000_000, len(data)
+        info.linkname = target
+        tar.addfile(info, io.BytesIO(data) if data else None)
+
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        add(tar, "etc/apt/apt.conf.d/.wh..wh..opq", mode=0o600)
+        add(tar, "etc/apt/apt.conf.d", tarfile.DIRTYPE, mode=0o755)
+        add(tar, "etc/apt/apt.conf.d/01bench-no-recommends",
+            data=b'APT::Install-Recommends "false";\n')
+        add(tar, "etc/apt/apt.conf.d/02bench-no-cache", data=b'Dir::Cache::pkgcache "";\n')
+        add(tar, "etc/apt/apt.conf.d/99bench-link", tarfile.SYMTYPE,
+            target="01bench-no-recommends")
+        add(tar, "usr/local/bin/bench-hello", data=b"#!/bin/sh\necho hello\n", mode=0o755)
+        add(tar, "etc/minict-bench", data=b"The minict benchmark image.\n")
 
 
 def _repack(image: str, bundle: Path, created_by: str) -> None:

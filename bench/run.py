@@ -107,18 +107,35 @@ def remove_tree(path: Path) -> None:
         subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=True)
 
 
-def fresh(path: Path, settle: float = 0.0):
-    """Return a setup hook that removes `path`, flushes the disk and waits `settle` s.
+class Trash:
+    """Moves outputs aside between runs and deletes them only when emptied.
 
-    After a large deletion this disk (ext4 with discard) stays slow for a
-    while; sync and a pause keep that cost off the next timed command.
+    Deleting a large tree on this disk (ext4 with discard) slows it for a
+    while, so an unpack timed after a deletion can take 3x longer
+    (verified-facts.md).  A rename costs nothing; the deletion waits until
+    no command is being timed.
     """
-    def setup() -> None:
-        remove_tree(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.sync()
-        time.sleep(settle)
-    return setup
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.count = 0
+
+    def fresh(self, path: Path):
+        """Return a setup hook: move `path` into the trash, then flush dirty pages.
+
+        The sync keeps the previous command's write-back out of this one's time.
+        """
+        def setup(run: int) -> None:
+            if path.exists():
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self.count += 1
+                path.rename(self.directory / f"{self.count}-{path.name}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.sync()
+        return setup
+
+    def empty(self) -> None:
+        remove_tree(self.directory)
 
 
 def ms(seconds: float) -> str:
@@ -141,91 +158,101 @@ def goal_row(benchmark: str, measure: str, value: float, goal: float, unit: str 
 def bench_pull(session: Session, runs: int) -> list[Row]:
     """Cold and warm pulls of the bench image: minict against skopeo, plus peak RSS."""
     work = session.work / "pull"
+    trash = Trash(work / "trash")
     cold_store, cold_oci = work / "cold-store", work / "cold-oci"
     warm_store, warm_oci = work / "warm-store", work / "warm-oci"
     pull = session.minict("pull", "--image", session.reference)
+    import_both = "python -c 'import click, requests'"
 
     cold = timing.alternate([
         Command("minict pull, cold", pull, session.env(MINICT_DIR=str(cold_store)),
-                setup=fresh(cold_store)),
-        Command("skopeo copy, cold", session.skopeo_copy(cold_oci), setup=fresh(cold_oci)),
+                setup=trash.fresh(cold_store)),
+        Command("skopeo copy, cold", session.skopeo_copy(cold_oci),
+                setup=trash.fresh(cold_oci)),
     ], runs)
+    trash.empty()
 
-    warm_oci.parent.mkdir(parents=True, exist_ok=True)
+    warm_oci.mkdir(parents=True)
     sh(*session.skopeo_copy(warm_oci))
-    subprocess.run(pull, env=session.env(MINICT_DIR=str(warm_store)), check=True,
-                   stderr=subprocess.DEVNULL)
+    sh(*pull, env=session.env(MINICT_DIR=str(warm_store)))
     warm = timing.alternate([
         Command("minict pull, warm", pull, session.env(MINICT_DIR=str(warm_store))),
         Command("skopeo copy, warm", session.skopeo_copy(warm_oci)),
-        Command("python -c 'import click, requests'",
-                session.python_c("import click, requests"), session.env()),
+        Command(import_both, session.python_c("import click, requests"), session.env()),
     ], runs)
 
-    rss = max(cold.max_rss_mib("minict pull, cold"), warm.max_rss_mib("minict pull, warm"))
+    peak = max(cold.max_rss_mib("minict pull, cold"), warm.max_rss_mib("minict pull, warm"))
     return [
         *median_rows("pull", cold),
-        goal_row("pull", "cold: minict / skopeo", cold.ratio("minict pull, cold",
-                                                             "skopeo copy, cold"), 0.9),
+        goal_row("pull", "cold: minict / skopeo",
+                 cold.ratio("minict pull, cold", "skopeo copy, cold"), 0.9),
         *median_rows("pull", warm),
         goal_row("pull", "warm: minict / python import click, requests",
-                 warm.ratio("minict pull, warm", "python -c 'import click, requests'"), 1.3),
+                 warm.ratio("minict pull, warm", import_both), 1.3),
         Row("pull", "warm: minict / skopeo",
             f"{warm.ratio('minict pull, warm', 'skopeo copy, warm'):.2f}x"),
-        goal_row("pull", "minict pull peak RSS (max of runs)", rss * 1024 * 1024 / MB, 80, "MB"),
+        goal_row("pull", "minict pull peak RSS (largest of all runs)",
+                 peak * 1024 * 1024 / MB, 80, "MB"),
     ]
 
 
 # -- unpack ------------------------------------------------------------------------------
 
-def bench_unpack(session: Session, runs: int, settle: float) -> list[Row]:
+def bench_unpack(session: Session, runs: int) -> list[Row]:
     """Unpack on disk and on a tmpfs: minict against umoci and plain tar."""
-    rows = bench_unpack_on(session, session.work / "unpack-disk", "disk", runs, settle)
+    rows = bench_unpack_on(session, session.work / "unpack-disk", "disk", runs)
     tmpfs = session.work / "unpack-tmpfs"
     tmpfs.mkdir()
-    sh("mount", "-t", "tmpfs", "-o", "size=2g,mode=0700", "tmpfs", tmpfs)
+    sh("mount", "-t", "tmpfs", "-o", "mode=0700", "tmpfs", tmpfs)
     try:
-        rows += bench_unpack_on(session, tmpfs, "tmpfs", runs, settle=0.0)
+        rows += bench_unpack_on(session, tmpfs, "tmpfs", runs)
     finally:
         sh("umount", tmpfs)
     return rows
 
 
-def bench_unpack_on(session: Session, base: Path, where: str, runs: int,
-                    settle: float) -> list[Row]:
-    """Time the three unpackers with every input and output under `base`."""
+def bench_unpack_on(session: Session, base: Path, where: str, runs: int) -> list[Row]:
+    """Time the three unpackers with every input and output under `base`.
+
+    minict's unpack is timed alone through bundle.create, in a fresh Python
+    like the others' fresh processes; `minict run` would add the launch.
+    tar is the floor: it extracts the layers in order into one directory,
+    leaving whiteout files as they are.
+    """
     store = base / "minict"
     layout = session.seed_store(store)
-    blobs = image.layer_blobs(layout)
+    trash = Trash(base / "trash")
     bundle = store / "containers" / "x"
     umoci_bundle, tar_root = base / "umoci-bundle", base / "tar-rootfs"
     create = ("from minict import bundle, reference; "
               f"bundle.create(reference.parse({session.reference!r}), 'x')")
-    extract = " && ".join(f"tar -xzf {shlex.quote(str(blob))} -C {shlex.quote(str(tar_root))}"
-                          for blob in blobs)
+    extract = [f"tar -xzf {shlex.quote(str(blob))} -C {shlex.quote(str(tar_root))}"
+               for blob in image.layer_blobs(layout)]
 
     results = timing.alternate([
         Command("minict unpack", session.python_c(create), session.env(MINICT_DIR=str(store)),
-                setup=fresh(bundle, settle)),
+                setup=trash.fresh(bundle)),
         Command("umoci unpack", ["umoci", "unpack", "--image",
                                  f"{colon_free(layout, session.work)}:{image.TAG}", umoci_bundle],
-                setup=fresh(umoci_bundle, settle)),
-        Command("tar -xzf layers", ["sh", "-c", f"mkdir {shlex.quote(str(tar_root))} && {extract}"],
-                setup=fresh(tar_root, settle)),
+                setup=trash.fresh(umoci_bundle)),
+        Command("tar -xzf layers",
+                ["sh", "-c", " && ".join([f"mkdir {shlex.quote(str(tar_root))}", *extract])],
+                setup=trash.fresh(tar_root)),
     ], runs)
+    trash.empty()
+    for path in (bundle, umoci_bundle, tar_root):
+        remove_tree(path)
+
     benchmark = f"unpack ({where})"
-    rows = median_rows(benchmark, results)
     to_umoci = results.ratio("minict unpack", "umoci unpack")
     to_tar = results.ratio("minict unpack", "tar -xzf layers")
     if where == "disk":
-        rows += [goal_row(benchmark, "minict / umoci", to_umoci, 0.5),
-                 Row(benchmark, "minict / tar", f"{to_tar:.2f}x")]
+        compared = [goal_row(benchmark, "minict / umoci", to_umoci, 0.5),
+                    Row(benchmark, "minict / tar", f"{to_tar:.2f}x")]
     else:
-        rows += [Row(benchmark, "minict / umoci", f"{to_umoci:.2f}x"),
-                 goal_row(benchmark, "minict / tar", to_tar, 1.0)]
-    for path in (bundle, umoci_bundle, tar_root):
-        remove_tree(path)
-    return rows
+        compared = [Row(benchmark, "minict / umoci", f"{to_umoci:.2f}x"),
+                    goal_row(benchmark, "minict / tar", to_tar, 1.0)]
+    return median_rows(benchmark, results) + compared
 
 
 # -- launch ------------------------------------------------------------------------------
@@ -236,39 +263,35 @@ def bench_launch(session: Session, runs: int) -> list[Row]:
     session.seed_store(store)
     env = session.env(MINICT_DIR=str(store))
     sh(*session.minict("run", "--image", session.reference, "--name", "bench"), env=env)
-    bundle = store / "containers" / "bench"
-    peer_bundle = peer_copy(bundle, session.work / "peer-bundle")
-    namespace = session.stack.enter_context(mount_namespace_without_unified())
-    ids = (f"minict-bench-{n}" for n in range(10**9))
+    peer_bundle = peer_copy(store / "containers" / "bench", session.work / "peer-bundle")
+    in_crun_namespace = session.stack.enter_context(mount_namespace_without_unified())
+    import_click = "python -c 'import click'"
 
-    def peer(label, runtime, *global_flags, preexec=None):
-        current = {}
+    def peer(label: str, runtime: list[str], preexec=None) -> Command:
+        """Return `runtime run` of the peer bundle, with a new container id per run."""
+        def container_id(run: int) -> str:
+            return f"minict-bench-{os.getpid()}-{run}"
 
-        def setup():
-            current["id"] = next(ids)
-            command.argv[-1] = current["id"]
-
-        def teardown():
-            subprocess.run([runtime, *global_flags, "delete", "-f", current["id"]], check=False,
+        def delete(run: int) -> None:
+            subprocess.run([*runtime, "delete", "-f", container_id(run)], check=False,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            preexec_fn=preexec)
 
-        command = Command(label, [runtime, *global_flags, "run", "--bundle", str(peer_bundle),
-                                  "id"], setup=setup, teardown=teardown, preexec=preexec)
-        return command
+        return Command(label, lambda run: [*runtime, "run", "--bundle", peer_bundle,
+                                           container_id(run)],
+                       teardown=delete, preexec=preexec)
 
     results = timing.alternate([
         Command("minict start", session.minict("start", "--name", "bench"), env),
-        peer("runc run", "runc"),
-        peer("crun run", "crun", "--cgroup-manager=disabled", preexec=namespace),
-        Command("python -c 'import click'", session.python_c("import click"), session.env()),
+        peer("runc run", ["runc"]),
+        peer("crun run", ["crun", "--cgroup-manager=disabled"], preexec=in_crun_namespace),
+        Command(import_click, session.python_c("import click"), session.env()),
         Command("python -c pass", session.python_c("pass"), session.env()),
     ], runs)
     return [
         *median_rows("launch", results),
         goal_row("launch", "minict − python import click",
-                 results.difference("minict start", "python -c 'import click'") * 1000, 25,
-                 "ms"),
+                 results.difference("minict start", import_click) * 1000, 25, "ms"),
         goal_row("launch", "minict / runc", results.ratio("minict start", "runc run"), 2.0),
         Row("launch", "minict / crun", f"{results.ratio('minict start', 'crun run'):.2f}x"),
     ]
@@ -354,8 +377,6 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--python", type=Path, default=DEFAULT_PYTHON,
                         help="the venv python that runs minict (default: the repo's .venv)")
-    parser.add_argument("--settle", type=float, default=1.0,
-                        help="seconds to wait after deleting an unpacked tree on disk")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("run as root: unpacking and launching need it")
@@ -374,7 +395,7 @@ def main(argv=None) -> int:
                 if name == "pull":
                     rows += bench_pull(session, args.runs)
                 elif name == "unpack":
-                    rows += bench_unpack(session, args.runs, args.settle)
+                    rows += bench_unpack(session, args.runs)
                 else:
                     rows += bench_launch(session, args.runs)
             except (BenchError, timing.CommandFailed, subprocess.CalledProcessError) as err:

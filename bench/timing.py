@@ -19,24 +19,33 @@ from dataclasses import dataclass, field
 class CommandFailed(Exception):
     """A timed command exited non-zero."""
 
-    def __init__(self, command: "Command", status: int, stderr: str):
+    def __init__(self, command: "Command", argv: list[str], status: int, stderr: str):
         last = stderr.strip().splitlines()[-1:] or ["(no output)"]
         super().__init__(f"{command.label} exited {status}: {last[0][:200]}")
         self.command = command
+        self.argv = argv
         self.stderr = stderr
 
 
 @dataclass
 class Command:
-    """One command to time: argv plus optional untimed hooks around each run."""
+    """One command to time, and optional untimed hooks around each run.
+
+    `argv` is a list, or a function of the run number (0, 1, ...) returning
+    one, for commands that need a new container id or output directory per
+    run; the hooks get the run number too.
+    """
 
     label: str
-    argv: Sequence[str]
+    argv: Sequence[str] | Callable[[int], Sequence[str]]
     env: dict[str, str] | None = None
-    setup: Callable[[], None] | None = None
-    teardown: Callable[[], None] | None = None
+    setup: Callable[[int], None] | None = None
+    teardown: Callable[[int], None] | None = None
     # Runs in the child between fork and exec (e.g. to enter a namespace).
     preexec: Callable[[], None] | None = None
+
+    def argv_for(self, run: int) -> list[str]:
+        return [str(a) for a in (self.argv(run) if callable(self.argv) else self.argv)]
 
 
 @dataclass
@@ -73,15 +82,16 @@ class Results:
         return max(s.max_rss_kib for s in self.samples[label]) / 1024
 
 
-def run_once(command: Command) -> Sample:
+def run_once(command: Command, run: int = 0) -> Sample:
     """Run `command` once with stdout discarded; return its wall time and peak RSS.
 
     Raise CommandFailed if it exits non-zero.
     """
+    argv = command.argv_for(run)
     with tempfile.TemporaryFile() as errors:
         started = time.perf_counter()
         process = subprocess.Popen(
-            list(command.argv), env=command.env, stdin=subprocess.DEVNULL,
+            argv, env=command.env, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=errors,
             preexec_fn=command.preexec)  # noqa: PLW1509 - the bench runs no threads
         # wait4 rather than wait(): its rusage holds this child's own peak RSS,
@@ -91,7 +101,7 @@ def run_once(command: Command) -> Sample:
         process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode != 0:
             errors.seek(0)
-            raise CommandFailed(command, process.returncode,
+            raise CommandFailed(command, argv, process.returncode,
                                 errors.read().decode(errors="replace"))
     return Sample(elapsed, usage.ru_maxrss)
 
@@ -102,18 +112,17 @@ def alternate(commands: Sequence[Command], runs: int, warmup: int = 1) -> Result
     The warm-up round fills caches (page cache, Python bytecode) and is discarded.
     """
     results = Results({c.label: [] for c in commands})
-    for round_number in range(warmup + runs):
-        kept = round_number >= warmup
+    for run in range(warmup + runs):
         for command in commands:
             if command.setup:
-                command.setup()
-            sample = run_once(command)
+                command.setup(run)
+            sample = run_once(command, run)
             if command.teardown:
-                command.teardown()
-            if kept:
+                command.teardown(run)
+            if run >= warmup:
                 results.samples[command.label].append(sample)
-        tag = f"round {round_number - warmup + 1}/{runs}" if kept else "warm-up"
-        print(f"  {tag}: " + "  ".join(
-            f"{c.label} {results.samples[c.label][-1].seconds * 1000:.0f} ms" if kept
-            else c.label for c in commands), file=sys.stderr, flush=True)
+        if run >= warmup:
+            print(f"  round {run - warmup + 1}/{runs}: " + "  ".join(
+                f"{label} {samples[-1].seconds * 1000:.0f} ms"
+                for label, samples in results.samples.items()), file=sys.stderr, flush=True)
     return results
