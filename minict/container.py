@@ -219,8 +219,14 @@ def _lock(name: str, *, wait: bool) -> int | None:
 # -- leftover mounts ----------------------------------------------------------------
 
 def unmount_below(path) -> None:
-    """Detach every mount at or below `path`, deepest first, never following a symlink."""
-    base = os.path.realpath(path)
+    """Detach every mount at or below `path`, deepest first, never following a symlink.
+
+    Only the parent directory is resolved (MINICT_DIR may sit behind a
+    symlink); `path` itself is taken as it is, so a bundle replaced by a
+    symlink to / cannot make us detach the host's mounts.
+    """
+    path = os.path.abspath(path)
+    base = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
     for _ in range(100):  # mounts may be stacked; each pass removes the top ones
         points = mounts_below(base)
         if not points:

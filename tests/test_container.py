@@ -216,3 +216,21 @@ def test_signal_to_run_reaches_the_container(minict_dir, pulled):
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=20)
     assert (out, proc.returncode) == ("bye\n", 5)
+
+
+def test_rm_of_a_bundle_replaced_by_a_symlink_touches_nothing_behind_it(minict, minict_dir,
+                                                                       tmp_path):
+    victim = tmp_path / "victim"
+    (victim / "mnt").mkdir(parents=True)
+    (victim / "keep").write_text("keep me")
+    linux.mount("tmpfs", victim / "mnt", "tmpfs", 0, "size=1m")
+    try:
+        (minict_dir / "containers").mkdir()
+        (minict_dir / "containers" / "box").symlink_to(victim)
+        done = minict("rm", "--name", "box")
+        assert "Traceback" not in done.stderr
+        # Whether the link is removed or refused, what it points at stays as it was.
+        assert (victim / "keep").read_text() == "keep me"
+        assert container.mounts_below(str(victim)) == [str(victim / "mnt")]
+    finally:
+        linux.umount2(victim / "mnt", linux.MNT_DETACH)
