@@ -33,7 +33,7 @@ from timing import Command
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from tests.support.registry import Registry
+from tests.support.registry import Registry, RegistryError
 
 DEFAULT_PYTHON = REPO / ".venv" / "bin" / "python"
 CLONE_NEWNS = 0x00020000
@@ -104,7 +104,7 @@ def colon_free(path: Path, work: Path) -> Path:
 def remove_tree(path: Path) -> None:
     """Delete `path` recursively without crossing into other mounted file systems."""
     if path.exists() or path.is_symlink():
-        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], check=True)
+        sh("rm", "-rf", "--one-file-system", "--", path)
 
 
 class Trash:
@@ -370,9 +370,16 @@ def print_table(rows: list[Row], markdown: bool) -> None:
                         for i, (c, w) in enumerate(zip(row, widths))).rstrip())
 
 
+def first_line(err: Exception) -> str:
+    return (str(err).splitlines() or [""])[0][:120]
+
+
+COMPARISONS = {"pull": bench_pull, "unpack": bench_unpack, "launch": bench_launch}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("comparison", choices=["pull", "unpack", "launch", "all"])
+    parser.add_argument("comparison", choices=[*COMPARISONS, "all"])
     parser.add_argument("--runs", type=int, default=7, help="timed rounds (default 7)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--python", type=Path, default=DEFAULT_PYTHON,
@@ -381,30 +388,32 @@ def main(argv=None) -> int:
     if os.geteuid() != 0:
         parser.error("run as root: unpacking and launching need it")
 
-    chosen = ["pull", "unpack", "launch"] if args.comparison == "all" else [args.comparison]
+    chosen = list(COMPARISONS) if args.comparison == "all" else [args.comparison]
     rows, failed = [], []
-    with contextlib.ExitStack() as stack:
-        try:
+    load_before = os.getloadavg()[0]
+    try:
+        with contextlib.ExitStack() as stack:
             session = Session(args.python, stack)
-        except BenchError as err:
-            print(f"bench: {err}", file=sys.stderr)
-            return 1
-        for name in chosen:
-            print(f"bench: {name}", file=sys.stderr, flush=True)
-            try:
-                if name == "pull":
-                    rows += bench_pull(session, args.runs)
-                elif name == "unpack":
-                    rows += bench_unpack(session, args.runs)
-                else:
-                    rows += bench_launch(session, args.runs)
-            except (BenchError, timing.CommandFailed, subprocess.CalledProcessError) as err:
-                failed.append(name)
-                rows.append(Row(name, f"could not run: {str(err).splitlines()[0][:120]}", "-"))
-                print(f"bench: {name} failed: {err}", file=sys.stderr)
-                if isinstance(err, timing.CommandFailed):
-                    print(err.stderr[-3000:], file=sys.stderr)
+            for name in chosen:
+                print(f"bench: {name}", file=sys.stderr, flush=True)
+                try:
+                    rows += COMPARISONS[name](session, args.runs)
+                except (BenchError, timing.CommandFailed) as err:
+                    failed.append(name)
+                    rows.append(Row(name, f"could not run: {first_line(err)}", "-"))
+                    print(f"bench: {name} failed: {err}", file=sys.stderr)
+                    if isinstance(err, timing.CommandFailed):
+                        print(err.stderr[-3000:], file=sys.stderr)
+    except (BenchError, RegistryError) as err:  # setting up or cleaning up
+        failed.append("session")
+        rows.append(Row("session", f"failed: {first_line(err)}", "-"))
+        print(f"bench: {err}", file=sys.stderr)
+    rows.append(Row("machine", "load average (1 min) before, after",
+                    f"{load_before:.1f}, {os.getloadavg()[0]:.1f}"))
     print_table(rows, args.markdown)
+    if args.markdown:
+        print(f"\n{args.runs} timed rounds after one warm-up round, {os.cpu_count()} CPUs; "
+              "times are medians, ratios and differences are medians of per-round values.")
     return 1 if failed else 0
 
 
