@@ -14,7 +14,6 @@ Username "<token>" means its Secret is an identity (OAuth2 refresh) token.
 import base64
 import json
 import os
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +131,8 @@ def _from_entry(entry: dict, path: Path, server: str) -> Credentials | None:
 
 def _from_helper(name: str, server: str) -> Credentials | None:
     """Ask `docker-credential-<name> get` (the credential-helper protocol)."""
+    import subprocess  # only credential helpers need it
+
     program = f"docker-credential-{name}"
     log.debug(f"asking {program} for the credentials of {server}")
     try:

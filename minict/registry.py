@@ -15,7 +15,6 @@ and query strings of URLs on other hosts (signed storage URLs) are cut.
 """
 
 import base64
-import email.utils
 import ipaddress
 import re
 import socket
@@ -182,6 +181,8 @@ def retry_after(response: requests.Response, attempt: int) -> float:
     if value.strip().isdigit():
         wait = float(value.strip())
     elif value:
+        import email.utils  # only a 429/503 with an HTTP date needs it
+
         try:
             when = email.utils.parsedate_to_datetime(value)
             wait = when.timestamp() - time.time()
