@@ -261,6 +261,18 @@ def test_the_host_is_untouched(minict, minict_dir, box):
     assert not any(str(minict_dir) in m for m in host_mounts())
 
 
+def test_resolv_conf_is_the_hosts_read_only_and_dev_is_complete(minict, box):
+    box(sh("cat /etc/resolv.conf; echo x >> /etc/resolv.conf || echo REFUSED;"
+           " ls /dev; readlink /dev/ptmx; readlink /dev/fd; echo hi > /dev/null && echo NULL-OK"))
+    done = minict("start", "--name", "box")
+    with open("/etc/resolv.conf") as f:
+        assert done.stdout.startswith(f.read())
+    assert "REFUSED" in done.stdout and "NULL-OK" in done.stdout
+    for name in init.DEFAULT_DEVICES + ("pts", "shm", "mqueue", "stdin", "stdout", "stderr"):
+        assert f"\n{name}\n" in done.stdout
+    assert "pts/ptmx\n/proc/self/fd\n" in done.stdout
+
+
 # -- refusals: the child reports one line and runs nothing ----------------------------------
 
 def test_symlinked_mount_destination_is_refused(minict, box, tmp_path):
