@@ -28,6 +28,7 @@ from pathlib import Path
 
 import image
 import timing
+import trees
 from image import BenchError, sh
 from timing import Command
 
@@ -239,11 +240,17 @@ def bench_unpack_on(session: Session, base: Path, where: str, runs: int) -> list
                 ["sh", "-c", " && ".join([f"mkdir {shlex.quote(str(tar_root))}", *extract])],
                 setup=trash.fresh(tar_root)),
     ], runs)
+    benchmark = f"unpack ({where})"
+    differing = trees.differences(bundle / "rootfs", umoci_bundle / "rootfs")
+    if differing:
+        print(f"bench: minict and umoci rootfs differ at {len(differing)} paths: "
+              + ", ".join(differing[:10]), file=sys.stderr)
+    same = Row(benchmark, "minict rootfs matches umoci's",
+               f"{len(differing)} paths differ" if differing else "yes", "yes", not differing)
     trash.empty()
     for path in (bundle, umoci_bundle, tar_root):
         remove_tree(path)
 
-    benchmark = f"unpack ({where})"
     to_umoci = results.ratio("minict unpack", "umoci unpack")
     to_tar = results.ratio("minict unpack", "tar -xzf layers")
     if where == "disk":
@@ -252,7 +259,7 @@ def bench_unpack_on(session: Session, base: Path, where: str, runs: int) -> list
     else:
         compared = [Row(benchmark, "minict / umoci", f"{to_umoci:.2f}x"),
                     goal_row(benchmark, "minict / tar", to_tar, 1.0)]
-    return median_rows(benchmark, results) + compared
+    return [*median_rows(benchmark, results), *compared, same]
 
 
 # -- launch ------------------------------------------------------------------------------
