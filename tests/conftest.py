@@ -13,7 +13,6 @@ under pytest's temporary directories.
 
 import getpass
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import ci
+from tests.support.mounts import mounts_under
 from tests.support.registry import Registry
 
 MINICT_TIMEOUT = 120
@@ -34,7 +34,7 @@ def pytest_configure(config):
     roots = [Path(tempfile.gettempdir(), f"pytest-of-{getpass.getuser()}")]
     if config.option.basetemp:
         roots.append(Path(config.option.basetemp).resolve())
-    leaked = sorted(set().union(*(_mounts_under(str(root)) for root in roots)))
+    leaked = sorted(set().union(*(mounts_under(str(root)) for root in roots)))
     if leaked:
         pytest.exit(f"mounts left under pytest's temp dirs, unmount them first: {leaked}",
                     returncode=3)
@@ -48,19 +48,6 @@ def pytest_runtest_setup(item):
 # -- mount leak guard -----------------------------------------------------
 
 
-def _mounts_under(base: str) -> set[str]:
-    """Return the mount points below `base` in this mount namespace."""
-    found = set()
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            # Field 5 is the mount point, with space, tab, newline and
-            # backslash written as octal escapes (proc(5)).
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4])
-            if point == base or point.startswith(base.rstrip("/") + "/"):
-                found.add(point)
-    return found
-
-
 @pytest.fixture(scope="session")
 def _pytest_tmp_base(tmp_path_factory):
     return str(tmp_path_factory.getbasetemp())
@@ -70,16 +57,16 @@ def _pytest_tmp_base(tmp_path_factory):
 def _no_mounts_left_in_session(_pytest_tmp_base):
     """After the session, nothing may stay mounted under pytest's temp dirs."""
     yield
-    leaked = _mounts_under(_pytest_tmp_base)
+    leaked = mounts_under(_pytest_tmp_base)
     assert not leaked, f"mounts left behind under {_pytest_tmp_base}: {sorted(leaked)}"
 
 
 @pytest.fixture(autouse=True)
 def _no_mounts_left_by_test(_pytest_tmp_base):
     """Blame the test that leaked a mount (this fixture is torn down last)."""
-    before = _mounts_under(_pytest_tmp_base)
+    before = mounts_under(_pytest_tmp_base)
     yield
-    leaked = _mounts_under(_pytest_tmp_base) - before
+    leaked = mounts_under(_pytest_tmp_base) - before
     assert not leaked, f"the test left mounts behind: {sorted(leaked)}"
 
 

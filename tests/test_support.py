@@ -13,6 +13,7 @@ import requests
 
 from minict.layout import Layout
 from minict.reference import parse
+from tests.support import ci
 from tests.support.images import (
     DOCKER_LAYER,
     DOCKER_LIST,
@@ -35,6 +36,7 @@ from tests.support.images import (
     tar_layer,
     write_layout,
 )
+from tests.support.mounts import mounts_under
 from tests.support.registry import Registry
 
 ACCEPT = f"{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_LIST}"
@@ -252,3 +254,25 @@ def test_busybox_image_is_pushed_by_skopeo(busybox_image):
     assert members["bin/sh"].issym() and members["bin/sh"].linkname == "/bin/busybox"
     assert members["tmp"].mode == 0o1777
     assert "app:x:1000:1000:" in passwd
+
+
+def test_skip_policy_fails_in_ci(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        ci.require_tool("surely-not-an-installed-tool")
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception):
+        ci.require_tool("surely-not-an-installed-tool")
+    assert ci.require_tool("sh").endswith("/sh")
+
+
+@pytest.mark.root
+def test_mount_guard_reads_escaped_mount_points(tmp_path):
+    target = tmp_path / "with space\tand tab"
+    target.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "guard-test", str(target)], check=True)
+    try:
+        assert mounts_under(str(tmp_path)) == {str(target)}
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+    assert mounts_under(str(tmp_path)) == set()
