@@ -62,7 +62,8 @@ def debian_mirror() -> str:
             for stanza in re.split(r"\n\s*\n", text):
                 fields = _deb822_fields(stanza)
                 if ("deb" in fields.get("types", "").split()
-                        and SUITE in fields.get("suites", "").split() and fields.get("uris")):
+                        and SUITE in fields.get("suites", "").split() and fields.get("uris")
+                        and fields.get("enabled", "yes").lower() != "no"):
                     return fields["uris"].split()[0]
         else:
             for line in text.splitlines():
