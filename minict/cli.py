@@ -65,6 +65,19 @@ def _parse_reference(text):
     return reference.parse(text)
 
 
+def _exit_now(status: int) -> None:
+    """Exit with the container's `status`, skipping the interpreter's teardown.
+
+    Tearing down click and the rest costs ~10 ms, a third of `start`'s own
+    budget; the work is done and only the standard streams need flushing.
+    """
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(status)
+
+
 def _print_json_list(items):
     """Print a JSON array indented by tabs, as Go's json.MarshalIndent(x, "", "\\t")."""
     click.echo(json.dumps(list(items), indent="\t"))
@@ -100,7 +113,7 @@ def run(image, name):
     store.check_container_name(name)
     ref = _parse_reference(image)
     status = container.run(ref, name)
-    sys.exit(status)
+    _exit_now(status)
 
 
 @group.command(short_help="Start an existing container that was exited.")
@@ -110,7 +123,7 @@ def start(name):
     from minict import container, store
 
     store.check_container_name(name)
-    sys.exit(container.start(name))
+    _exit_now(container.start(name))
 
 
 @group.command(short_help="Remove an existing container.")
