@@ -118,6 +118,13 @@ def _unshare_and_fork(channel, bundle, config, terminal):
             _join(ns["path"], kind)
         else:
             flags |= linux.NAMESPACES[kind]
+    # Without a mount namespace of its own every mount below would land on
+    # the host, and without a uts namespace sethostname would rename it.
+    kinds = {ns.get("type") for ns in config.get("linux", {}).get("namespaces", [])}
+    if "mount" not in kinds:
+        raise SetupError("config.json asks for no mount namespace; refusing to mount on the host")
+    if config.get("hostname") and "uts" not in kinds:
+        raise SetupError("config.json sets a hostname but asks for no uts namespace")
     try:
         linux.unshare(flags)
     except OSError as err:
@@ -145,7 +152,10 @@ def _setup_and_exec(channel, bundle, config, terminal):
     #    every mount in our new mount namespace private, recursively.
     _mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE, step="make / rprivate")
 
-    # 2. pivot_root needs the new root to be a mount point of its own.
+    # 2. pivot_root needs the new root to be a mount point of its own.  A
+    #    rootfs that is a symlink could point anywhere on the host: refuse it.
+    if os.path.islink(rootfs) or not os.path.isdir(rootfs):
+        raise SetupError(f"the rootfs {rootfs} is not a directory")
     _mount(rootfs, rootfs, None, linux.MS_BIND | linux.MS_REC, step="bind the rootfs")
     root_fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 

@@ -319,6 +319,27 @@ def test_a_failing_mount_is_one_clear_error(minict, box):
     assert len(lines) == 1 and "mount nosuchfs on /data" in lines[0], done.stderr
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["linux"]["namespaces"].remove({"type": "mount"}), "no mount namespace"),
+    (lambda c: c["linux"]["namespaces"].remove({"type": "uts"}), "no uts namespace"),
+])
+def test_configs_that_would_change_the_host_are_refused(minict, box, edit, message):
+    before = host_view()
+    box(["echo", "SHOULD NOT RUN"], edit=edit)
+    done = minict("start", "--name", "box")
+    assert done.returncode == 1 and done.stdout == ""
+    assert message in done.stderr
+    assert host_view() == before
+
+
+def test_a_rootfs_that_is_a_symlink_is_refused(minict, box, tmp_path):
+    bundle = box(["true"])
+    (bundle / "rootfs").rename(tmp_path / "elsewhere")
+    (bundle / "rootfs").symlink_to(tmp_path / "elsewhere")
+    done = minict("start", "--name", "box")
+    assert done.returncode == 1 and "is not a directory" in done.stderr
+
+
 # -- terminal ----------------------------------------------------------------------------
 
 class Terminal:
