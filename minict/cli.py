@@ -49,14 +49,19 @@ class MinictGroup(click.Group):
                 formatter.write_dl(rows)
 
 
-@click.group(cls=MinictGroup, context_settings=CONTEXT)
+@click.group(cls=MinictGroup, context_settings=CONTEXT, invoke_without_command=True,
+             subcommand_metavar="COMMAND [ARGS]...")
 @click.version_option(__version__, "--version", prog_name="minict", message="%(prog)s version %(version)s")
 @click.option("--debug", is_flag=True, help="Print debug lines for every request and decision "
               "(also MINICT_LOG_LEVEL=debug).")
-def group(debug):
+@click.pass_context
+def group(ctx, debug):
     """A minimal, easy-to-understand container runtime."""
     if debug:
         log.set_debug(True)
+    if ctx.invoked_subcommand is None:
+        # Like the original (urfave/cli): no command shows the help and succeeds.
+        click.echo(ctx.get_help())
 
 
 def _parse_reference(text):
