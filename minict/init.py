@@ -595,8 +595,10 @@ def _set_capabilities(caps: dict) -> None:
                      _cap_mask(caps.get("permitted") or []),
                      _cap_mask(caps.get("inheritable") or []))
         linux.ambient_clear()
-        for name in caps.get("ambient") or []:
-            linux.ambient_raise(linux.CAPABILITIES[name])
+        ambient = _cap_mask(caps.get("ambient") or [])
+        for cap in range(ambient.bit_length()):
+            if ambient & (1 << cap):
+                linux.ambient_raise(cap)
     except OSError as err:
         raise _fail("set capabilities", err) from None
 

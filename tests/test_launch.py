@@ -322,6 +322,10 @@ def test_a_failing_mount_is_one_clear_error(minict, box):
 @pytest.mark.parametrize("edit, message", [
     (lambda c: c["linux"]["namespaces"].remove({"type": "mount"}), "no mount namespace"),
     (lambda c: c["linux"]["namespaces"].remove({"type": "uts"}), "no uts namespace"),
+    (lambda c: c["process"]["capabilities"]["ambient"].append("CAP_BOGUS"),
+     "unknown capability 'CAP_BOGUS'"),
+    (lambda c: c["process"]["rlimits"].append({"type": "RLIMIT_BOGUS", "soft": 1, "hard": 1}),
+     "unknown rlimit 'RLIMIT_BOGUS'"),
 ])
 def test_configs_that_would_change_the_host_are_refused(minict, box, edit, message):
     before = host_view()
