@@ -4,9 +4,11 @@
     containers/<name>/config.json         the runtime config (spec.generate)
     containers/<name>/.minict-complete    the completion mark, written last
 
-The mark (`COMPLETE_MARK`, check it with `is_complete`) is what makes a
-bundle a container: it is written only after the rootfs and config.json are
-in place, so a bundle without it was cut short (an error, Ctrl-C, kill -9).
+The bundle is built under `containers/.partial-<name>` (a name that
+list-containers ignores) and renamed to `containers/<name>` only once
+complete, so a container directory always holds a whole bundle.  The mark
+(`COMPLETE_MARK`, check it with `is_complete`) is written just before that
+rename, so a bundle without it was cut short (an error, Ctrl-C, kill -9).
 `create` removes its half-made bundle on any error; one left by a killed
 process is removed by the next `create` of that name.
 
@@ -29,6 +31,7 @@ from minict.errors import MinictError, UnpackError
 from minict.reference import Reference
 
 COMPLETE_MARK = ".minict-complete"
+PARTIAL_PREFIX = ".partial-"
 CONFIG_NAME = "config.json"
 ROOTFS_NAME = "rootfs"
 
@@ -67,27 +70,30 @@ def create(ref: Reference, name: str) -> Path:
         raise UnpackError(f"image {ref.familiar()}: {err.message}") from None
 
     store.ensure_dirs()
-    if os.path.lexists(bundle):
-        if is_complete(bundle):
-            raise UnpackError(f"container directory {bundle} already exists")
-        log.info(f"removing the incomplete bundle {bundle} left by an earlier run")
-        remove_tree(bundle)
+    partial = bundle.with_name(PARTIAL_PREFIX + name)
+    for leftover in (bundle, partial):
+        if os.path.lexists(leftover):
+            if is_complete(leftover) and leftover == bundle:
+                raise UnpackError(f"container directory {bundle} already exists")
+            log.info(f"removing the incomplete bundle {leftover} left by an earlier run")
+            remove_tree(leftover)
     try:
-        os.mkdir(bundle, 0o700)
+        os.mkdir(partial, 0o700)
     except OSError as err:
-        raise UnpackError(f"cannot create {bundle}: {err.strerror}") from None
+        raise UnpackError(f"cannot create {partial}: {err.strerror}") from None
     try:
-        _build(bundle, image, manifest, config, name)
-        _write_json_atomic(bundle / COMPLETE_MARK, {
+        _build(partial, image, manifest, config, name)
+        _write_json_atomic(partial / COMPLETE_MARK, {
             "image": ref.familiar(),
             "manifest": descriptor["digest"],
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
+        os.rename(partial, bundle)  # fails rather than replace a bundle made meanwhile
     except BaseException as err:
         try:
-            remove_tree(bundle)
+            remove_tree(partial)
         except (OSError, MinictError) as cleanup:
-            log.error(f"cannot remove the half-made bundle {bundle}: {cleanup}")
+            log.error(f"cannot remove the half-made bundle {partial}: {cleanup}")
         if isinstance(err, OSError):
             raise UnpackError(f"{err.strerror or err}"
                               + (f": {err.filename}" if err.filename else "")) from None
@@ -195,12 +201,16 @@ def _read_user_db(root_fd: int, name: str) -> str | None:
 
 
 def _write_json_atomic(path: Path, document: dict, indent=None) -> None:
+    """Write `document` through a temporary file and rename.
+
+    No fsync: on ext4 (data=ordered) it would wait for the whole rootfs just
+    written to reach the disk, and the rootfs is not synced either; the
+    rename is what protects readers from a half-written file.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
         json.dump(document, f, indent=indent)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

@@ -98,7 +98,8 @@ def _assert_refused_without_leftovers(home, ref, *fragments):
         bundle.create(ref, "bad")
     for fragment in fragments:
         assert fragment in str(refused.value)
-    assert not os.path.lexists(home / "containers/bad")
+    containers = home / "containers"
+    assert not containers.exists() or os.listdir(containers) == []
     return refused.value
 
 
@@ -143,12 +144,13 @@ def test_a_user_database_symlinked_out_of_the_rootfs_is_not_read(home):
                                       "cannot find user 'daemon'")
 
 
-def test_a_bundle_without_its_mark_is_replaced_one_with_it_is_not(home):
+@pytest.mark.parametrize("stale", ["r", ".partial-r"])
+def test_a_bundle_without_its_mark_is_replaced_one_with_it_is_not(home, stale):
     ref = store_image("r:1", Image([ROOTFS]))
-    stale = home / "containers/r"
-    (stale / "rootfs/junk").mkdir(parents=True)
+    (home / "containers" / stale / "rootfs/junk").mkdir(parents=True)
     path = bundle.create(ref, "r")
     assert not (path / "rootfs/junk").exists() and bundle.is_complete(path)
+    assert os.listdir(home / "containers") == ["r"]
     with pytest.raises(UnpackError, match="already exists"):
         bundle.create(ref, "r")
     assert bundle.is_complete(path)
@@ -180,27 +182,31 @@ def _wait_for(path, process, timeout=30):
         time.sleep(0.002)
 
 
-def test_kill_9_leaves_no_usable_container_and_the_next_create_cleans_up(home):
+def test_kill_9_leaves_no_container_and_the_next_create_cleans_up(home, minict):
     ref = store_image("big:1", _big_image())
     child = _start_create(home, "big:1", "k")
-    _wait_for(home / "containers/k/rootfs/f/00100", child)
+    _wait_for(home / "containers/.partial-k/rootfs/f/00100", child)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    leftover = home / "containers/k"
-    assert leftover.exists() and not bundle.is_complete(leftover)
-    assert not (home / "containers/k/rootfs/f/04999").exists()  # it was cut short
+    leftover = home / "containers/.partial-k"
+    assert not (leftover / "rootfs/f/04999").exists()  # it was cut short
+    assert not bundle.is_complete(leftover)
+    assert os.listdir(home / "containers") == [".partial-k"]
+    listed = minict("list-containers", env={"MINICT_DIR": str(home)})
+    assert json.loads(listed.stdout) == []
     path = bundle.create(ref, "k")
     assert bundle.is_complete(path) and len(os.listdir(path / "rootfs/f")) == 5000
+    assert os.listdir(home / "containers") == ["k"]
 
 
 def test_ctrl_c_removes_the_half_made_bundle(home):
     store_image("big:1", _big_image())
     child = _start_create(home, "big:1", "c")
-    _wait_for(home / "containers/c/rootfs/f/00100", child)
+    _wait_for(home / "containers/.partial-c/rootfs/f/00100", child)
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=60)
     assert child.returncode != 0 and "KeyboardInterrupt" in err
-    assert not os.path.lexists(home / "containers/c")
+    assert os.listdir(home / "containers") == []
 
 
 # -- remove_tree -------------------------------------------------------------------------
