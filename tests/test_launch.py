@@ -327,7 +327,7 @@ def test_a_failing_mount_is_one_clear_error(minict, box):
     (lambda c: c["process"]["rlimits"].append({"type": "RLIMIT_BOGUS", "soft": 1, "hard": 1}),
      "unknown rlimit 'RLIMIT_BOGUS'"),
 ])
-def test_configs_that_would_change_the_host_are_refused(minict, box, edit, message):
+def test_bad_or_host_changing_configs_are_refused(minict, box, edit, message):
     before = host_view()
     box(["echo", "SHOULD NOT RUN"], edit=edit)
     done = minict("start", "--name", "box")
