@@ -51,7 +51,8 @@ _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_CACHE_MAX = 256  # open directory descriptors kept per layer (the soft RLIMIT_NOFILE is 1024)
 # xattr failures that mean "this file system will not store it": warned about, not fatal.
-_XATTR_REFUSED = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL, errno.EACCES}
+_XATTR_REFUSED = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL, errno.EACCES,
+                  errno.E2BIG, errno.ENOSPC}
 
 
 # -- the uncompressed stream ----------------------------------------------------
@@ -218,6 +219,14 @@ class _Reader:
         for _ in self.chunks(n):
             pass
 
+    def skip_padding(self, n: int) -> None:
+        """Skip a member's padding; the stream may end instead (see _entries)."""
+        while len(self._buf) - self._pos < n:
+            if not self._fill():
+                self._pos = len(self._buf)
+                return
+        self._pos += n
+
     def drain(self) -> None:
         """Read to the end, so that the whole stream is hashed."""
         self._buf, self._pos = memoryview(b""), 0
@@ -296,8 +305,11 @@ def _entries(reader: _Reader):
     pax: dict[bytes, bytes] = {}
     long_name = long_link = None
     while True:
+        # umoci 0.4.7's `insert` ends its layers right after the last file's
+        # data, without padding or end-of-archive blocks; Go's archive/tar
+        # (umoci, containerd, docker) accepts that, and so does minict.
         block = reader.read(512, end_ok=True)
-        if block == _ZERO_BLOCK or not block:  # some writers omit the end-of-archive blocks
+        if block == _ZERO_BLOCK or not block:
             return
         checksum = _number(block[148:156])
         if checksum != sum(block[:148]) + 256 + sum(block[156:]):
@@ -410,6 +422,8 @@ def _split(name: bytes, what: str = "name") -> tuple[bytes, bytes]:
     Parent is b"" for the top level; base is b"" for the root itself.
     """
     if name.startswith(b"/"):
+        if all(p in (b"", b".") for p in name.split(b"/")):
+            return b"", b""  # the root spelled absolutely: `umoci insert SRC /` writes "/"
         raise _Refused(f"absolute {what}")
     if name.startswith(b"./"):
         name = name[2:]
@@ -432,6 +446,7 @@ class _Applier:
         self.layer = layer
         self.dirs: dict[bytes, int] = {}  # resolved parent path -> open fd, in LRU order
         self.written: set[bytes] = set()  # paths this layer created (whiteouts spare them)
+        self.written_below: set[bytes] = set()  # directories with a written path below
         self.dir_times: list[tuple[bytes, int]] = []  # directories' mtimes, set last
 
     def close(self):
@@ -496,6 +511,14 @@ class _Applier:
             oldest = next(iter(self.dirs))
             os.close(self.dirs.pop(oldest))
 
+    def wrote(self, path: bytes) -> None:
+        """Record that this layer created `path` (and so something below each parent)."""
+        self.written.add(path)
+        parent = path.rpartition(b"/")[0]
+        while parent and parent not in self.written_below:
+            self.written_below.add(parent)
+            parent = parent.rpartition(b"/")[0]
+
     def forget(self, path: bytes) -> None:
         """Drop cached fds of `path` and below: it is being removed or replaced."""
         below = path + b"/"
@@ -552,7 +575,7 @@ class _Applier:
         except FileExistsError:
             self.remove(parent_fd, base, path)
             result = make()
-        self.written.add(path)
+        self.wrote(path)
         return result
 
     def regular(self, e: Entry, reader: _Reader, parent_fd: int, base: bytes, path: bytes):
@@ -572,7 +595,7 @@ class _Applier:
             os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
         finally:
             os.close(fd)
-        reader.skip(-e.size % 512)
+        reader.skip_padding(-e.size % 512)
 
     def directory(self, e: Entry, parent_fd: int, base: bytes, path: bytes):
         try:
@@ -584,7 +607,7 @@ class _Applier:
                 os.mkdir(base, 0o700, dir_fd=parent_fd)
         fd = os.open(base, _O_DIR, dir_fd=parent_fd)
         self._remember(path, fd)  # its members usually follow
-        self.written.add(path)
+        self.wrote(path)
         self.set_dir_metadata(e, fd, path)
 
     def root_entry(self, e: Entry):
@@ -653,13 +676,12 @@ class _Applier:
         """Remove `path` as the layers below made it, sparing what this layer wrote."""
         if path in self.written:
             return
-        below = path + b"/"
-        if not any(w.startswith(below) for w in self.written):
+        if path not in self.written_below:
             self.remove(parent_fd, name, path)
             return
         fd = self.dir_fd(path, create=False)
         for child in os.listdir(fd):
-            self.remove_lower(fd, os.fsencode(child), below + os.fsencode(child))
+            self.remove_lower(fd, os.fsencode(child), path + b"/" + os.fsencode(child))
 
     # Metadata ----------------------------------------------------------------------
 

@@ -192,8 +192,10 @@ def test_pax_mtime_keeps_nanoseconds(tmp_path):
     assert os.stat(root / "f").st_mtime_ns == 1606343129_546718343
 
 
-def test_root_entry_sets_the_roots_metadata(tmp_path):
-    root = unpacked(tmp_path, [Dir(".", mode=0o751, uid=3, gid=4), File("./a", b"1")])
+@pytest.mark.parametrize("name", [".", "./", "/", "//", "/."])
+def test_root_entry_sets_the_roots_metadata(tmp_path, name):
+    # umoci writes the root as "." in repacked layers and as "/" in inserted ones.
+    root = unpacked(tmp_path, [Dir(name, mode=0o751, uid=3, gid=4), File("./a", b"1")])
     st = os.stat(root)
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o751, 3, 4)
 
@@ -296,3 +298,17 @@ def test_truncated_gzip_is_an_error(tmp_path):
 def test_not_a_tar_is_an_error(tmp_path):
     with pytest.raises(UnpackError, match="layer junk-0: invalid tar: .*not a tar stream"):
         unpack_layers(tmp_path / "rootfs", [os.urandom(2048)], name="junk")
+
+
+def test_a_stream_cut_after_the_last_files_data_is_accepted(tmp_path):
+    # What umoci 0.4.7's `insert` writes: no padding, no end-of-archive blocks.
+    tar = tar_layer([Dir("d"), File("d/f", b"abcdef")])
+    cut = tar[:512 * 2 + 6]  # d/, d/f's header, its data
+    root = unpacked(tmp_path, cut)
+    assert (root / "d/f").read_bytes() == b"abcdef"
+
+
+def test_a_stream_cut_inside_a_files_data_is_an_error(tmp_path):
+    tar = tar_layer([Dir("d"), File("d/f", b"abcdef")])
+    with pytest.raises(UnpackError, match="ends in the middle of a file"):
+        unpacked(tmp_path, tar[:512 * 2 + 3])

@@ -43,6 +43,8 @@ CASES = [
     ("root-symlink", [[Symlink(".", "{out}")]], "."),
     ("root-symlink-slash", [[Symlink("./", "/")]], "./"),
     ("root-file", [[File(".", b"x")]], "."),
+    ("root-absolute-symlink", [[Symlink("/", "{out}")]], "/"),
+    ("absolute-dotdot", [[File("/../outside/secret", b"x")]], "/../outside/secret"),
     ("root-hardlink", [[File("f", b"x"), Hardlink(".", "f")]], "."),
     ("whiteout-dotdot", [[File("../outside/.wh.secret")]], "../outside/.wh.secret"),
     ("whiteout-of-dotdot", [[Dir("a"), File("a/.wh..."), ]], "a/.wh..."),
