@@ -2,7 +2,8 @@
 
     containers/<name>/              the bundle (bundle.py): rootfs/, config.json
     containers/<name>/state.json    {"status": "created"|"running"|"exited", "pid", "exitStatus"}
-    containers/.locks/<name>        held (flock) by the minict that creates or runs it
+    containers/.locks/<name>        held (flock) by the minict that creates, runs or
+                                    removes it; deleted with the container
 
 The lock is the truth about "running": the minict that holds it is the
 parent of the container's init, and that init dies with it (PDEATHSIG), so a
@@ -42,15 +43,16 @@ def run(ref, name: str) -> int:
         raise ContainerError(f"Container with name {name} already exists.")
     try:
         path = store.container_dir(name)
-        if is_complete(path):
+        # bundle.create renames a bundle into place only once it is whole, so
+        # anything at this name is a container (or not ours): never replace
+        # it.  What an interrupted run left is elsewhere, and create cleans it.
+        if os.path.lexists(path):
             raise ContainerError(f"Container with name {name} already exists.")
-        # A bundle without the completion mark is what an interrupted run
-        # left; bundle.create removes it and starts over.
         path = bundles.create(ref, name)
         _write_state(path, {"status": "created"})
         return _launch(path)
     finally:
-        os.close(lock)
+        _unlock(name, lock)
 
 
 def start(name: str) -> int:
@@ -72,7 +74,7 @@ def start(name: str) -> int:
                                  "Use the 'run' option to start a new container")
         return _launch(path)
     finally:
-        os.close(lock)
+        _unlock(name, lock)
 
 
 def remove(name: str, force: bool) -> None:
@@ -96,11 +98,8 @@ def remove(name: str, force: bool) -> None:
     try:
         unmount_below(path)
         bundles.remove_tree(path)
-        # Unlinked while held: whoever waits on this file sees the unlink
-        # and locks the new file instead (see _lock).
-        os.unlink(_lock_path(name))
     finally:
-        os.close(lock)
+        _unlock(name, lock)
 
 
 def list_names() -> list[str]:
@@ -213,6 +212,19 @@ def _lock(name: str, *, wait: bool) -> int | None:
             current = False
         if current:
             return fd
+        os.close(fd)
+
+
+def _unlock(name: str, fd: int) -> None:
+    """Release container `name`'s lock; delete its file if the container is gone."""
+    try:
+        if not os.path.lexists(store.container_dir(name)):
+            # Unlinked while held: whoever waits on this file sees the unlink
+            # and locks a new file instead (see _lock).
+            os.unlink(_lock_path(name))
+    except FileNotFoundError:
+        pass
+    finally:
         os.close(fd)
 
 

@@ -186,12 +186,29 @@ def test_run_creates_runs_and_refuses_the_name_again(minict, minict_dir, pulled)
     assert not container.mounts_below(str(minict_dir))
 
 
-def test_run_replaces_a_bundle_left_by_an_interrupted_run(minict, minict_dir, pulled):
-    leftover = minict_dir / "containers" / "one"
-    (leftover / "rootfs").mkdir(parents=True)  # no completion mark: a run was cut short
+def test_run_replaces_what_an_interrupted_run_left(minict, minict_dir, pulled):
+    leftover = minict_dir / "containers" / (bundle.PARTIAL_PREFIX + "one")
+    (leftover / "rootfs").mkdir(parents=True)  # a run was cut short while unpacking
     done = minict("run", "--image", pulled, "--name", "one", input="echo fresh\n")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "fresh\n"
+    assert not leftover.exists()
+
+
+def test_run_never_replaces_a_directory_that_is_not_ours(minict, minict_dir):
+    foreign = minict_dir / "containers" / "one"
+    foreign.mkdir(parents=True)
+    (foreign / "precious").write_text("x")
+    done = minict("run", "--image", "busybox", "--name", "one")
+    assert done.returncode == 1
+    assert done.stderr.rstrip().endswith("fatal Container with name one already exists.")
+    assert (foreign / "precious").read_text() == "x"
+
+
+def test_failed_commands_leave_no_lock_files(minict, minict_dir):
+    minict("start", "--name", "ghost")
+    minict("run", "--image", "never-pulled", "--name", "ghost")
+    assert os.listdir(minict_dir / "containers" / container.LOCKS_DIR) == []
 
 
 def test_concurrent_runs_of_one_name_exactly_one_wins(minict_dir, pulled):
