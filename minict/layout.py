@@ -272,9 +272,14 @@ class BlobWriter:
             raise MinictError(f"blob {self.digest} is longer than the {self.size} bytes "
                               "its descriptor declares")
         view = memoryview(data)
-        while view:
-            done = self._file.write(view)
-            view = view[done:]
+        try:
+            while view:
+                done = self._file.write(view)
+                view = view[done:]
+        except OSError as err:
+            # The partial file stays: once there is room again, a pull resumes it.
+            raise MinictError(f"cannot write blob {self.digest} under {self.layout.path}: "
+                              f"{err.strerror}") from None
         self._hash.update(data)
         self.offset += len(data)
         if self.offset - self._flushed >= WRITEBACK_STEP:

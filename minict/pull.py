@@ -421,7 +421,7 @@ class Puller:
 
     def _pull(self) -> None:
         ref = self.ref
-        what = f"{ref.endpoint}/{ref.path}:{ref.tag}" if ref.digest is None else str(ref)
+        what = ref.familiar()
         data, media, header_digest = self.registry.manifest(ref.digest or ref.tag)
         source = sha256(data)
         if ref.digest is not None and source != ref.digest:

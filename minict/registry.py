@@ -355,10 +355,18 @@ class Registry:
                             f"(GET /v2/ answered HTTP {response.status_code})")
 
     def _ping_once(self, base: str) -> requests.Response:
+        """GET /v2/ at `base`, retrying 429 and 5xx; raise requests errors."""
         url = base + "/v2/"
-        response = self.session.get(url, timeout=TIMEOUT, allow_redirects=False, **self._tls)
-        log.debug(f"GET {redact(url, self.endpoint)} {response.status_code}")
-        response.close()
+        for attempt in range(1, ATTEMPTS + 1):
+            response = self.session.get(url, timeout=TIMEOUT, allow_redirects=False, **self._tls)
+            log.debug(f"GET {redact(url, self.endpoint)} {response.status_code}")
+            response.close()
+            if (response.status_code == 429 or response.status_code >= 500) and attempt < ATTEMPTS:
+                wait = retry_after(response, attempt)
+                log.debug(f"ping: HTTP {response.status_code}; retrying in {wait:.1f}s")
+                time.sleep(wait)
+                continue
+            break
         return response
 
     def credentials(self) -> Credentials | None:
