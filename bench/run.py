@@ -377,6 +377,12 @@ def print_table(rows: list[Row], markdown: bool) -> None:
                         for i, (c, w) in enumerate(zip(row, widths))).rstrip())
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
 def first_line(err: Exception) -> str:
     return (str(err).splitlines() or [""])[0][:120]
 
@@ -387,7 +393,7 @@ COMPARISONS = {"pull": bench_pull, "unpack": bench_unpack, "launch": bench_launc
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("comparison", choices=[*COMPARISONS, "all"])
-    parser.add_argument("--runs", type=int, default=7, help="timed rounds (default 7)")
+    parser.add_argument("--runs", type=positive, default=7, help="timed rounds (default 7)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--python", type=Path, default=DEFAULT_PYTHON,
                         help="the venv python that runs minict (default: the repo's .venv)")
