@@ -363,7 +363,7 @@ class Puller:
         self.layout = Layout.for_reference(ref)
         self.registry = registry.Registry(
             ref.endpoint, ref.path, insecure=insecure,
-            credentials=lambda: auth.lookup(ref.domain), connections=self.jobs)
+            credentials=lambda: auth.lookup(ref.domain))
         self.stop = threading.Event()
         self.progress = None
 
@@ -552,7 +552,7 @@ class Puller:
                 if self.stop.is_set():
                     raise Cancelled()
                 try:
-                    chunk = response.raw.read1(CHUNK, decode_content=False)
+                    chunk = response.read1(CHUNK)
                 except registry.STREAM_ERRORS as err:
                     raise _Interrupted(registry.describe(err, self.registry.endpoint)) from None
                 if not chunk:

@@ -15,7 +15,7 @@ and query strings of URLs on other hosts (signed storage URLs) are cut.
 """
 
 import base64
-import ipaddress
+import http.client
 import re
 import socket
 import ssl
@@ -23,12 +23,10 @@ import threading
 import time
 import urllib.parse
 
-import requests
-import urllib3
-
 from minict import log
 from minict.auth import Credentials
 from minict.errors import PullError
+from minict.transport import NETWORK_ERRORS, Pool, Response, is_loopback
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -37,29 +35,22 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 ACCEPT = f"{OCI_INDEX}, {OCI_MANIFEST}, {DOCKER_LIST}, {DOCKER_MANIFEST}"
 
 MANIFEST_MAX = 4 * 1024 * 1024
-TIMEOUT = (10, 60)  # seconds to connect, seconds without a byte while reading
 ATTEMPTS = 5        # tries per request for connection errors, 5xx and 429
 BACKOFF_MAX = 10.0  # seconds; a Retry-After above this is cut to it
 MAX_REDIRECTS = 5
 TOKEN_DEFAULT_TTL = 60  # seconds, when the token server gives no expires_in
 
-# Errors in a body or in the middle of a stream (urllib3's own, wrapped by requests or not).
-STREAM_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+# Errors of a connection or in the middle of a body.
+STREAM_ERRORS = NETWORK_ERRORS
 
 
 class Unauthorized(PullError):
     """The registry refused us even after authenticating."""
 
 
-def is_loopback(host: str) -> bool:
-    """Return whether `host` (without port) is localhost, 127.0.0.0/8 or ::1."""
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _origin(url: str) -> tuple[str, str]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, parts.netloc.rsplit("@", 1)[-1]
 
 
 def split_host(endpoint: str) -> str:
@@ -128,53 +119,33 @@ def redact(url: str, trusted_host: str) -> str:
 
 
 def describe(err: BaseException, host: str) -> str:
-    """Turn a requests/urllib3/socket failure into one line without URLs or secrets."""
-    seen = []
-    cause: BaseException | None = err
-    while cause is not None and cause not in seen:
-        seen.append(cause)
-        nxt = cause.__cause__ or cause.__context__
-        if nxt is None and cause.args and isinstance(cause.args[0], BaseException):
-            nxt = cause.args[0]
-        if nxt is None and getattr(cause, "reason", None) is not None:
-            reason = cause.reason
-            nxt = reason if isinstance(reason, BaseException) else None
-        cause = nxt
-    def first(kind):
-        return next((e for e in seen if isinstance(e, kind)), None)
-
-    if (e := first(ssl.SSLCertVerificationError)) is not None:
-        return f"TLS certificate of {host} not trusted: {e.verify_message}"
-    if (e := first((ssl.SSLError, requests.exceptions.SSLError))) is not None:
-        return f"TLS handshake with {host} failed: {getattr(e, 'reason', None) or type(e).__name__}"
-    if first((socket.gaierror, urllib3.exceptions.NameResolutionError)) is not None:
+    """Turn a socket/ssl/http.client failure into one line without URLs or secrets."""
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return f"TLS certificate of {host} not trusted: {err.verify_message}"
+    if isinstance(err, ssl.SSLError):
+        return f"TLS handshake with {host} failed: {err.reason or type(err).__name__}"
+    if isinstance(err, socket.gaierror):
         return f"cannot resolve registry host {split_host(host)!r} (DNS lookup failed)"
-    if first(ConnectionRefusedError) is not None:
+    if isinstance(err, ConnectionRefusedError):
         return f"cannot connect to {host}: connection refused"
-    # urllib3's NewConnectionError is a ConnectTimeoutError too; it is no timeout.
-    if any(isinstance(e, (TimeoutError, requests.exceptions.Timeout,
-                          urllib3.exceptions.TimeoutError))
-           and not isinstance(e, urllib3.exceptions.NewConnectionError) for e in seen):
+    if isinstance(err, TimeoutError):
         return f"{host} did not answer in time"
-    if (e := first(urllib3.exceptions.ProtocolError)) is not None:
-        return f"connection to {host} broke: {_short(e)}"
-    for e in seen:
-        if isinstance(e, OSError) and e.errno is not None and e.strerror:
-            return f"connection to {host} failed: {e.strerror}"
+    if isinstance(err, http.client.IncompleteRead):
+        return f"connection to {host} broke off in the middle of a body"
+    if isinstance(err, http.client.RemoteDisconnected):
+        return f"{host} closed the connection without answering"
+    if isinstance(err, http.client.HTTPException):
+        return f"{host} sent something that is not HTTP ({type(err).__name__})"
+    if isinstance(err, OSError) and err.strerror:
+        return f"connection to {host} failed: {err.strerror}"
     return f"connection to {host} failed: {type(err).__name__}"
 
 
-def _short(err: BaseException) -> str:
-    # urllib3 puts the pool and URL in its messages; keep the part after the last ': '.
-    text = str(err.args[0]) if err.args else type(err).__name__
-    return text.strip("()'\" ")
-
-
 def _is_tls_error(err: BaseException) -> bool:
-    return "TLS" in describe(err, "")
+    return isinstance(err, ssl.SSLError)
 
 
-def retry_after(response: requests.Response, attempt: int) -> float:
+def retry_after(response: Response, attempt: int) -> float:
     """Return seconds to wait before retrying: Retry-After if given, else backoff."""
     value = response.headers.get("Retry-After", "") if response is not None else ""
     wait = None
@@ -193,7 +164,7 @@ def retry_after(response: requests.Response, attempt: int) -> float:
     return max(0.0, min(wait, BACKOFF_MAX))
 
 
-def registry_error(response: requests.Response) -> str:
+def registry_error(response: Response) -> str:
     """Return the registry's own words for a failed request (errors[0].message)."""
     try:
         errors = response.json().get("errors") or []
@@ -202,7 +173,7 @@ def registry_error(response: requests.Response) -> str:
         if code and message:
             return f"{message} ({code})"
         return message or code or f"HTTP {response.status_code}"
-    except (ValueError, AttributeError, IndexError, TypeError):
+    except (ValueError, AttributeError, IndexError, TypeError, *NETWORK_ERRORS):
         return f"HTTP {response.status_code} {response.reason or ''}".strip()
 
 
@@ -210,7 +181,7 @@ class Registry:
     """One repository on one registry, with its scheme and credentials settled lazily."""
 
     def __init__(self, endpoint: str, repository: str, *, insecure: bool,
-                 credentials=lambda: None, connections: int = 10):
+                 credentials=lambda: None):
         self.endpoint = endpoint            # host[:port] to talk to
         self.repository = repository        # library/ubuntu
         self.insecure = insecure
@@ -218,16 +189,7 @@ class Registry:
         self._credentials: Credentials | None = None
         self._credentials_loaded = False
         self.base: str | None = None        # scheme://endpoint after ping()
-        self.session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=max(10, connections),
-                                                max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers["User-Agent"] = "minict"
-        # Per request, because requests lets REQUESTS_CA_BUNDLE override Session.verify.
-        self._tls = {"verify": False} if insecure else {}
-        if insecure:
-            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        self.pool = Pool(insecure)
         self._lock = threading.Lock()
         self._challenge: tuple[str, dict[str, str]] | None = None
         self._authorization: str | None = None
@@ -235,33 +197,34 @@ class Registry:
 
     # -- low level ---------------------------------------------------------
 
-    def _send(self, method: str, url: str, *, headers=None, stream=False,
-              authorization: str | None = None) -> requests.Response:
-        """Send one request, following redirects by hand; raise requests errors.
+    def _send(self, method: str, url: str, *, headers=None, authorization: str | None = None,
+              body: bytes | None = None) -> Response:
+        """Send one request, following redirects by hand; raise NETWORK_ERRORS.
 
-        Authorization goes only to this registry's own scheme://host:port.
+        `authorization` goes only to the origin of `url` as first given:
+        never to the blob storage a registry redirects to.
         """
         headers = dict(headers or {})
+        origin = _origin(url)
         for _ in range(MAX_REDIRECTS + 1):
             sent = dict(headers)
-            own = self.base is not None and url.startswith(self.base + "/")
-            if authorization and own:
+            if authorization and _origin(url) == origin:
                 sent["Authorization"] = authorization
-            response = self.session.request(method, url, headers=sent, stream=stream,
-                                            allow_redirects=False, timeout=TIMEOUT, **self._tls)
+            response = self.pool.request(method, url, sent, body)
             log.debug(f"{method} {redact(url, self.endpoint)} {response.status_code}")
-            if response.status_code in (301, 302, 303, 307, 308) and "Location" in response.headers:
-                target = urllib.parse.urljoin(url, response.headers["Location"])
+            location = response.headers.get("Location")
+            if response.status_code in (301, 302, 303, 307, 308) and location:
+                response.read(65536)  # drain the small body so the connection can be reused
                 response.close()
                 if response.status_code == 303:
-                    method = "GET"
-                url = target
+                    method, body = "GET", None
+                url = urllib.parse.urljoin(url, location)
                 continue
             return response
         raise PullError(f"too many redirects from {self.endpoint}")
 
     def request(self, method: str, path: str, *, statuses: set[int], what: str,
-                headers=None, stream=False) -> requests.Response:
+                headers=None) -> Response:
         """Send `method` to `path` on this registry; return a response with a status in `statuses`.
 
         Authenticate, retry connection errors, 5xx and 429 with bounded
@@ -276,11 +239,10 @@ class Registry:
         while True:
             authorization = self._current_authorization()
             try:
-                response = self._send(method, url, headers=headers, stream=stream,
-                                      authorization=authorization)
-            except requests.RequestException as err:
+                response = self._send(method, url, headers=headers, authorization=authorization)
+            except NETWORK_ERRORS as err:
                 attempt += 1
-                if attempt >= ATTEMPTS or "DNS" in describe(err, "") or _is_tls_error(err):
+                if attempt >= ATTEMPTS or isinstance(err, (socket.gaierror, ssl.SSLError)):
                     raise PullError(f"{what}: {describe(err, self.endpoint)}") from None
                 wait = min(0.5 * 2 ** attempt, BACKOFF_MAX)
                 log.debug(f"{what}: {describe(err, self.endpoint)}; retrying in {wait:.1f}s")
@@ -306,7 +268,7 @@ class Registry:
                 continue
             raise self._failure(response, what)
 
-    def _failure(self, response: requests.Response, what: str) -> PullError:
+    def _failure(self, response: Response, what: str) -> PullError:
         status = response.status_code
         reason = registry_error(response)
         response.close()
@@ -329,9 +291,9 @@ class Registry:
             last = i == len(order) - 1
             try:
                 response = self._ping_once(base)
-            except requests.RequestException as err:
+            except NETWORK_ERRORS as err:
                 text = describe(err, self.endpoint)
-                if not last and ("refused" not in text and "DNS" not in text):
+                if not last and not isinstance(err, (ConnectionRefusedError, socket.gaierror)):
                     log.debug(f"ping {base}: {text}; trying {order[i + 1]}")
                     continue
                 hint = None
@@ -354,12 +316,12 @@ class Registry:
             raise PullError(f"{self.endpoint} is not a registry speaking the v2 API "
                             f"(GET /v2/ answered HTTP {response.status_code})")
 
-    def _ping_once(self, base: str) -> requests.Response:
-        """GET /v2/ at `base`, retrying 429 and 5xx; raise requests errors."""
-        url = base + "/v2/"
+    def _ping_once(self, base: str) -> Response:
+        """GET /v2/ at `base`, retrying 429 and 5xx; raise NETWORK_ERRORS."""
         for attempt in range(1, ATTEMPTS + 1):
-            response = self.session.get(url, timeout=TIMEOUT, allow_redirects=False, **self._tls)
-            log.debug(f"GET {redact(url, self.endpoint)} {response.status_code}")
+            response = self.pool.request("GET", base + "/v2/", {})
+            log.debug(f"GET {redact(base + '/v2/', self.endpoint)} {response.status_code}")
+            response.read(65536)
             response.close()
             if (response.status_code == 429 or response.status_code >= 500) and attempt < ATTEMPTS:
                 wait = retry_after(response, attempt)
@@ -423,33 +385,41 @@ class Registry:
         if params.get("service"):
             query["service"] = params["service"]
         realm_host = urllib.parse.urlsplit(realm).netloc
+        headers, body, method, url = {}, None, "GET", realm
+        if creds and creds.identity_token:
+            # OAuth2 refresh-token grant (the distribution token spec's POST form).
+            method, body = "POST", urllib.parse.urlencode({
+                "grant_type": "refresh_token", "refresh_token": creds.identity_token,
+                "client_id": "minict", "scope": " ".join(scopes),
+                "service": params.get("service", "")}).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        else:
+            url += ("&" if "?" in realm else "?") + urllib.parse.urlencode(query, doseq=True)
+        authorization = None
+        if creds and creds.username and method == "GET":
+            pair = f"{creds.username}:{creds.password}".encode()
+            authorization = "Basic " + base64.b64encode(pair).decode()
         try:
-            if creds and creds.identity_token:
-                form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token,
-                        "client_id": "minict", "scope": " ".join(scopes),
-                        "service": params.get("service", "")}
-                response = self.session.post(realm, data=form, timeout=TIMEOUT, **self._tls)
-            else:
-                auth = (creds.username, creds.password) if creds and creds.username else None
-                response = self.session.get(realm, params=query, auth=auth, timeout=TIMEOUT,
-                                            **self._tls)
-        except requests.RequestException as err:
+            response = self._send(method, url, headers=headers, authorization=authorization,
+                                  body=body)
+        except NETWORK_ERRORS as err:
             raise PullError(f"getting a token: {describe(err, realm_host)}") from None
-        log.debug(f"{response.request.method} {redact(response.url, realm_host)} "
-                  f"{response.status_code} (token for {' '.join(scopes)}"
-                  f"{', with credentials' if creds else ', anonymous'})")
+        log.debug(f"(token for {' '.join(scopes)}, {'with credentials' if creds else 'anonymous'})")
         if response.status_code in (401, 403):
+            reason = registry_error(response)
+            response.close()
             raise Unauthorized(
                 f"the token server of {self.endpoint} refused "
-                f"{'the credentials from config.json' if creds else 'anonymous access'}: "
-                f"{registry_error(response)}")
+                f"{'the credentials from config.json' if creds else 'anonymous access'}: {reason}")
         if response.status_code != 200:
+            response.close()
             raise PullError(f"getting a token from {realm_host}: HTTP {response.status_code}")
         try:
-            answer = response.json()
+            with response:
+                answer = response.json()
             token = answer.get("token") or answer.get("access_token")
             ttl = int(answer.get("expires_in") or TOKEN_DEFAULT_TTL)
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, AttributeError, TypeError, *NETWORK_ERRORS):
             raise PullError(f"the token server {realm_host} sent no JSON token") from None
         if not isinstance(token, str) or not token:
             raise PullError(f"the token server {realm_host} sent no token")
@@ -474,36 +444,32 @@ class Registry:
         """
         what = f"reading manifest {reference} of {self.endpoint}/{self.repository}"
         response = self.request("GET", f"/v2/{self.repository}/manifests/{reference}",
-                                statuses={200}, what=what, headers={"Accept": ACCEPT},
-                                stream=True)
+                                statuses={200}, what=what, headers={"Accept": ACCEPT})
         with response:
             length = response.headers.get("Content-Length", "")
             if length.isdigit() and int(length) > MANIFEST_MAX:
                 raise PullError(f"{what}: {length} bytes is over the {MANIFEST_MAX}-byte limit")
-            chunks, total = [], 0
             try:
-                for chunk in response.iter_content(65536):
-                    total += len(chunk)
-                    if total > MANIFEST_MAX:
-                        raise PullError(f"{what}: more than the {MANIFEST_MAX}-byte limit")
-                    chunks.append(chunk)
+                data = response.read(MANIFEST_MAX)
             except STREAM_ERRORS as err:
                 raise PullError(f"{what}: {describe(err, self.endpoint)}") from None
+            if len(data) > MANIFEST_MAX:
+                raise PullError(f"{what}: more than the {MANIFEST_MAX}-byte limit")
         media = response.headers.get("Content-Type", "").split(";")[0].strip()
-        return b"".join(chunks), media, response.headers.get("Docker-Content-Digest")
+        return data, media, response.headers.get("Docker-Content-Digest")
 
-    def blob(self, digest: str, offset: int = 0) -> requests.Response:
+    def blob(self, digest: str, offset: int = 0) -> Response:
         """Return a streaming response for blob `digest`, from byte `offset` if > 0.
 
         The status is 200 (whole blob), 206 (from `offset`) or 416 (the
-        registry cannot serve that range); the caller reads `response.raw`
-        and closes it.
+        registry cannot serve that range); the caller reads the body with
+        read1() and closes it.
         """
         headers = {"Range": f"bytes={offset}-"} if offset else None
         statuses = {200, 206, 416} if offset else {200}
         what = f"fetching blob {digest}"
         return self.request("GET", f"/v2/{self.repository}/blobs/{digest}", statuses=statuses,
-                            what=what, headers=headers, stream=True)
+                            what=what, headers=headers)
 
     def close(self) -> None:
-        self.session.close()
+        self.pool.close()
