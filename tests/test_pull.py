@@ -362,3 +362,11 @@ def test_disk_full_is_one_clear_line_and_nothing_is_listed(registry, minict_dir,
     assert FATAL in fatal and "No space left on device" in fatal and "Traceback" not in done.stderr
     assert status == "exit=1"
     assert json.loads(done.stdout) == []
+
+
+def test_config_over_4_mib_is_refused(registry, minict):
+    # (The registry itself refuses manifests over 4 MiB; configs are plain blobs.)
+    huge = small_image("huge", extra={"filler": "x" * (4 * 1024 * 1024)})
+    push(registry.url, "test/app", "latest", huge)
+    fails(minict("pull", "--image", f"{registry.host}/test/app"), "4194304-byte limit")
+    assert list_images(minict) == []
