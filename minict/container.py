@@ -2,8 +2,8 @@
 
     containers/<name>/              the bundle (bundle.py): rootfs/, config.json
     containers/<name>/state.json    {"status": "created"|"running"|"exited", "pid", "exitStatus"}
-    containers/.locks/<name>        held (flock) by the minict that creates, runs or
-                                    removes it; deleted with the container
+    containers/.<name>.lock         held (flock) by the minict that creates, runs or
+                                    removes it; deleted whenever the container is not there
 
 The lock is the truth about "running": the minict that holds it is the
 parent of the container's init, and that init dies with it (PDEATHSIG), so a
@@ -25,7 +25,6 @@ from minict.errors import ContainerError, LaunchError
 COMPLETE_MARK = ".minict-complete"
 CONFIG_NAME = "config.json"
 STATE_NAME = "state.json"
-LOCKS_DIR = ".locks"
 EXITED_MESSAGE = "Container process exited. It can be started again using the 'start' option."
 
 
@@ -62,16 +61,16 @@ def start(name: str) -> int:
     does not exist or is running, or LaunchError.
     """
     path = store.container_dir(name)
+    missing = ContainerError(f"Container with name {name} does not exist. "
+                             "Use the 'run' option to start a new container")
+    if not is_complete(path):
+        raise missing
     lock = _lock(name, wait=False)
     if lock is None:
-        if is_complete(path):
-            raise ContainerError(f"Container with name {name} is already running.")
-        raise ContainerError(f"Container with name {name} does not exist. "
-                             "Use the 'run' option to start a new container")
+        raise ContainerError(f"Container with name {name} is already running.")
     try:
-        if not is_complete(path):
-            raise ContainerError(f"Container with name {name} does not exist. "
-                                 "Use the 'run' option to start a new container")
+        if not is_complete(path):  # removed while we waited for the lock
+            raise missing
         return _launch(path)
     finally:
         _unlock(name, lock)
@@ -96,6 +95,8 @@ def remove(name: str, force: bool) -> None:
         _kill(name, path)
         lock = _lock(name, wait=True)
     try:
+        if not os.path.lexists(path):  # a concurrent rm was first
+            raise ContainerError(f"Container with name {name} does not exist.")
         unmount_below(path)
         bundles.remove_tree(path)
     finally:
@@ -190,13 +191,13 @@ def _parent(pid: int) -> int | None:
 # -- locks --------------------------------------------------------------------------
 
 def _lock_path(name: str):
-    return store.containers_dir() / LOCKS_DIR / store.check_container_name(name)
+    # Container names start with a letter or digit: no container is called this.
+    return store.containers_dir() / f".{store.check_container_name(name)}.lock"
 
 
 def _lock(name: str, *, wait: bool) -> int | None:
     """Take container `name`'s lock; return its descriptor, or None if taken and not `wait`."""
     path = _lock_path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:

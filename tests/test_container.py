@@ -82,8 +82,7 @@ def test_rm_removes_the_bundle_and_its_lock(minict, minict_dir, box):
     assert json.loads(minict("list-containers").stdout) == ["box"]
     done = minict("rm", "--name", "box")
     assert done.returncode == 0 and "Container removed successfully." in done.stderr
-    assert os.listdir(minict_dir / "containers") in ([], [container.LOCKS_DIR])
-    assert os.listdir(minict_dir / "containers" / container.LOCKS_DIR) == []
+    assert os.listdir(minict_dir / "containers") == []
     assert json.loads(minict("list-containers").stdout) == []
 
 
@@ -208,7 +207,7 @@ def test_run_never_replaces_a_directory_that_is_not_ours(minict, minict_dir):
 def test_failed_commands_leave_no_lock_files(minict, minict_dir):
     minict("start", "--name", "ghost")
     minict("run", "--image", "never-pulled", "--name", "ghost")
-    assert os.listdir(minict_dir / "containers" / container.LOCKS_DIR) == []
+    assert os.listdir(minict_dir / "containers") == []
 
 
 def test_concurrent_runs_of_one_name_exactly_one_wins(minict_dir, pulled):
