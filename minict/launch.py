@@ -23,6 +23,12 @@ so its end-of-file tells P that C's execve succeeded.
     | I, C | `error <status> <text>` | a step failed; the sender exits with <status>       |
     | C    | end of file           | execve succeeded (or every child is gone)            |
 
+Streams: with `process.terminal` and a terminal on minict's standard input
+and output, the container gets a pty from its own devpts and minict relays
+bytes between it and the host terminal (raw while the container runs,
+restored after).  Otherwise the container inherits minict's descriptors 0-2,
+so pipes, redirections and `$(...)` work as for any command.
+
 While the container runs, SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to
 minict are passed on to it; with a terminal, SIGWINCH passes the window size.
 """
