@@ -61,7 +61,9 @@ def create(ref: Reference, name: str) -> Path:
     image = layouts.Layout.for_reference(ref)
     try:
         descriptor = image.resolve(ref)
-    except MinictError:
+    except MinictError as err:
+        if "not found" not in err.message:  # an unreadable index.json, say
+            raise UnpackError(err.message) from None
         raise UnpackError(f"image {ref.familiar()} not found; "
                           f"pull it first with 'minict pull --image {ref.familiar()}'") from None
     try:
