@@ -141,10 +141,6 @@ def describe(err: BaseException, host: str) -> str:
     return f"connection to {host} failed: {type(err).__name__}"
 
 
-def _is_tls_error(err: BaseException) -> bool:
-    return isinstance(err, ssl.SSLError)
-
-
 def retry_after(response: Response, attempt: int) -> float:
     """Return seconds to wait before retrying: Retry-After if given, else backoff."""
     value = response.headers.get("Retry-After", "") if response is not None else ""
