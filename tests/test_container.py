@@ -10,24 +10,13 @@ import time
 import pytest
 
 from minict import bundle, container, linux
-from tests.support import bundles
+
+pytest_plugins = ["tests.support.bundles"]  # the box and busybox_rootfs fixtures
 
 pytestmark = pytest.mark.root
 
 EXITED = "Container process exited. It can be started again using the 'start' option."
 
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    return bundles.busybox_template(tmp_path_factory.mktemp("busybox"))
-
-
-@pytest.fixture
-def box(minict_dir, template):
-    def make(cmd, name="box", **kw):
-        return bundles.make_bundle(minict_dir, name, template, cmd=cmd, **kw)
-
-    return make
 
 
 def spawn(minict_dir, *args):

@@ -20,24 +20,11 @@ import time
 import pytest
 
 from minict import init, linux, spec
-from tests.support import bundles
+
+pytest_plugins = ["tests.support.bundles"]  # the box and busybox_rootfs fixtures
 
 pytestmark = pytest.mark.root
 
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    return bundles.busybox_template(tmp_path_factory.mktemp("busybox"))
-
-
-@pytest.fixture
-def box(minict_dir, template):
-    """box(cmd, name="box", **image_config) -> the bundle path of a new container."""
-
-    def make(cmd, name="box", **kw):
-        return bundles.make_bundle(minict_dir, name, template, cmd=cmd, **kw)
-
-    return make
 
 
 def sh(script):

@@ -1,6 +1,9 @@
 """Bundles made directly, without pulling: a busybox rootfs and spec.generate's config.
 
-    path = make_bundle(minict_dir, "box", cmd=["sh", "-c", "echo hi"])
+    path = make_bundle(minict_dir, "box", template, cmd=["sh", "-c", "echo hi"])
+
+or, in a test module, `from tests.support.bundles import box, busybox_rootfs`
+and ask for the `box` fixture: `box(cmd, name="box", **image_config)`.
 
 The container tests need many small containers; building each from a
 registry image would cost seconds, and the config.json they run is the very
@@ -11,6 +14,8 @@ import json
 import os
 import shutil
 from pathlib import Path
+
+import pytest
 
 from minict import container, spec
 from tests.support import tools
@@ -43,3 +48,19 @@ def make_bundle(minict_dir, name: str, template: Path, *, cmd=None, user=None, e
     (path / container.COMPLETE_MARK).write_text("{}\n")
     os.chmod(path, 0o700)
     return path
+
+
+@pytest.fixture(scope="module")
+def busybox_rootfs(tmp_path_factory):
+    """The busybox rootfs every bundle of a test module copies."""
+    return busybox_template(tmp_path_factory.mktemp("busybox"))
+
+
+@pytest.fixture
+def box(minict_dir, busybox_rootfs):
+    """box(cmd, name="box", **image_config) -> the bundle path of a new busybox container."""
+
+    def make(cmd, name="box", **kw):
+        return make_bundle(minict_dir, name, busybox_rootfs, cmd=cmd, **kw)
+
+    return make
