@@ -20,6 +20,7 @@ from tests.support.token_issuer import TokenIssuer
 from tests.test_pull import fails, list_images, ok
 
 USER, PASSWORD = "alice", "s3cret-Pa55word"
+REFRESH_TOKEN = "refresh-7f3a9c"
 
 
 class Bearer(requests.auth.AuthBase):
@@ -61,7 +62,7 @@ def token_registry(tmp_path, require_tool):
 
     def start(**issuer_options):
         issuer = TokenIssuer(tmp_path / "issuer", users={USER: PASSWORD}, public={"pub/app"},
-                             **issuer_options).start()
+                             refresh_tokens={REFRESH_TOKEN: USER}, **issuer_options).start()
         reg = Registry(tmp_path / "registry", token=issuer.registry_config()).start()
         started.append((issuer, reg))
         for repo in ("pub/app", "priv/app"):
@@ -99,6 +100,14 @@ def test_token_auth_with_config_json_credentials(token_registry, minict, tmp_pat
     assert {r["user"] for r in issuer.requests} == {USER}
     assert_no_secrets(done.stderr, *issuer.issued)
     assert list_images(minict) == [f"{reg.host}/priv/app:latest"]
+
+
+def test_identity_token_is_exchanged_with_a_post(token_registry, minict, tmp_path):
+    issuer, reg = token_registry()
+    env = docker_config(tmp_path, {"auths": {reg.host: {"identitytoken": REFRESH_TOKEN}}})
+    done = ok(minict("--debug", "pull", "--image", f"{reg.host}/priv/app", env=env))
+    assert [(r["method"], r["user"]) for r in issuer.requests] == [("POST", USER)]
+    assert_no_secrets(done.stderr, REFRESH_TOKEN, *issuer.issued)
 
 
 def test_token_auth_wrong_password(token_registry, minict, tmp_path):

@@ -44,9 +44,11 @@ class TokenIssuer:
     """
 
     def __init__(self, workdir, *, users=None, public=(), lifetime=300, expires_in=None,
-                 field="token"):
+                 field="token", refresh_tokens=None):
         self.workdir = Path(workdir)
         self.users = dict(users or {})
+        # OAuth2 refresh tokens (config.json's "identitytoken") and the user each stands for.
+        self.refresh_tokens = dict(refresh_tokens or {})
         self.public = set(public)
         self.lifetime = lifetime
         self.expires_in = lifetime if expires_in is None else expires_in
@@ -124,6 +126,9 @@ class TokenIssuer:
             length = int(handler.headers.get("Content-Length") or 0)
             query = parse_qs(handler.rfile.read(length).decode())
         user, ok = self._user(handler)
+        if handler.command == "POST":
+            user = self.refresh_tokens.get(query.get("refresh_token", [""])[0])
+            ok = query.get("grant_type") == ["refresh_token"] and user is not None
         self.requests.append({"method": handler.command, "path": handler.path,
                               "headers": dict(handler.headers), "user": user})
         if not ok:
