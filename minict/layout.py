@@ -4,6 +4,8 @@
     <layout>/index.json        manifests, each named by the annotation
                                org.opencontainers.image.ref.name (the tag)
     <layout>/blobs/sha256/<hex>
+    <layout>/.partial/<hex>    downloads in progress (resumable; readers skip it)
+    <layout>/.index.lock       flock taken while index.json is rewritten
 
 Readers never see a half-written file: blobs get their name only after
 their digest and size were checked, and index.json is replaced by rename

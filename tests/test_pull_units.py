@@ -51,6 +51,21 @@ def test_redact_keeps_secrets_out_of_logs():
         "http://reg:5000/v2/x/tags/list?n=10"
 
 
+def test_proxies_from_the_environment_but_never_for_loopback(monkeypatch):
+    from minict import transport
+
+    for key in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(key, raising=False)
+    assert transport._proxy_for("https", "registry.example.com") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.com:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example.com")
+    assert transport._proxy_for("https", "registry.example.com") == ("proxy.example.com", 3128)
+    assert transport._proxy_for("https", "internal.example.com") is None
+    assert transport._proxy_for("https", "127.0.0.1") is None
+    assert transport._proxy_for("https", "localhost") is None
+    assert transport._proxy_for("http", "registry.example.com") is None  # only HTTPS_PROXY set
+
+
 def test_retry_after():
     class Response:
         def __init__(self, value):
