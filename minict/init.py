@@ -19,6 +19,7 @@ parent; the children inherit the dict through fork.  Every module is
 imported up front: after pivot_root the host's Python library is out of reach.
 """
 
+import errno
 import fcntl
 import os
 import re
@@ -581,11 +582,16 @@ def _cap_mask(names) -> int:
 def _drop_bounding(names) -> None:
     keep = _cap_mask(names)
     try:
-        for cap in range(linux.last_cap() + 1):
-            if not keep & (1 << cap):
+        last = linux.last_cap()
+    except OSError:  # no /proc in this container: drop every capability we know
+        last = max(linux.CAPABILITIES.values())
+    for cap in range(last + 1):
+        if not keep & (1 << cap):
+            try:
                 linux.capbset_drop(cap)
-    except OSError as err:
-        raise _fail("drop the bounding set", err) from None
+            except OSError as err:
+                if err.errno != errno.EINVAL:  # EINVAL: a capability this kernel lacks
+                    raise _fail("drop the bounding set", err) from None
 
 
 def _set_capabilities(caps: dict) -> None:

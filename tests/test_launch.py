@@ -306,6 +306,19 @@ def test_a_failing_mount_is_one_clear_error(minict, box):
     assert len(lines) == 1 and "mount nosuchfs on /data" in lines[0], done.stderr
 
 
+def test_a_container_without_proc_still_gets_its_capabilities_cut(minict, box):
+    def edit(config):
+        config["mounts"] = [m for m in config["mounts"] if m["destination"] != "/proc"]
+        config["linux"]["maskedPaths"] = config["linux"]["readonlyPaths"] = []
+
+    bundle = box(sh("mount -t proc proc /proc 2>/dev/null && echo MOUNTED; cat /proc/self/status"
+                    " 2>/dev/null | grep CapBnd; echo ok"), edit=edit)
+    done = minict("start", "--name", "box")
+    assert done.returncode == 0, done.stderr
+    assert "MOUNTED" not in done.stdout and done.stdout.endswith("ok\n")
+    assert bundle.exists()
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda c: c["linux"]["namespaces"].remove({"type": "mount"}), "no mount namespace"),
     (lambda c: c["linux"]["namespaces"].remove({"type": "uts"}), "no uts namespace"),
