@@ -24,6 +24,7 @@ import hashlib
 import os
 import queue
 import stat
+import struct
 import threading
 
 from minict import log
@@ -237,11 +238,19 @@ class _Reader:
 # -- tar headers (POSIX ustar, pax and GNU extensions) ---------------------------
 
 _ZERO_BLOCK = bytes(512)
+# name mode uid gid size mtime chksum typeflag linkname magic(6) [version uname gname
+# devmajor devminor] prefix [pad]; devmajor/devminor are read from the block when needed.
+_HEADER = struct.Struct("100s8s8s8s12s12s8s1s100s6s82x155s12x")
 _REGULAR = (b"0", b"\0", b"7")
 
 
 def _number(field: bytes) -> int:
     """Parse a numeric header field: octal text, or GNU base-256 for large values."""
+    if field[-1] in (0, 32):  # the usual "0000644\0": one int() call (it takes bytes)
+        try:
+            return int(field[:-1], 8)
+        except ValueError:
+            pass
     if field[0] & 0x80:
         if field[0] == 0xFF:
             raise ValueError("negative number in a tar header")
@@ -311,11 +320,12 @@ def _entries(reader: _Reader):
         block = reader.read(512, end_ok=True)
         if block == _ZERO_BLOCK or not block:
             return
-        checksum = _number(block[148:156])
-        if checksum != sum(block[:148]) + 256 + sum(block[156:]):
+        (name, mode, uid, gid, size, mtime, checksum, kind, linkname, magic,
+         prefix) = _HEADER.unpack(block)
+        # The checksum counts its own field as eight spaces (8 * 32 = 256).
+        if _number(checksum) != sum(block) - sum(checksum) + 256:
             raise ValueError("tar header checksum mismatch (not a tar stream?)")
-        kind = block[156:157]
-        size = _number(block[124:136])
+        size = _number(size)
         if kind in (b"x", b"g", b"L", b"K"):
             data = reader.read(size)[:size]
             reader.skip(-size % 512)
@@ -329,21 +339,25 @@ def _entries(reader: _Reader):
                 long_link = _cstring(data)
             continue
         e = Entry()
-        name = _cstring(block[0:100])
-        if block[257:263] == b"ustar\0":  # POSIX: a prefix field extends the name
-            prefix = _cstring(block[345:500])
-            if prefix:
-                name = prefix + b"/" + name
+        name = _cstring(name)
+        if magic == b"ustar\0" and prefix[0]:  # POSIX: a prefix field extends the name
+            name = _cstring(prefix) + b"/" + name
         records = {**global_pax, **pax} if global_pax else pax
-        e.name = records.get(b"path", long_name or name)
-        e.linkname = records.get(b"linkpath", long_link or _cstring(block[157:257]))
+        if records:
+            e.name = records.get(b"path", long_name or name)
+            e.linkname = records.get(b"linkpath", long_link or _cstring(linkname))
+            e.uid = int(records[b"uid"]) if b"uid" in records else _number(uid)
+            e.gid = int(records[b"gid"]) if b"gid" in records else _number(gid)
+            e.size = int(records[b"size"]) if b"size" in records else size
+            e.mtime_ns = (_pax_time_ns(records[b"mtime"]) if b"mtime" in records
+                          else _number(mtime) * 1_000_000_000)
+        else:
+            e.name = long_name or name
+            e.linkname = long_link or _cstring(linkname)
+            e.uid, e.gid, e.size = _number(uid), _number(gid), size
+            e.mtime_ns = _number(mtime) * 1_000_000_000
         e.type = kind
-        e.mode = _number(block[100:108]) & 0o7777
-        e.uid = int(records[b"uid"]) if b"uid" in records else _number(block[108:116])
-        e.gid = int(records[b"gid"]) if b"gid" in records else _number(block[116:124])
-        e.size = int(records[b"size"]) if b"size" in records else size
-        e.mtime_ns = (_pax_time_ns(records[b"mtime"]) if b"mtime" in records
-                      else _number(block[136:148]) * 1_000_000_000)
+        e.mode = _number(mode) & 0o7777
         if kind in (b"3", b"4"):
             e.devmajor, e.devminor = _number(block[329:337]), _number(block[337:345])
         e.xattrs = None
