@@ -25,6 +25,8 @@ import urllib.parse
 CONNECT_TIMEOUT = 10  # seconds to connect and finish the TLS handshake
 READ_TIMEOUT = 60     # seconds without a byte while reading
 
+SYSTEM_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
+                  "/etc/ssl/cert.pem")
 # Everything a broken connection, a refused one or a failed handshake raises.
 NETWORK_ERRORS = (OSError, http.client.HTTPException)
 
@@ -94,7 +96,14 @@ def tls_context(insecure: bool) -> ssl.SSLContext:
         context.verify_mode = ssl.CERT_NONE
         return context
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
-    return ssl.create_default_context(cafile=bundle)
+    context = ssl.create_default_context(cafile=bundle)
+    if bundle is None and not context.cert_store_stats()["x509_ca"]:
+        # A Python whose OpenSSL looks elsewhere (some pyenv builds): the distribution's bundle.
+        for candidate in SYSTEM_BUNDLES:
+            if os.path.isfile(candidate):
+                context.load_verify_locations(candidate)
+                break
+    return context
 
 
 def is_loopback(host: str) -> bool:
