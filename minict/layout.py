@@ -320,7 +320,8 @@ def list_images() -> list[str]:
     """
     images = []
     for repository, path in store.list_image_dirs():
-        for name, _ in Layout(path).refs():
+        # index.json keeps tags in the order they were pulled; list them sorted.
+        for name in sorted(name for name, _ in Layout(path).refs()):
             images.append(f"{repository}@{name}" if _DIGEST.match(name) else f"{repository}:{name}")
     return images
 
