@@ -9,12 +9,17 @@ repositories come only from a parsed Reference, so nothing here can point
 outside the root.
 """
 
+from __future__ import annotations
+
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from minict.errors import InvalidName, MinictError
-from minict.reference import Reference
+
+if TYPE_CHECKING:  # `start` and `rm` never parse a reference: keep its import off their path
+    from minict.reference import Reference
 
 DEFAULT_ROOT = "/var/lib/minict"
 _CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
