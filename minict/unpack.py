@@ -1,16 +1,17 @@
 """Apply image layers to a rootfs, confined to it, and fast.
 
-A layer is a tar stream (image-spec layer.md).  `LayerStream` inflates and
-hashes it on a second thread (the decompressors and hashlib release the
-GIL), while `apply_layer` parses the tar headers itself and writes each
-entry with dir-fd system calls.
+A layer is a tar stream (image-spec layer.md).  `LayerStream` inflates it
+on a second thread (the decompressors release the GIL) and hashes what it
+hands over for the diff_id, while `apply_layer` parses the tar headers
+itself and writes each entry with dir-fd system calls.
 
 Confinement: every parent directory is reached one component at a time with
 `openat(..., O_NOFOLLOW | O_DIRECTORY)` from the rootfs's own descriptor, so
 no path is ever resolved through a symlink, inside the rootfs or out of it.
-Members named absolutely or with `..`, members under a symlink, hardlinks and
-whiteouts reaching outside, and entries that would replace the root itself
-are refused with an error naming the layer and the entry.  Hardlink targets
+Members named absolutely (but for the root itself, "/") or with `..`,
+members under a symlink, hardlinks and whiteouts reaching outside, and
+entries that would replace the root with a non-directory are refused with an
+error naming the layer and the entry.  Hardlink targets
 may be absolute (real images have them): they are taken relative to the
 rootfs, like everything else.
 
