@@ -50,10 +50,10 @@ def is_complete(bundle: Path) -> bool:
     return os.path.isfile(os.path.join(bundle, COMPLETE_MARK))
 
 
-def create(ref: Reference, name: str) -> Path:
+def create(ref: Reference, name: str, overrides: spec.Overrides | None = None) -> Path:
     """Build the bundle of container `name` from the stored image `ref`; return its path.
 
-    Does not check whether the container exists (container.run does, under
+    `overrides` (run's options) change what config.json says.  Does not check whether the container exists (container.run does, under
     its lock); a leftover bundle without the completion mark is removed
     first.  Raise UnpackError; on any failure nothing of the bundle remains.
     """
@@ -84,7 +84,7 @@ def create(ref: Reference, name: str) -> Path:
     except OSError as err:
         raise UnpackError(f"cannot create {partial}: {err.strerror}") from None
     try:
-        _build(partial, image, manifest, config, name)
+        _build(partial, image, manifest, config, name, overrides)
         _write_json_atomic(partial / COMPLETE_MARK, {
             "image": ref.familiar(),
             "manifest": descriptor["digest"],
@@ -147,7 +147,8 @@ def _pick_platform(index: dict) -> dict:
     raise MinictError(f"the image index has no linux/{arch} image")
 
 
-def _build(bundle: Path, image: layouts.Layout, manifest: dict, config: dict, name: str) -> None:
+def _build(bundle: Path, image: layouts.Layout, manifest: dict, config: dict, name: str,
+           overrides: spec.Overrides | None = None) -> None:
     """Apply every layer into bundle/rootfs, then write bundle/config.json."""
     rootfs = bundle / ROOTFS_NAME
     os.mkdir(rootfs, 0o755)
@@ -174,7 +175,7 @@ def _build(bundle: Path, image: layouts.Layout, manifest: dict, config: dict, na
     finally:
         os.close(root_fd)
     try:
-        document = spec.generate(config, name, passwd, group)
+        document = spec.generate(config, name, passwd, group, overrides)
     except spec.SpecError as err:
         raise UnpackError(f"cannot write {CONFIG_NAME}: {err}") from None
     _write_json_atomic(bundle / CONFIG_NAME, document, indent="\t")

@@ -15,6 +15,7 @@ fields as annotations, and each Volume as a tmpfs mount.
 """
 
 import copy
+from dataclasses import dataclass
 
 OCI_VERSION = "1.0.0"
 DEFAULT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"]
@@ -56,13 +57,59 @@ class SpecError(ValueError):
     """The image config cannot become a runtime config (bad Env, unknown user...)."""
 
 
+@dataclass(frozen=True)
+class Overrides:
+    """What `run` was told to change, with docker run's meaning; None keeps the image's.
+
+    `entrypoint` "" clears the image's Entrypoint; any other entrypoint also
+    drops the image's Cmd (docker does: a Cmd is an Entrypoint's arguments).
+    `cmd` replaces Cmd.  `env` entries (NAME=value) go over the image's Env.
+    """
+
+    entrypoint: str | None = None
+    cmd: tuple[str, ...] | None = None
+    env: tuple[str, ...] = ()
+    workdir: str | None = None
+    user: str | None = None
+    hostname: str | None = None
+
+
+def override(image: dict, overrides: Overrides) -> dict:
+    """Return a copy of the image config `image` with `overrides` applied to its config."""
+    image = dict(image)
+    config = dict(image.get("config") or {})
+    if overrides.entrypoint is not None:
+        config["Entrypoint"] = [overrides.entrypoint] if overrides.entrypoint else []
+        if overrides.entrypoint:
+            config["Cmd"] = []
+    if overrides.cmd is not None:
+        config["Cmd"] = list(overrides.cmd)
+    if overrides.env:
+        config["Env"] = _strings(config, "Env") + list(overrides.env)
+    if overrides.workdir is not None:
+        if not overrides.workdir.startswith("/"):
+            raise SpecError(f"the working directory {overrides.workdir!r} is invalid: "
+                            "it needs to be an absolute path")
+        config["WorkingDir"] = overrides.workdir
+    if overrides.user is not None:
+        config["User"] = overrides.user
+    image["config"] = config
+    return image
+
+
 def generate(image: dict, hostname: str, passwd: str | None = None,
-             group: str | None = None) -> dict:
+             group: str | None = None, overrides: Overrides | None = None) -> dict:
     """Return the runtime config.json document for `image` (a parsed image config blob).
 
     `passwd` and `group` are the contents of the rootfs's /etc/passwd and
-    /etc/group, or None when absent.  Raise SpecError for what cannot be converted.
+    /etc/group, or None when absent; `overrides` are run's options.  Raise
+    SpecError for what cannot be converted.
     """
+    if overrides is not None:
+        image = override(image, overrides)
+        hostname = overrides.hostname or hostname
+        if len(hostname.encode()) > 64:  # HOST_NAME_MAX, sethostname(2)
+            raise SpecError(f"host name {hostname!r} is longer than 64 bytes")
     config = image.get("config") or {}
     if not isinstance(config, dict):
         raise SpecError("image config's 'config' is not an object")
