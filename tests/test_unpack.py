@@ -312,3 +312,13 @@ def test_a_stream_cut_inside_a_files_data_is_an_error(tmp_path):
     tar = tar_layer([Dir("d"), File("d/f", b"abcdef")])
     with pytest.raises(UnpackError, match="ends in the middle of a file"):
         unpacked(tmp_path, tar[:512 * 2 + 3])
+
+
+def test_many_directories_leak_no_descriptors(tmp_path):
+    # More directories than the descriptor cache holds, revisited out of order.
+    layer = [Dir(f"d{i}") for i in range(600)]
+    layer += [File(f"d{i}/f", b"x") for i in range(599, -1, -7)]
+    before = len(os.listdir("/proc/self/fd"))
+    root = unpacked(tmp_path, layer, [Whiteout("d3"), File("d5/g", b"y")])
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert len(os.listdir(root)) == 599 and (root / "d5/g").exists()
