@@ -53,9 +53,10 @@ def is_complete(bundle: Path) -> bool:
 def create(ref: Reference, name: str, overrides: spec.Overrides | None = None) -> Path:
     """Build the bundle of container `name` from the stored image `ref`; return its path.
 
-    `overrides` (run's options) change what config.json says.  Does not check whether the container exists (container.run does, under
-    its lock); a leftover bundle without the completion mark is removed
-    first.  Raise UnpackError; on any failure nothing of the bundle remains.
+    `overrides` (run's options) change what config.json says.  Does not
+    check whether the container exists (container.run does, under its
+    lock); a leftover bundle without the completion mark is removed first.
+    Raise UnpackError; on any failure nothing of the bundle remains.
     """
     bundle = store.container_dir(name)
     image = layouts.Layout.for_reference(ref)
