@@ -31,7 +31,7 @@ uninstall:
 
 demo: test-deps
 	@command -v minict >/dev/null || { echo "run 'make install' first" >&2; exit 1; }
-	$(PYTHON) tests/support/demo.py
+	$(PREFIX)/bin/python tests/support/demo.py
 
 test: test-deps $(VENV)/.installed
 	@# pytest exits 5 when it collected no test: that must not pass.
