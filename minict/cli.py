@@ -111,13 +111,20 @@ def pull(image, platform, insecure, jobs, quiet):
 @group.command(short_help="Run a new container.")
 @click.option("--image", required=True, help="The image to run, as pulled (see list-images).")
 @click.option("--name", required=True, help="The new container's name.")
-def run(image, name):
+@click.option("--network", type=click.Choice(["host", "none", "bridge"]), default="host",
+              show_default=True, help="The host's network, only loopback, or an address on "
+              "minict's bridge (minict0).")
+@click.option("--publish", "-p", multiple=True, metavar="HOSTPORT:PORT[/tcp|udp]",
+              help="Publish a container port on the host (--network bridge). Repeatable.")
+def run(image, name, network, publish):
     """Run a new container."""
     from minict import container, store
+    from minict.network import parse_publish
 
     store.check_container_name(name)
     ref = _parse_reference(image)
-    status = container.run(ref, name)
+    ports = [parse_publish(p) for p in publish]
+    status = container.run(ref, name, network=network, publish=ports)
     _exit_now(status)
 
 

@@ -28,13 +28,18 @@ STATE_NAME = "state.json"
 EXITED_MESSAGE = "Container process exited. It can be started again using the 'start' option."
 
 
-def run(ref, name: str) -> int:
+def run(ref, name: str, *, network: str = "host", publish=()) -> int:
     """Create container `name` from image `ref`, run it, and return its exit status.
 
-    Raise ContainerError if the name is taken (also by a concurrent run),
-    UnpackError or LaunchError.
+    `network` ("host", "none", "bridge") and `publish` (network.parse_publish's
+    ports) are kept in the bundle for `start` too.  Raise ContainerError if
+    the name is taken (also by a concurrent run), UnpackError, NetworkError
+    or LaunchError.
     """
     from minict import bundle as bundles
+    from minict import network as networking
+
+    settings = networking.check(network, list(publish))
 
     store.ensure_dirs()
     lock = _lock(name, wait=False)
@@ -48,6 +53,8 @@ def run(ref, name: str) -> int:
         if os.path.lexists(path):
             raise ContainerError(f"Container with name {name} already exists.")
         path = bundles.create(ref, name)
+        if settings["mode"] != "host":
+            networking.save(path, settings)
         _write_state(path, {"status": "created"})
         return _launch(path)
     finally:
@@ -99,6 +106,11 @@ def remove(name: str, force: bool) -> None:
             raise ContainerError(f"Container with name {name} does not exist.")
         unmount_below(path)
         bundles.remove_tree(path)
+        # A container whose minict crashed may have left its address lease
+        # and port rules; drop them (and any other container's stale ones).
+        from minict import network
+
+        network.cleanup(name, is_running)
     finally:
         _unlock(name, lock)
 
@@ -106,6 +118,15 @@ def remove(name: str, force: bool) -> None:
 def list_names() -> list[str]:
     """Return the names of all containers, sorted (the `list-containers` array)."""
     return store.list_container_names()
+
+
+def is_running(name: str) -> bool:
+    """Return whether a minict holds container `name`'s lock (creating, running or removing it)."""
+    lock = _lock(name, wait=False)
+    if lock is None:
+        return True
+    _unlock(name, lock)
+    return False
 
 
 def is_complete(path) -> bool:
@@ -127,16 +148,22 @@ def read_state(path) -> dict:
 
 def _launch(path) -> int:
     """Launch the bundle at `path` (its lock held); record and return the exit status."""
+    from minict import network
+
     config = _read_config(path)
+    # Its network (network.json): a namespace, an address, published ports.
+    attachment = network.prepare(path.name, path, config, is_running)
 
     def started(pid: int) -> None:
         _write_state(path, {"status": "running", "pid": pid, "owner": os.getpid()})
 
     try:
-        status = launch.launch(str(path), config, on_start=started)
+        status = launch.launch(str(path), config, on_start=started, on_netns=attachment.attach)
     except LaunchError as err:
         _write_state(path, {"status": "exited", "exitStatus": None, "error": err.message})
         raise
+    finally:
+        attachment.release()
     _write_state(path, {"status": "exited", "exitStatus": status})
     log.info(EXITED_MESSAGE)
     return status

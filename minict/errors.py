@@ -57,3 +57,7 @@ class LaunchError(MinictError):
 
 class ContainerError(MinictError):
     """A container is not in a state the command can act on (exists, missing, running)."""
+
+
+class NetworkError(MinictError):
+    """Setting up or tearing down a container's network failed."""

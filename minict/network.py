@@ -1,0 +1,566 @@
+"""Container networking: `--network host|none|bridge` and published ports.
+
+Every pyroute2 call and every `nft` command minict makes is here.
+
+    host     the host's network, as the original did: no namespace, nothing to do
+    none     a network namespace of its own with only `lo`, brought up
+    bridge   a namespace with `lo` and `eth0`, one end of a veth pair whose
+             host end is a port of the bridge (`minict0`, subnet 10.254.37.0/24;
+             MINICT_BRIDGE and MINICT_BRIDGE_SUBNET override them); the bridge's
+             first address is the gateway, forwarding is on and outbound traffic
+             is masqueraded; `-p HOST:CONTAINER[/tcp|udp]` publishes ports by DNAT
+
+What a bridge container changes on the host, all in the current network
+namespace: the bridge and its address (created on first use, kept), the
+sysctl net.ipv4.ip_forward=1, and the nftables table `ip minict` (nat chains
+prerouting, output and postrouting: one masquerade rule per bridge, two DNAT
+rules per published port, each tagged with a comment naming its owner).  Per
+container: a veth pair `mct<hash>` (the hash of $MINICT_DIR and the name),
+an address lease in $MINICT_DIR/network/leases.json and its DNAT rules; all
+three go when the container exits, and whatever a crashed minict left is
+reclaimed by the next bridge `run`/`start` or by `rm` (a lease whose
+container's lock is free is stale).  Every lease change happens under the
+flock of $MINICT_DIR/network/lock, and every nftables change is one `nft -f`
+transaction, so neither is seen half done.
+
+The bundle records the choice in network.json, so `start` does the same
+again; /etc/hosts (and, with bridge, /etc/resolv.conf) come from files
+written beside it at each launch and bound read-only over the rootfs's own.
+"""
+
+import fcntl
+import json
+import os
+import re
+
+from minict import linux, log, store
+from minict.errors import NetworkError
+
+MODES = ("host", "none", "bridge")
+DEFAULT_BRIDGE = "minict0"
+# Rarely used by anything else (docker takes 172.17/16, podman 10.88/16).
+DEFAULT_SUBNET = "10.254.37.0/24"
+NFT_TABLE = "minict"
+SETTINGS_NAME = "network.json"
+HOSTS_NAME = "hosts"
+RESOLV_NAME = "resolv.conf"
+_PUBLISH = re.compile(r"(\d{1,5}):(\d{1,5})(?:/(tcp|udp))?\Z")
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}\Z")
+
+
+# -- settings: parsed from the command line, kept in the bundle ------------------------
+
+def parse_publish(text: str) -> dict:
+    """Parse `HOSTPORT:CONTAINERPORT[/tcp|udp]`; return {"host", "container", "protocol"}."""
+    match = _PUBLISH.match(text)
+    if not match or not all(1 <= int(p) <= 65535 for p in match.group(1, 2)):
+        raise NetworkError(f"invalid published port {text!r}: use HOSTPORT:CONTAINERPORT"
+                           "[/tcp|udp] with ports from 1 to 65535")
+    return {"host": int(match[1]), "container": int(match[2]), "protocol": match[3] or "tcp"}
+
+
+def check(mode: str, publish) -> dict:
+    """Return the settings document for `mode` and the parsed `publish` list; raise NetworkError."""
+    if mode not in MODES:
+        raise NetworkError(f"unknown network mode {mode!r}: use host, none or bridge")
+    if publish and mode != "bridge":
+        raise NetworkError("published ports (-p) need --network bridge")
+    seen = set()
+    for port in publish:
+        key = (port["host"], port["protocol"])
+        if key in seen:
+            raise NetworkError(f"host port {port['host']}/{port['protocol']} is published twice")
+        seen.add(key)
+    return {"mode": mode, "publish": list(publish)}
+
+
+def save(bundle, settings: dict) -> None:
+    """Record `settings` in the bundle (network.json), replaced by rename."""
+    _write_file(os.path.join(bundle, SETTINGS_NAME), json.dumps(settings) + "\n")
+
+
+def load(bundle) -> dict:
+    """Return the bundle's settings; a bundle without network.json uses the host's network."""
+    try:
+        with open(os.path.join(bundle, SETTINGS_NAME), "rb") as f:
+            settings = json.loads(f.read())
+        return check(settings["mode"], [parse_publish(f"{p['host']}:{p['container']}/"
+                                                      f"{p['protocol']}")
+                                        for p in settings.get("publish") or []])
+    except FileNotFoundError:
+        return {"mode": "host", "publish": []}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise NetworkError(f"cannot read {bundle}/{SETTINGS_NAME}: {err}") from None
+
+
+# -- one container's network, from launch to exit ---------------------------------------
+
+class Attachment:
+    """The network of one launch: `config` adjusted, `attach(pid)` once, `release()` always."""
+
+    def __init__(self, name: str, mode: str, lease: dict | None = None):
+        self.name, self.mode, self.lease = name, mode, lease
+
+    def attach(self, pid: int) -> None:
+        """Configure the new network namespace of process `pid` (it has unshared)."""
+        if self.mode == "host":
+            return
+        with _NetnsRoute(pid) as inside:
+            _up(inside, "lo")
+            if self.mode == "bridge":
+                _plug(self.lease, pid, inside)
+        if self.mode == "bridge" and self.lease["publish"]:
+            _nft(_dnat_rules(self.lease))
+
+    def release(self) -> None:
+        """Remove the veth, the DNAT rules and the lease (bridge); safe to call twice."""
+        if self.mode == "bridge" and self.lease is not None:
+            with _Lock():
+                _drop(self.name)
+            self.lease = None
+
+
+def prepare(name: str, bundle, config: dict, is_running) -> Attachment:
+    """Set up the host side of container `name`'s network and adjust `config` for it.
+
+    `config` (the parsed config.json) gets a network namespace and the
+    /etc/hosts and /etc/resolv.conf binds; config.json itself is not changed.
+    For bridge, leases of containers for which `is_running(name)` is false
+    are reclaimed first, then an address is leased.  Raise NetworkError.
+    """
+    settings = load(bundle)
+    mode = settings["mode"]
+    if mode == "host":
+        return Attachment(name, mode)
+    namespaces = config.setdefault("linux", {}).setdefault("namespaces", [])
+    if not any(ns.get("type") == "network" for ns in namespaces):
+        namespaces.append({"type": "network"})
+    lease = None
+    if mode == "bridge":
+        with _Lock():
+            bridge = _ensure_bridge()
+            _reclaim(is_running, keep=name)
+            lease = _allocate(name, bridge, settings["publish"])
+    hostname = config.get("hostname") or name
+    try:
+        _bind_files(bundle, config, hostname, lease)
+    except BaseException:
+        Attachment(name, mode, lease).release()
+        raise
+    return Attachment(name, mode, lease)
+
+
+def cleanup(name: str, is_running) -> None:
+    """Drop container `name`'s lease and whatever else a crash left (its lock held)."""
+    if not os.path.exists(_leases_path()):
+        return  # no bridge container ever ran here: spare `rm` the pyroute2 import
+    with _Lock():
+        _drop(name)
+        _reclaim(is_running, keep=name)
+
+
+# -- bridge, addresses, leases ---------------------------------------------------------
+
+def bridge_settings() -> tuple:
+    """Return the bridge's name and subnet (MINICT_BRIDGE, MINICT_BRIDGE_SUBNET)."""
+    import ipaddress  # here and below: `start` of a host-network container needs none of them
+
+    name = os.environ.get("MINICT_BRIDGE") or DEFAULT_BRIDGE
+    if not _IFNAME.match(name):
+        raise NetworkError(f"MINICT_BRIDGE={name!r} is not an interface name (1-15 of "
+                           "letters, digits, '_', '.', '-')")
+    text = os.environ.get("MINICT_BRIDGE_SUBNET") or DEFAULT_SUBNET
+    try:
+        subnet = ipaddress.IPv4Network(text)
+    except ValueError as err:
+        raise NetworkError(f"MINICT_BRIDGE_SUBNET={text!r}: {err}") from None
+    if subnet.prefixlen > 29:
+        raise NetworkError(f"MINICT_BRIDGE_SUBNET={text!r} is too small: use at most /29")
+    return name, subnet
+
+
+def _ensure_bridge() -> dict:
+    """Create or check the bridge, forwarding and the nftables table; return the bridge."""
+    name, subnet = bridge_settings()
+    gateway = f"{subnet[1]}/{subnet.prefixlen}"
+    ipr = _route()
+    with ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            try:
+                ipr.link("add", ifname=name, kind="bridge")
+            except _netlink_error() as err:
+                if err.code != 17:  # EEXIST: a concurrent minict made it
+                    raise NetworkError(f"create bridge {name}: {err}") from None
+            found = ipr.link_lookup(ifname=name)
+        index = found[0]
+        link = ipr.get_links(index)[0]
+        info = link.get_attr("IFLA_LINKINFO")
+        if info is None or info.get_attr("IFLA_INFO_KIND") != "bridge":
+            raise NetworkError(f"{name} exists and is not a bridge (set MINICT_BRIDGE)")
+        have = {f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+                for a in ipr.get_addr(family=_AF_INET, index=index)}
+        if have and gateway not in have:
+            raise NetworkError(f"bridge {name} has {', '.join(sorted(have))}, not {gateway}: "
+                               "set MINICT_BRIDGE_SUBNET to match, or delete the bridge")
+        if not have:
+            ipr.addr("add", index=index, address=str(subnet[1]), prefixlen=subnet.prefixlen)
+        ipr.link("set", index=index, state="up")
+    _enable_forwarding()
+    _nft(_base_rules(name, subnet))
+    return {"name": name, "subnet": str(subnet), "gateway": str(subnet[1])}
+
+
+def _enable_forwarding() -> None:
+    path = "/proc/sys/net/ipv4/ip_forward"
+    try:
+        with open(path, "r+") as f:
+            if f.read().strip() != "1":
+                f.seek(0)
+                f.write("1\n")
+    except OSError as err:
+        raise NetworkError(f"enable IP forwarding ({path}): {err.strerror}") from None
+
+
+def _allocate(name: str, bridge: dict, publish: list) -> dict:
+    """Lease the lowest free address of the bridge's subnet to `name`; return the lease."""
+    import ipaddress
+
+    leases = _read_leases()
+    for other, lease in leases.items():
+        for port in lease.get("publish", []):
+            for mine in publish:
+                if other != name and (port["host"], port["protocol"]) == (mine["host"],
+                                                                          mine["protocol"]):
+                    raise NetworkError(f"host port {mine['host']}/{mine['protocol']} is "
+                                       f"already published by container {other}")
+    _drop(name, leases)  # a stale lease of our own (crash before release)
+    subnet = ipaddress.IPv4Network(bridge["subnet"])
+    taken = {lease["address"] for lease in leases.values()} | _host_addresses()
+    address = next((str(a) for a in subnet.hosts() if str(a) not in taken
+                    and a != subnet[1]), None)
+    if address is None:
+        raise NetworkError(f"no free address left in {subnet} on bridge {bridge['name']}")
+    veth = veth_name(name)
+    lease = {"address": address, "prefixlen": subnet.prefixlen, "gateway": bridge["gateway"],
+             "bridge": bridge["name"], "veth": veth, "publish": publish}
+    leases[name] = lease
+    _write_leases(leases)
+    return lease
+
+
+def _drop(name: str, leases: dict | None = None) -> None:
+    """Delete `name`'s veth and DNAT rules, then its lease (the network lock held)."""
+    if leases is None:
+        leases = _read_leases()
+    veth = veth_name(name)
+    lease = leases.get(name)
+    if lease is not None and lease.get("veth"):
+        veth = lease["veth"]
+    ipr = _route()
+    with ipr:
+        for index in ipr.link_lookup(ifname=veth):
+            try:
+                # Deleting one end deletes the pair.
+                ipr.link("del", index=index)
+            except _netlink_error() as err:
+                if err.code != 19:  # ENODEV: its namespace died and took it along
+                    raise NetworkError(f"delete veth {veth}: {err}") from None
+    _delete_tagged(veth)
+    if name in leases:
+        del leases[name]
+        _write_leases(leases)
+
+
+def _reclaim(is_running, keep: str) -> None:
+    """Drop the leases of containers that no minict runs (left by a crash)."""
+    for other in list(_read_leases()):
+        if other != keep and not is_running(other):
+            log.debug(f"network: reclaiming the stale lease of container {other}")
+            _drop(other)
+
+
+def veth_name(name: str) -> str:
+    """Return the host end's name for container `name`: `mct` and 8 hex digits."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{store.root()}\0{name}".encode()).hexdigest()
+    return f"mct{digest[:8]}"
+
+
+def _host_addresses() -> set[str]:
+    ipr = _route()
+    with ipr:
+        return {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=_AF_INET)}
+
+
+def _network_dir():
+    return store.root() / "network"
+
+
+def _leases_path():
+    return _network_dir() / "leases.json"
+
+
+def _read_leases() -> dict:
+    try:
+        with open(_leases_path(), "rb") as f:
+            leases = json.loads(f.read())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        raise NetworkError(f"cannot read {_leases_path()}: {err}") from None
+    return leases if isinstance(leases, dict) else {}
+
+
+def _write_leases(leases: dict) -> None:
+    _write_file(_leases_path(), json.dumps(leases, indent=1, sort_keys=True) + "\n")
+
+
+class _Lock:
+    """The flock of $MINICT_DIR/network/lock: one lease or nftables change at a time."""
+
+    def __enter__(self):
+        try:
+            _network_dir().mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(_network_dir() / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+                              | os.O_NOFOLLOW, 0o600)
+        except OSError as err:
+            raise NetworkError(f"cannot lock {_network_dir()}: {err.strerror}") from None
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+# -- inside the container's namespace ------------------------------------------------------
+
+class _NetnsRoute:
+    """An IPRoute whose netlink socket lives in process `pid`'s network namespace.
+
+    The socket is made by a short-lived thread that setns(2)es into the
+    namespace (a network namespace is per thread, so minict's own stays
+    where it is); a socket keeps the namespace it was created in.  No
+    named netns under /run/netns is needed, so nothing is left behind.
+    """
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def __enter__(self):
+        import threading
+
+        result = {}
+
+        def make():
+            try:
+                fd = os.open(f"/proc/{self.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    linux.setns(fd, linux.CLONE_NEWNET)
+                finally:
+                    os.close(fd)
+                import socket
+
+                result["sock"] = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM
+                                               | socket.SOCK_CLOEXEC, 0)  # NETLINK_ROUTE
+            except OSError as err:
+                result["error"] = err
+
+        thread = threading.Thread(target=make)
+        thread.start()
+        thread.join()
+        if "error" in result:
+            raise NetworkError(f"enter the container's network namespace: "
+                               f"{result['error'].strerror or result['error']}")
+        from pyroute2 import IPRoute
+
+        self.ipr = IPRoute(fileno=result["sock"].detach())
+        return self.ipr
+
+    def __exit__(self, *exc):
+        self.ipr.close()
+
+
+def _up(ipr, ifname: str) -> None:
+    for index in ipr.link_lookup(ifname=ifname):
+        ipr.link("set", index=index, state="up")
+
+
+def _plug(lease: dict, pid: int, inside) -> None:
+    """Make the veth pair, join the bridge, move the peer in as eth0 with its address."""
+    host, peer = lease["veth"], "mcp" + lease["veth"][3:]
+    try:
+        ipr = _route()
+        with ipr:
+            for index in ipr.link_lookup(ifname=peer):  # an interrupted earlier attach
+                ipr.link("del", index=index)
+            ipr.link("add", ifname=host, kind="veth", peer=peer)
+            bridge = ipr.link_lookup(ifname=lease["bridge"])
+            if not bridge:
+                raise NetworkError(f"bridge {lease['bridge']} disappeared")
+            (peer_index,) = ipr.link_lookup(ifname=peer)
+            ipr.link("set", index=peer_index, net_ns_pid=pid)
+            (host_index,) = ipr.link_lookup(ifname=host)
+            ipr.link("set", index=host_index, master=bridge[0], state="up")
+        (index,) = inside.link_lookup(ifname=peer)
+        inside.link("set", index=index, ifname="eth0")
+        inside.addr("add", index=index, address=lease["address"], prefixlen=lease["prefixlen"])
+        inside.link("set", index=index, state="up")
+        inside.route("add", dst="0.0.0.0/0", gateway=lease["gateway"])
+    except _netlink_error() as err:
+        raise NetworkError(f"connect the container to bridge {lease['bridge']}: {err}") from None
+
+
+def _route():
+    from pyroute2 import IPRoute
+
+    return IPRoute()
+
+
+def _netlink_error():
+    from pyroute2 import NetlinkError
+
+    return NetlinkError
+
+
+_AF_INET = 2
+
+
+# -- nftables ---------------------------------------------------------------------------
+
+def _base_rules(bridge: str, subnet) -> str:
+    """The table, its chains and the bridge's masquerade rule, each added only if missing."""
+    script = [
+        f"add table ip {NFT_TABLE}",
+        # dstnat/srcnat priorities, as iptables' nat table: published ports
+        # for packets that arrive (prerouting) and that the host sends (output).
+        f"add chain ip {NFT_TABLE} prerouting {{ type nat hook prerouting priority -100; }}",
+        f"add chain ip {NFT_TABLE} output {{ type nat hook output priority -100; }}",
+        f"add chain ip {NFT_TABLE} postrouting {{ type nat hook postrouting priority 100; }}",
+    ]
+    tag = f"bridge {bridge}"
+    if not any(rule.get("comment") == tag for rule in _rules()):
+        script.append(f"add rule ip {NFT_TABLE} postrouting ip saddr {subnet} "
+                      f"ip daddr != {subnet} masquerade comment \"{tag}\"")
+    return "\n".join(script) + "\n"
+
+
+def _dnat_rules(lease: dict) -> str:
+    lines = []
+    for port in lease["publish"]:
+        match = (f"fib daddr type local {port['protocol']} dport {port['host']} "
+                 f"dnat to {lease['address']}:{port['container']} comment \"{lease['veth']}\"")
+        lines += [f"add rule ip {NFT_TABLE} prerouting {match}",
+                  f"add rule ip {NFT_TABLE} output {match}"]
+    return "\n".join(lines) + "\n"
+
+
+def _rules() -> list[dict]:
+    """Return the rules of table `ip minict` as nft's JSON objects (none if it is missing)."""
+    import subprocess
+
+    done = subprocess.run([_nft_path(), "-j", "-a", "list", "table", "ip", NFT_TABLE],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        if "No such file or directory" in done.stderr:
+            return []
+        raise NetworkError(f"nft list table ip {NFT_TABLE}: {done.stderr.strip()}")
+    return [item["rule"] for item in json.loads(done.stdout).get("nftables", [])
+            if "rule" in item]
+
+
+def rules_tagged(tag: str) -> list[dict]:
+    """Return the rules of table `ip minict` whose comment is `tag`."""
+    return [rule for rule in _rules() if rule.get("comment") == tag]
+
+
+def _delete_tagged(tag: str) -> None:
+    script = "".join(f"delete rule ip {NFT_TABLE} {rule['chain']} handle {rule['handle']}\n"
+                     for rule in rules_tagged(tag))
+    if script:
+        _nft(script)
+
+
+def _nft(script: str) -> None:
+    """Apply `script` as one nftables transaction (all of it or nothing)."""
+    import subprocess
+
+    done = subprocess.run([_nft_path(), "-f", "-"], input=script, capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        raise NetworkError(f"nft: {done.stderr.strip() or 'failed'}")
+
+
+def _nft_path() -> str:
+    import shutil
+
+    path = shutil.which("nft", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    if path is None:
+        raise NetworkError("bridge networking needs nftables' `nft` command; install nftables")
+    return path
+
+
+# -- /etc/hosts and /etc/resolv.conf ---------------------------------------------------------
+
+def _bind_files(bundle, config: dict, hostname: str, lease: dict | None) -> None:
+    """Write hosts (and resolv.conf for bridge) beside the bundle; bind them read-only."""
+    hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    if lease is not None:
+        hosts += f"{lease['address']}\t{hostname}\n"
+    files = {"/etc/hosts": (HOSTS_NAME, hosts)}
+    if lease is not None:
+        files["/etc/resolv.conf"] = (RESOLV_NAME, _resolv_conf())
+    mounts = config.setdefault("mounts", [])
+    for destination, (filename, text) in files.items():
+        source = os.path.join(os.path.abspath(bundle), filename)
+        _write_file(source, text, mode=0o644)
+        mounts[:] = [m for m in mounts if m.get("destination") != destination]
+        mounts.append({"destination": destination, "type": "bind", "source": source,
+                       "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]})
+
+
+def _resolv_conf() -> str:
+    """Return the host's resolv.conf without loopback name servers (unreachable inside).
+
+    A host whose only server is a local stub (systemd-resolved's 127.0.0.53)
+    has its upstream servers in /run/systemd/resolve/resolv.conf; use those.
+    """
+    for path in ("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"):
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        kept, servers = [], 0
+        for line in lines:
+            words = line.split()
+            if words[:1] == ["nameserver"] and len(words) > 1:
+                if _is_loopback(words[1]):
+                    continue
+                servers += 1
+            kept.append(line)
+        if servers:
+            return "\n".join(kept) + "\n"
+    log.warn("the host has only loopback name servers; the container gets none")
+    return "# minict: the host's name servers are all on loopback, unreachable from here\n"
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _write_file(path, text: str, mode: int = 0o600) -> None:
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise NetworkError(f"cannot write {path}: {err.strerror}") from None

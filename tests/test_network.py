@@ -1,0 +1,374 @@
+"""Container networking (`--network host|none|bridge`, `-p`), as root, with real containers.
+
+Every container test runs minict inside a network namespace the test makes
+(`ip netns add`), so the bridge, the nftables table and ip_forward it sets
+are that namespace's and vanish with it; the host's network is never
+touched.  The bridge is `minict-t0` on 10.213.7.0/24 (MINICT_BRIDGE and
+MINICT_BRIDGE_SUBNET), and the only addresses ever contacted are loopback
+and that subnet's, inside the test's namespace.
+"""
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from minict import network
+from minict.errors import NetworkError
+from tests.support import ci
+
+pytest_plugins = ["tests.support.bundles"]  # the box and busybox_rootfs fixtures
+
+BRIDGE = "minict-t0"
+SUBNET = ipaddress.IPv4Network("10.213.7.0/24")
+GATEWAY = str(SUBNET[1])
+ENV = {"MINICT_BRIDGE": BRIDGE, "MINICT_BRIDGE_SUBNET": str(SUBNET)}
+EXITED = "Container process exited. It can be started again using the 'start' option."
+
+
+# -- settings, without root -------------------------------------------------------------
+
+@pytest.mark.parametrize("text, port", [
+    ("8080:80", {"host": 8080, "container": 80, "protocol": "tcp"}),
+    ("53:5353/udp", {"host": 53, "container": 5353, "protocol": "udp"}),
+    ("1:65535/tcp", {"host": 1, "container": 65535, "protocol": "tcp"}),
+])
+def test_publish_parses(text, port):
+    assert network.parse_publish(text) == port
+
+
+@pytest.mark.parametrize("text", ["80", "0:80", "80:65536", "a:b", "80:80/sctp", ":80",
+                                  "80:80/", "1.2.3.4:80:80"])
+def test_publish_refuses_what_it_cannot_do(text):
+    with pytest.raises(NetworkError, match="invalid published port"):
+        network.parse_publish(text)
+
+
+def test_ports_need_bridge_and_each_host_port_once():
+    port = network.parse_publish("8080:80")
+    with pytest.raises(NetworkError, match="need --network bridge"):
+        network.check("host", [port])
+    with pytest.raises(NetworkError, match="published twice"):
+        network.check("bridge", [port, network.parse_publish("8080:81")])
+    assert network.check("bridge", [port, network.parse_publish("8080:80/udp")])["publish"]
+
+
+def test_bundle_without_network_json_keeps_the_host_network(tmp_path):
+    assert network.load(tmp_path) == {"mode": "host", "publish": []}
+    settings = network.check("bridge", [network.parse_publish("8080:80")])
+    network.save(tmp_path, settings)
+    assert network.load(tmp_path) == settings
+
+
+@pytest.mark.parametrize("subnet", ["10.213.7.0/30", "not-a-subnet", "10.213.7.1/24"])
+def test_bridge_subnet_is_checked(monkeypatch, subnet):
+    monkeypatch.setenv("MINICT_BRIDGE_SUBNET", subnet)
+    with pytest.raises(NetworkError, match="MINICT_BRIDGE_SUBNET"):
+        network.bridge_settings()
+
+
+def test_cli_refuses_unknown_modes_and_ports_without_bridge(minict):
+    bad_mode = minict("run", "--image", "x", "--name", "c", "--network", "overlay")
+    assert bad_mode.returncode == 2 and "overlay" in bad_mode.stderr
+    no_bridge = minict("run", "--image", "x", "--name", "c", "-p", "8080:80")
+    assert no_bridge.returncode == 1
+    assert no_bridge.stderr.rstrip().endswith("published ports (-p) need --network bridge")
+    bad_port = minict("run", "--image", "x", "--name", "c", "--network", "bridge", "-p", "99999:1")
+    assert bad_port.returncode == 1 and "invalid published port '99999:1'" in bad_port.stderr
+
+
+# -- a network namespace per test ---------------------------------------------------------
+
+class Netns:
+    """A network namespace of the test's own, and minict and servers run inside it."""
+
+    def __init__(self, minict_dir):
+        self.name = f"minict-t{uuid.uuid4().hex[:8]}"
+        self.minict_dir = minict_dir
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True)
+
+    def delete(self):
+        subprocess.run(["ip", "netns", "del", self.name], check=True)
+
+    def argv(self, *args):
+        return ["ip", "netns", "exec", self.name, *map(str, args)]
+
+    def env(self):
+        return dict(os.environ, MINICT_DIR=str(self.minict_dir), **ENV)
+
+    def minict(self, *args, input=None, timeout=60):
+        """Run minict inside the namespace; return the CompletedProcess."""
+        return subprocess.run(self.argv(sys.executable, "-m", "minict", *args), input=input,
+                              check=False, stdin=subprocess.DEVNULL if input is None else None,
+                              capture_output=True, text=True, env=self.env(), timeout=timeout)
+
+    def spawn(self, *args):
+        """Start minict inside the namespace in the background; return the Popen."""
+        return subprocess.Popen(self.argv(sys.executable, "-m", "minict", *args),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=self.env())
+
+    def python(self, code: str, timeout=30) -> str:
+        """Run Python `code` inside the namespace; return its standard output."""
+        done = subprocess.run(self.argv(sys.executable, "-c", code), capture_output=True,
+                              text=True, timeout=timeout, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def links(self) -> list[str]:
+        out = subprocess.run(["ip", "-n", self.name, "-j", "link"], capture_output=True,
+                             text=True, check=True).stdout
+        return [link["ifname"] for link in json.loads(out)]
+
+    def rules(self) -> list[dict]:
+        """Return the rules of `table ip minict` in the namespace (nft's JSON)."""
+        done = subprocess.run(self.argv("nft", "-j", "list", "table", "ip", "minict"),
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            return []
+        return [i["rule"] for i in json.loads(done.stdout)["nftables"] if "rule" in i]
+
+    def leases(self) -> dict:
+        try:
+            return json.loads((self.minict_dir / "network" / "leases.json").read_text())
+        except FileNotFoundError:
+            return {}
+
+
+@pytest.fixture
+def ns(minict_dir, require_tool):
+    ci.require_root()
+    require_tool("ip")
+    require_tool("nft")
+    made = Netns(minict_dir)
+    yield made
+    made.delete()
+
+
+@pytest.fixture
+def bridged(box):
+    """bridged(script, name, *ports) -> a busybox bundle that runs `sh -c script` on the bridge."""
+
+    def make(script, name, *ports):
+        path = box(["sh", "-c", script], name=name)
+        network.save(path, network.check("bridge", [network.parse_publish(p) for p in ports]))
+        return path
+
+    return make
+
+
+@pytest.fixture
+def pulled(minict, busybox_image):
+    done = minict("pull", "--image", busybox_image, "--insecure")
+    assert done.returncode == 0, done.stderr
+    return str(busybox_image)
+
+
+def leftovers(ns, name):
+    """Return what container `name` still holds: its veth, its lease, its rules."""
+    veth = network.veth_name(name)  # it hashes $MINICT_DIR: _same_minict_dir sets it
+    return ([link for link in ns.links() if link in (veth, "mcp" + veth[3:])],
+            ns.leases().get(name), [r for r in ns.rules() if r.get("comment") == veth])
+
+
+@pytest.fixture(autouse=True)
+def _same_minict_dir(monkeypatch, minict_dir):
+    # network.veth_name hashes $MINICT_DIR with the name, as minict does.
+    monkeypatch.setenv("MINICT_DIR", str(minict_dir))
+
+
+def wait_for(predicate, what, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def running(path):
+    from minict import container
+
+    return container.read_state(path).get("status") == "running"
+
+
+# -- none ---------------------------------------------------------------------------------
+
+@pytest.mark.root
+def test_none_has_only_lo_and_it_is_up(ns, pulled):
+    done = ns.minict("run", "--image", pulled, "--name", "quiet", "--network", "none",
+                     input="ip -o link; ip -o -4 addr; cat /etc/hosts\n")
+    assert done.returncode == 0, done.stderr
+    links = [line for line in done.stdout.splitlines() if ": <" in line]
+    assert len(links) == 1, done.stdout
+    assert links[0].split(": ")[1] == "lo"
+    assert "UP" in links[0].split("<")[1].split(">")[0].split(",")
+    assert "inet 127.0.0.1/8" in done.stdout
+    assert "127.0.0.1\tlocalhost" in done.stdout
+    # Nothing on the host side: no bridge, no rules, no lease.
+    assert ns.links() == ["lo"] and ns.rules() == [] and ns.leases() == {}
+    # `start` repeats the recorded mode.
+    again = ns.minict("start", "--name", "quiet")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((ns.minict_dir / "containers/quiet/network.json").read_text())["mode"] \
+        == "none"
+
+
+@pytest.mark.root
+def test_host_mode_is_the_default_and_shares_the_host_network(ns, pulled):
+    done = ns.minict("run", "--image", pulled, "--name", "hosted", input="ip -o link\n")
+    assert done.returncode == 0, done.stderr
+    assert ns.links() == ["lo"]
+    assert not (ns.minict_dir / "containers/hosted/network.json").exists()
+
+
+# -- bridge -------------------------------------------------------------------------------
+
+@pytest.mark.root
+def test_bridge_container_gets_an_address_and_reaches_the_host(ns, bridged, tmp_path):
+    bridged("true", "first")  # creates the bridge, so the server can bind its address
+    assert ns.minict("start", "--name", "first").returncode == 0
+    assert BRIDGE in ns.links()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("hello from the host\n")
+    server = subprocess.Popen(ns.argv(sys.executable, "-m", "http.server", "--bind", GATEWAY,
+                                      "--directory", site, "18080"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        bridged("ip -o -4 addr show dev eth0; ip route; cat /etc/hosts;"
+                f"for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O - http://{GATEWAY}:18080/"
+                " && exit 0; sleep 0.3; done; exit 1", "client")
+        done = ns.minict("start", "--name", "client")
+    finally:
+        server.terminate()
+        server.wait()
+    assert done.returncode == 0, done.stdout + done.stderr
+    address = done.stdout.split(" inet ")[1].split()[0]
+    assert ipaddress.IPv4Interface(address).network == SUBNET
+    assert address != f"{GATEWAY}/24"
+    assert f"default via {GATEWAY} dev eth0" in done.stdout
+    assert f"{address.split('/')[0]}\tclient\n" in done.stdout
+    assert done.stdout.endswith("hello from the host\n")
+
+
+@pytest.mark.root
+def test_two_containers_reach_each_other(ns, bridged, box):
+    server = bridged("while true; do echo from-a | nc -l -p 7000; done", "a")
+    proc = ns.spawn("start", "--name", "a")
+    try:
+        wait_for(lambda: running(server) and "a" in ns.leases(), "container a")
+        address = ns.leases()["a"]["address"]
+        bridged(f"for i in 1 2 3 4 5 6 7 8 9 10; do nc {address} 7000 && exit 0; sleep 0.3;"
+                " done; exit 1", "b")
+        done = ns.minict("start", "--name", "b")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("from-a\n")
+    finally:
+        killed = ns.minict("rm", "--force", "--name", "a")
+        proc.communicate(timeout=30)
+    assert killed.returncode == 0, killed.stderr
+    assert leftovers(ns, "a") == ([], None, [])
+
+
+@pytest.mark.root
+def test_published_port_reaches_a_server_in_the_container(ns, bridged):
+    path = bridged("echo hello-from-container | nc -l -p 80", "web", "18081:80", "18082:81/udp")
+    proc = ns.spawn("start", "--name", "web")
+    try:
+        wait_for(lambda: running(path) and len(leftovers(ns, "web")[2]) == 4, "the port rules")
+        # The host connects to its own bridge address; DNAT takes it to the container.
+        got = ns.python(
+            "import socket, time\n"
+            "for _ in range(50):\n"
+            "    try:\n"
+            f"        s = socket.create_connection(({GATEWAY!r}, 18081), timeout=5)\n"
+            "        data = s.recv(100)\n"
+            "        if data:\n"
+            "            print(data.decode(), end='')\n"
+            "            break\n"
+            "    except ConnectionRefusedError:\n"
+            "        pass\n"
+            "    time.sleep(0.1)\n")
+        assert got == "hello-from-container\n"
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert EXITED in err
+    # Exit: the veth, the lease and both DNAT rules per port are gone.
+    assert leftovers(ns, "web") == ([], None, [])
+
+
+@pytest.mark.root
+def test_a_host_port_is_published_by_one_container_at_a_time(ns, bridged):
+    first = bridged("sleep 30", "one", "18083:80")
+    bridged("true", "two", "18083:8080")
+    proc = ns.spawn("start", "--name", "one")
+    try:
+        wait_for(lambda: running(first), "container one")
+        done = ns.minict("start", "--name", "two")
+        assert done.returncode == 1
+        assert "host port 18083/tcp is already published by container one" in done.stderr
+        assert "two" not in ns.leases()
+    finally:
+        ns.minict("rm", "--force", "--name", "one")
+        proc.communicate(timeout=30)
+
+
+@pytest.mark.root
+def test_ten_concurrent_runs_get_ten_distinct_addresses(ns, pulled):
+    procs = [subprocess.Popen(ns.argv(sys.executable, "-m", "minict", "run", "--image", pulled,
+                                      "--name", f"c{i}", "--network", "bridge"),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=ns.env())
+             for i in range(10)]
+    addresses = []
+    for proc in procs:
+        # The sleep keeps all ten alive together while the others start.
+        out, err = proc.communicate("ip -o -4 addr show dev eth0; sleep 1\n", timeout=120)
+        assert proc.returncode == 0, err
+        addresses.append(out.split(" inet ")[1].split("/")[0])
+    assert len(set(addresses)) == 10, addresses
+    assert all(ipaddress.IPv4Address(a) in SUBNET and a != GATEWAY for a in addresses)
+    assert ns.leases() == {}
+    assert ns.links() == ["lo", BRIDGE]
+
+
+@pytest.mark.root
+def test_a_crashed_minict_leaves_nothing_rm_cannot_clean(ns, bridged):
+    path = bridged("sleep 60", "crash", "18084:80")
+    proc = ns.spawn("start", "--name", "crash")
+    wait_for(lambda: running(path) and len(leftovers(ns, "crash")[2]) == 2, "the port rules")
+    veths, lease, rules = leftovers(ns, "crash")
+    assert len(veths) == 1 and lease["address"] and len(rules) == 2
+    # `ip netns exec` execs minict: this pid is minict's.  Its container dies with it.
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert leftovers(ns, "crash")[1] is not None  # the lease outlived the crash...
+    done = ns.minict("rm", "--name", "crash")
+    assert done.returncode == 0, done.stderr
+    assert leftovers(ns, "crash") == ([], None, [])  # ...and rm took everything
+
+
+@pytest.mark.root
+def test_the_next_run_reclaims_what_a_crash_left(ns, bridged):
+    path = bridged("sleep 60", "lost", "18085:80")
+    proc = ns.spawn("start", "--name", "lost")
+    wait_for(lambda: running(path) and "lost" in ns.leases(), "container lost")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    bridged("true", "next", "18085:80")  # the same host port: free again once reclaimed
+    done = ns.minict("start", "--name", "next")
+    assert done.returncode == 0, done.stderr
+    assert leftovers(ns, "lost") == ([], None, [])
+    assert ns.leases() == {}
