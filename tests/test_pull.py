@@ -19,6 +19,7 @@ from tests.support.images import (
     File,
     Image,
     Index,
+    Layer,
     host_platform,
     push,
     sha256,
@@ -373,3 +374,22 @@ def test_config_over_4_mib_is_refused(registry, minict):
     push(registry.url, "test/app", "latest", huge)
     fails(minict("pull", "--image", f"{registry.host}/test/app"), "4194304-byte limit")
     assert list_images(minict) == []
+
+
+def test_a_large_layer_is_streamed_not_held_in_memory(registry, minict_dir):
+    data = os.urandom(64 * 1024 * 1024)
+    image = Image([Layer(data, None, blob=data)], config={"Cmd": ["sh"]})
+    push(registry.url, "test/large", "latest", image)
+    del data
+    # A fresh parent whose only child is the pull, so RUSAGE_CHILDREN is the pull's peak.
+    measure = ("import resource, subprocess, sys\n"
+               "code = subprocess.run(sys.argv[1:]).returncode\n"
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+               "sys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", measure, sys.executable, "-m", "minict", "pull",
+                           "--image", f"{registry.host}/test/large"],
+                          env={**os.environ, "MINICT_DIR": str(minict_dir)},
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    peak_mib = int(done.stdout) / 1024
+    assert peak_mib < 80, f"peak RSS {peak_mib:.0f} MiB for a 64 MiB layer"
