@@ -368,11 +368,16 @@ class Puller:
         self.progress = None
 
     def run(self) -> None:
+        from minict import images
+
+        # From the first look at the layout to the tag: blobs found present
+        # must stay so until index.json names them (images.py).
         try:
-            if self._up_to_date():
-                log.debug(f"{self.ref.familiar()} is up to date")
-                return
-            self._pull()
+            with images.using():
+                if self._up_to_date():
+                    log.debug(f"{self.ref.familiar()} is up to date")
+                    return
+                self._pull()
         finally:
             self.registry.close()
 
@@ -531,6 +536,8 @@ class Puller:
     def _fetch(self, writer, task) -> None:
         """Stream the rest of a blob into `writer`; raise _Interrupted if the body breaks."""
         offset = writer.offset
+        if offset:
+            log.debug(f"blob {writer.digest}: asking for bytes {offset}- (Range)")
         response = self.registry.blob(writer.digest, offset)
         with response:
             if offset and response.status_code == 206:
