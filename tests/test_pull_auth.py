@@ -187,3 +187,13 @@ def test_basic_auth_wrong_password(basic_registry, minict, tmp_path):
     fails(minict("pull", "--image", ref, env=env), "denied")
     done = minict("--debug", "pull", "--image", ref, env=env)
     assert done.returncode == 1 and wrong not in done.stderr and "nope" not in done.stderr
+
+
+def test_a_token_without_expires_in_lives_60_seconds(tmp_path):
+    from minict import registry
+
+    with TokenIssuer(tmp_path, public={"pub/app"}, expires_in=0, field="access_token") as issuer:
+        client = registry.Registry("127.0.0.1:1", "pub/app", insecure=False)
+        token, ttl = client._fetch_token({"realm": f"{issuer.url}/token", "service": "s"}, None)
+        client.close()
+    assert (token, ttl) == (issuer.issued[0], 60)
