@@ -18,7 +18,8 @@ from minict.errors import MinictError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 # The original's order (urfave/cli lists commands as declared, not sorted).
-ORDER = ["pull", "run", "start", "rm", "list-containers", "list-images", "help"]
+ORDER = ["pull", "run", "start", "rm", "list-containers", "list-images", "help",
+         "exec", "rmi", "prune", "inspect"]
 ALIASES = {"h": "help"}
 
 
@@ -111,21 +112,48 @@ def pull(image, platform, insecure, jobs, quiet):
 @group.command(short_help="Run a new container.")
 @click.option("--image", required=True, help="The image to run, as pulled (see list-images).")
 @click.option("--name", required=True, help="The new container's name.")
-@click.option("--network", type=click.Choice(["host", "none", "bridge"]), default="host",
-              show_default=True, help="The host's network, only loopback, or an address on "
-              "minict's bridge (minict0).")
-@click.option("--publish", "-p", multiple=True, metavar="HOSTPORT:PORT[/tcp|udp]",
-              help="Publish a container port on the host (--network bridge). Repeatable.")
-def run(image, name, network, publish):
-    """Run a new container."""
-    from minict import container, store
-    from minict.network import parse_publish
+@click.option("--rm", "auto_remove", is_flag=True, help="Remove the container when it exits.")
+@click.option("--env", "-e", multiple=True, metavar="KEY[=VALUE]",
+              help="Set an environment variable (KEY alone: minict's own value). Repeatable.")
+@click.option("--workdir", "-w", metavar="DIR", help="The working directory (created if missing).")
+@click.option("--user", "-u", metavar="USER[:GROUP]",
+              help="Run as this user: a name or uid, with an optional group name or gid.")
+@click.option("--hostname", help="The container's host name (default: its name).")
+@click.option("--entrypoint", metavar="PROGRAM",
+              help="Replace the image's Entrypoint (and drop its Cmd); '' clears it.")
+@click.option("--pull", "pull_policy", type=click.Choice(["missing", "always", "never"]),
+              default="never", show_default=True, help="When to pull the image first.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- COMMAND [ARG]...]")
+def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull_policy,
+        command):
+    """Run a new container.
+
+    A COMMAND after `--` replaces the image's Cmd.  Whatever is given here
+    is kept in the container's config.json, so `start` repeats it.
+    """
+    from minict import container, spec, store
 
     store.check_container_name(name)
     ref = _parse_reference(image)
-    ports = [parse_publish(p) for p in publish]
-    status = container.run(ref, name, network=network, publish=ports)
+    overrides = spec.Overrides(
+        entrypoint=entrypoint, cmd=tuple(command) if command else None,
+        env=_env_options(env), workdir=workdir, user=user, hostname=hostname)
+    status = container.run(ref, name, overrides, auto_remove=auto_remove, pull=pull_policy)
     _exit_now(status)
+
+
+def _env_options(items) -> tuple[str, ...]:
+    """Return -e options as NAME=value; a bare NAME takes minict's own value, as docker does."""
+    result = []
+    for item in items:
+        name, sep, _ = item.partition("=")
+        if not name:
+            raise MinictError(f"invalid environment variable {item!r}: use KEY=VALUE or KEY")
+        if sep:
+            result.append(item)
+        elif name in os.environ:
+            result.append(f"{name}={os.environ[name]}")
+    return tuple(result)
 
 
 @group.command(short_help="Start an existing container that was exited.")
@@ -150,20 +178,91 @@ def rm(name, force):
     log.info("Container removed successfully.")
 
 
+_FORMAT = click.option("--format", "output", type=click.Choice(["json", "table"]), default="json",
+                       show_default=True, help="The original's JSON array, or a table.")
+
+
 @group.command("list-containers", short_help="List all current containers.")
-def list_containers():
+@_FORMAT
+def list_containers(output):
     """List all current containers."""
+    if output == "table":
+        from minict import listing
+
+        listing.print_containers()
+        return
     from minict import store
 
     _print_json_list(store.list_container_names())
 
 
 @group.command("list-images", short_help="List all images.")
-def list_images():
+@_FORMAT
+def list_images(output):
     """List all images."""
+    if output == "table":
+        from minict import listing
+
+        listing.print_images()
+        return
     from minict import layout
 
     _print_json_list(layout.list_images())
+
+
+@group.command("exec", short_help="Run a command inside a running container.",
+               context_settings={"ignore_unknown_options": True})
+@click.option("--name", required=True, help="The running container.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED,
+                metavar="-- COMMAND [ARG]...")
+def exec_command(name, command):
+    """Run a command inside a running container, with its env, cwd, user and capabilities.
+
+    Exits with the command's exit status.
+    """
+    from minict import container, store
+
+    store.check_container_name(name)
+    _exit_now(container.exec_in(name, list(command)))
+
+
+@group.command(short_help="Remove an image and the blobs only it used.")
+@click.option("--image", required=True, help="The image to remove, as list-images shows it.")
+def rmi(image):
+    """Remove an image's tag, then every blob of its repository no tag references any more."""
+    from minict import images
+
+    names, deleted = images.remove(_parse_reference(image))
+    for name in names:
+        click.echo(f"Untagged: {name}")
+    for digest in deleted:
+        click.echo(f"Deleted: {digest}")
+
+
+@group.command(short_help="Remove stopped containers and unreferenced blobs.")
+@click.option("--force", "-f", is_flag=True, help="Do not ask for confirmation.")
+def prune(force):
+    """Remove every container that is not running, and every blob no image references."""
+    from minict import container, images
+
+    if not force:
+        click.confirm("This removes all stopped containers and all unreferenced image blobs. "
+                      "Continue?", abort=True, err=True)
+    for name in container.prune():
+        click.echo(f"Deleted container: {name}")
+    deleted = images.prune()
+    for digest in deleted:
+        click.echo(f"Deleted: {digest}")
+
+
+@group.command(short_help="Show a container's state and config as JSON.")
+@click.option("--name", required=True, help="The container.")
+def inspect(name):
+    """Show a container's state and config as JSON."""
+    from minict import listing, store
+
+    store.check_container_name(name)
+    click.echo(json.dumps(listing.inspect(name), indent="\t"))
 
 
 @group.command("help", short_help="Shows a list of commands or help for one command")

@@ -1,7 +1,8 @@
 """Containers: their state, their lock, and the run/start/rm/list verbs.
 
     containers/<name>/              the bundle (bundle.py): rootfs/, config.json
-    containers/<name>/state.json    {"status": "created"|"running"|"exited", "pid", "exitStatus"}
+    containers/<name>/state.json    {"status": "created"|"running"|"exited", "pid", "exitStatus",
+                                     "autoRemove" (run --rm)}
     containers/.<name>.lock         held (flock) by the minict that creates, runs or
                                     removes it; deleted whenever the container is not there
 
@@ -18,7 +19,7 @@ import re
 import signal
 
 from minict import launch, linux, log, store
-from minict.errors import ContainerError, LaunchError
+from minict.errors import ContainerError, LaunchError, MinictError
 
 # bundle.py's names, repeated so that `start` need not import the unpacker
 # (tests check they agree): the completion mark and the config's name.
@@ -28,37 +29,60 @@ STATE_NAME = "state.json"
 EXITED_MESSAGE = "Container process exited. It can be started again using the 'start' option."
 
 
-def run(ref, name: str, *, network: str = "host", publish=()) -> int:
+def run(ref, name: str, overrides=None, *, auto_remove: bool = False,
+        pull: str = "never") -> int:
     """Create container `name` from image `ref`, run it, and return its exit status.
 
-    `network` ("host", "none", "bridge") and `publish` (network.parse_publish's
-    ports) are kept in the bundle for `start` too.  Raise ContainerError if
-    the name is taken (also by a concurrent run), UnpackError, NetworkError
-    or LaunchError.
+    `overrides` (spec.Overrides) are run's options, written into config.json
+    so that `start` repeats them.  `auto_remove` deletes the container when
+    it exits (`--rm`).  `pull` is "never" (the image must be stored),
+    "missing" or "always".  Raise ContainerError if the name is taken (also
+    by a concurrent run), PullError, UnpackError or LaunchError.
     """
     from minict import bundle as bundles
-    from minict import network as networking
-
-    settings = networking.check(network, list(publish))
+    from minict import images
 
     store.ensure_dirs()
     lock = _lock(name, wait=False)
     if lock is None:
         raise ContainerError(f"Container with name {name} already exists.")
+    path = store.container_dir(name)
     try:
-        path = store.container_dir(name)
         # bundle.create renames a bundle into place only once it is whole, so
         # anything at this name is a container (or not ours): never replace
         # it.  What an interrupted run left is elsewhere, and create cleans it.
         if os.path.lexists(path):
             raise ContainerError(f"Container with name {name} already exists.")
-        path = bundles.create(ref, name)
-        if settings["mode"] != "host":
-            networking.save(path, settings)
-        _write_state(path, {"status": "created"})
-        return _launch(path)
+        _pull(ref, pull)
+        with images.using():  # no sweep deletes the layers being unpacked
+            path = bundles.create(ref, name, overrides)
+        _write_state(path, {"status": "created", **({"autoRemove": True} if auto_remove else {})})
+        try:
+            return _launch(path)
+        finally:
+            if auto_remove:
+                unmount_below(path)
+                bundles.remove_tree(path)
     finally:
         _unlock(name, lock)
+
+
+def _pull(ref, policy: str) -> None:
+    """Pull `ref` if `policy` ("never", "missing", "always") asks for it; raise PullError."""
+    if policy == "never":
+        return
+    if policy not in ("missing", "always"):
+        raise ContainerError(f"unknown pull policy {policy!r}: use missing, always or never")
+    from minict import layout
+    from minict import pull as pulling
+
+    if policy == "missing":
+        try:
+            layout.Layout.for_reference(ref).resolve(ref)
+            return
+        except MinictError:
+            pass
+    pulling.pull(ref, platform=None, insecure=False, jobs=4)
 
 
 def start(name: str) -> int:
@@ -106,13 +130,67 @@ def remove(name: str, force: bool) -> None:
             raise ContainerError(f"Container with name {name} does not exist.")
         unmount_below(path)
         bundles.remove_tree(path)
-        # A container whose minict crashed may have left its address lease
-        # and port rules; drop them (and any other container's stale ones).
-        from minict import network
-
-        network.cleanup(name, is_running)
     finally:
         _unlock(name, lock)
+
+
+def exec_in(name: str, args: list[str]) -> int:
+    """Run `args` inside the running container `name`; return the command's exit status.
+
+    The command joins the container's namespaces and root and gets its
+    config's env, cwd, user, capabilities and terminal setting.  Raise
+    ContainerError if the container does not exist or is not running, or LaunchError.
+    """
+    path = store.container_dir(name)
+    if not is_complete(path):
+        raise ContainerError(f"Container with name {name} does not exist.")
+    if not args:
+        raise ContainerError("exec needs a command: minict exec --name NAME -- COMMAND [ARG]...")
+    lock = _lock(name, wait=False)
+    if lock is not None:
+        _unlock(name, lock)
+        raise ContainerError(f"Container with name {name} is not running; "
+                             "start it with 'minict start'")
+    state = read_state(path)
+    pid = state.get("pid") if state.get("status") == "running" else None
+    # Holding /proc/<pid> open pins that process: if it exits and the pid is
+    # reused, lookups through the descriptor fail instead of finding the stranger.
+    proc_fd = _open_proc(pid) if isinstance(pid, int) else None
+    if proc_fd is None or _parent(pid, proc_fd) != state.get("owner"):
+        if proc_fd is not None:
+            os.close(proc_fd)
+        raise ContainerError(f"Container with name {name} is being created or stopped; "
+                             "try again in a moment")
+    try:
+        config = _read_config(path)
+        config["process"] = {**(config.get("process") or {}), "args": list(args)}
+        return launch.launch(str(path), config, join=proc_fd)
+    finally:
+        os.close(proc_fd)
+
+
+def _open_proc(pid: int) -> int | None:
+    try:
+        return os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+
+
+def prune() -> list[str]:
+    """Remove every container that is not running; return their names."""
+    removed = []
+    for name in list_names():
+        lock = _lock(name, wait=False)
+        if lock is None:
+            continue  # running, or being created or removed
+        _unlock(name, lock)
+        try:
+            remove(name, force=False)
+        except ContainerError as err:  # started or removed since: say so, go on
+            log.warn(err.message)
+            continue
+        removed.append(name)
+    return removed
 
 
 def list_names() -> list[str]:
@@ -148,24 +226,19 @@ def read_state(path) -> dict:
 
 def _launch(path) -> int:
     """Launch the bundle at `path` (its lock held); record and return the exit status."""
-    from minict import network
-
     config = _read_config(path)
-    # Its network (network.json): a namespace, an address, published ports.
-    attachment = network.prepare(path.name, path, config, is_running)
 
     def started(pid: int) -> None:
         _write_state(path, {"status": "running", "pid": pid, "owner": os.getpid()})
 
     try:
-        status = launch.launch(str(path), config, on_start=started, on_netns=attachment.attach)
+        status = launch.launch(str(path), config, on_start=started)
     except LaunchError as err:
         _write_state(path, {"status": "exited", "exitStatus": None, "error": err.message})
         raise
-    finally:
-        attachment.release()
     _write_state(path, {"status": "exited", "exitStatus": status})
-    log.info(EXITED_MESSAGE)
+    if not read_state(path).get("autoRemove"):  # run --rm: it cannot be started again
+        log.info(EXITED_MESSAGE)
     return status
 
 
@@ -185,6 +258,8 @@ def _read_config(path) -> dict:
 def _write_state(path, state: dict) -> None:
     # Replaced by rename, so a reader never sees half a document; no fsync:
     # after a crash the lock, not this file, says whether anything runs.
+    if "autoRemove" not in state and read_state(path).get("autoRemove"):
+        state = {**state, "autoRemove": True}  # run --rm's choice lasts the container's life
     tmp = os.path.join(path, f".{STATE_NAME}.tmp")
     with open(tmp, "w") as f:
         json.dump(state, f)
@@ -204,10 +279,12 @@ def _kill(name: str, path) -> None:
         pass
 
 
-def _parent(pid: int) -> int | None:
-    """Return the parent pid of `pid`, or None if it is gone."""
+def _parent(pid: int, proc_fd: int | None = None) -> int | None:
+    """Return the parent pid of `pid` (or of the /proc/<pid> `proc_fd`), or None if it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
+        fd = os.open("stat", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd) if proc_fd is not None \
+            else os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
             stat = f.read()
     except OSError:
         return None

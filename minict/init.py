@@ -3,8 +3,8 @@
 Two processes run this code, both forked from minict (launch.py is the
 parent side and documents the messages on the channel):
 
-    intermediate()   unshare the namespaces, wait for the uid/gid maps (and
-                     the network), fork PID 1 of the new pid namespace, tell its pid, exit
+    intermediate()   unshare the namespaces, wait for the uid/gid maps,
+                     fork PID 1 of the new pid namespace, tell its pid, exit
     container()      PID 1: mounts, pivot_root, host name, limits, user,
                      capabilities, then execve of the container's command
 
@@ -93,6 +93,11 @@ def container(channel, bundle: str, config: dict, terminal: bool):
     _never_return(channel, _setup_and_exec, channel, bundle, config, terminal)
 
 
+def joiner(channel, proc_fd: int, config: dict, terminal: bool):
+    """Join the running container `proc_fd` (/proc/<pid>) names, fork the command; never return."""
+    _never_return(channel, _join_and_fork, channel, proc_fd, config, terminal)
+
+
 def _never_return(channel, work, *args):
     """Run `work(*args)` and `os._exit`: 0 if it returns, else after reporting why."""
     status = 1
@@ -135,17 +140,86 @@ def _unshare_and_fork(channel, bundle, config, terminal):
         # uid_map and gid_map (user_namespaces(7)); ask the parent.
         channel.send(b"userns")
         _expect(channel, b"mapped")
-    if flags & linux.CLONE_NEWNET:
-        # A new network namespace is empty: the parent, on the host side,
-        # brings lo up and plugs in eth0 (network.py) before anything runs.
-        channel.send(b"netns")
-        _expect(channel, b"networked")
     # unshare(CLONE_NEWPID) moves only the children into the new pid
     # namespace, so PID 1 is the next fork (pid_namespaces(7)).
     pid = os.fork()
     if pid == 0:
         container(channel, bundle, config, terminal)
     channel.send(b"pid %d" % pid)
+
+
+# /proc/<pid>/ns/<file> -> clone flag, the user namespace last (see _join_all).
+_NS_FILES = {"mnt": linux.CLONE_NEWNS, "pid": linux.CLONE_NEWPID, "ipc": linux.CLONE_NEWIPC,
+             "uts": linux.CLONE_NEWUTS, "net": linux.CLONE_NEWNET,
+             "cgroup": linux.CLONE_NEWCGROUP, "user": linux.CLONE_NEWUSER}
+
+
+def _join_and_fork(channel, proc_fd, config, terminal):
+    _default_signals()
+    # Open everything first: once in the container's mount namespace, the
+    # host's /proc is out of reach.
+    try:
+        root = os.open("root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc_fd)
+        targets = _namespaces_to_join(proc_fd)
+    except OSError as err:
+        raise _fail("open the container's namespaces (has it exited?)", err) from None
+    _join_all(targets)
+    # setns(CLONE_NEWNS) puts us at the namespace's root, which need not be
+    # the container's: enter the root its init sees (runc's nsexec does too).
+    try:
+        os.fchdir(root)
+        os.chroot(".")
+        os.chdir("/")
+    except OSError as err:
+        raise _fail("enter the container's root", err) from None
+    os.close(root)
+    # A joined pid namespace applies to children only (setns(2)).
+    pid = os.fork()
+    if pid == 0:
+        _never_return(channel, _become_process, channel, config.get("process") or {}, terminal)
+    channel.send(b"pid %d" % pid)
+
+
+def _namespaces_to_join(proc_fd: int) -> list[tuple[str, int, int]]:
+    """Return (name, fd, flag) of each namespace of the container that is not already ours."""
+    targets = []
+    for name, flag in _NS_FILES.items():
+        try:
+            theirs = os.stat(f"ns/{name}", dir_fd=proc_fd)
+        except FileNotFoundError:
+            continue  # a kernel without this namespace type
+        ours = os.stat(f"/proc/self/ns/{name}")
+        if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
+            targets.append((name, os.open(f"ns/{name}", os.O_RDONLY | os.O_CLOEXEC,
+                                          dir_fd=proc_fd), flag))
+    return targets
+
+
+def _join_all(targets) -> None:
+    """setns into each target: the others first, then the user namespace, then what failed.
+
+    minict's root may join any namespace from the initial user namespace; a
+    namespace the container's user namespace owns can also be joined from
+    inside it (for minict without root).  Trying both orders serves both.
+    """
+    later = []
+    for name, fd, flag in targets:
+        try:
+            linux.setns(fd, flag)
+        except PermissionError:
+            if name == "user":
+                raise SetupError("join the container's user namespace: permission denied")
+            later.append((name, fd, flag))
+            continue
+        except OSError as err:
+            raise _fail(f"join the container's {name} namespace", err) from None
+        os.close(fd)
+    for name, fd, flag in later:
+        try:
+            linux.setns(fd, flag)
+        except OSError as err:
+            raise _fail(f"join the container's {name} namespace", err) from None
+        os.close(fd)
 
 
 def _setup_and_exec(channel, bundle, config, terminal):
@@ -190,19 +264,28 @@ def _setup_and_exec(channel, bundle, config, terminal):
     if (config.get("root") or {}).get("readonly"):
         _setattr_path("/", linux.MOUNT_ATTR_RDONLY, False, "make / read-only")
 
-    # 7. The terminal comes from the container's own devpts (/dev/ptmx ->
-    #    pts/ptmx), so the container sees its tty under /dev/pts.
-    user = process.get("user") or {}
-    if terminal:
-        _attach_terminal(channel, user)
-
-    # 8. Host name: needs CAP_SYS_ADMIN in the uts namespace's owner, so before
+    # 7. Host name: needs CAP_SYS_ADMIN in the uts namespace's owner, so before
     #    the user switch drops it.
     if config.get("hostname"):
         try:
             linux.sethostname(config["hostname"])
         except OSError as err:
             raise _fail("sethostname", err) from None
+
+    _become_process(channel, process, terminal)
+
+
+def _become_process(channel, process: dict, terminal: bool) -> None:
+    """Turn this process, inside the container's root, into the config's process; never return.
+
+    The steps the container's init and `exec` share (exec has joined the
+    namespaces and entered the root instead of building them).
+    """
+    # 8. The terminal comes from the container's own devpts (/dev/ptmx ->
+    #    pts/ptmx), so the container sees its tty under /dev/pts.
+    user = process.get("user") or {}
+    if terminal:
+        _attach_terminal(channel, user)
 
     # 9. Resource limits: raising a hard limit needs CAP_SYS_RESOURCE.
     _set_rlimits(process.get("rlimits") or [])

@@ -166,6 +166,19 @@ class Layout:
             ] + [named]
             _write_atomic(self.path / "index.json", _dump(index))
 
+    def untag(self, ref: Reference) -> list[dict]:
+        """Remove what `ref` names from index.json (as resolve finds it); return the removed."""
+        with self.locked():
+            index = self.read_index()
+            keep, removed = [], []
+            for d in index["manifests"]:
+                name = (d.get("annotations") or {}).get(REF_NAME) if isinstance(d, dict) else None
+                (removed if isinstance(name, str) and _names(ref, name, d) else keep).append(d)
+            if removed:
+                index["manifests"] = keep
+                _write_atomic(self.path / "index.json", _dump(index))
+        return removed
+
     def refs(self) -> list[tuple[str, dict]]:
         """Return (ref name, descriptor) for every named manifest in index.json."""
         result = []
@@ -178,18 +191,22 @@ class Layout:
     def resolve(self, ref: Reference) -> dict:
         """Return the index.json descriptor `ref` names; raise MinictError if none."""
         for name, descriptor in self.refs():
-            if ref.digest is not None:
-                # A pull by digest is named by the digest asked for, which differs
-                # from the stored manifest's when it was converted or an index.
-                annotations = descriptor.get("annotations") or {}
-                if ref.digest in (name, descriptor.get("digest"), annotations.get(SOURCE_DIGEST)):
-                    return descriptor
-            elif name == ref.tag:
+            if _names(ref, name, descriptor):
                 return descriptor
         raise MinictError(
             f"image {ref.familiar()} not found",
             hint=f"pull it first with 'minict pull --image {ref.familiar()}'",
         )
+
+
+def _names(ref: Reference, name: str, descriptor: dict) -> bool:
+    """Return whether index.json's entry `name` -> `descriptor` is what `ref` names."""
+    if ref.digest is None:
+        return name == ref.tag
+    # A pull by digest is named by the digest asked for, which differs
+    # from the stored manifest's when it was converted or an index.
+    annotations = descriptor.get("annotations") or {}
+    return ref.digest in (name, descriptor.get("digest"), annotations.get(SOURCE_DIGEST))
 
 
 class BlobWriter:
@@ -322,8 +339,13 @@ def list_images() -> list[str]:
     for repository, path in store.list_image_dirs():
         # index.json keeps tags in the order they were pulled; list them sorted.
         for name in sorted(name for name, _ in Layout(path).refs()):
-            images.append(f"{repository}@{name}" if _DIGEST.match(name) else f"{repository}:{name}")
+            images.append(image_name(repository, name))
     return images
+
+
+def image_name(repository: str, ref_name: str) -> str:
+    """Return `repository:tag` or `repository@digest`, as `run --image` takes it."""
+    return f"{repository}@{ref_name}" if _DIGEST.match(ref_name) else f"{repository}:{ref_name}"
 
 
 def _dump(value: dict) -> bytes:

@@ -16,7 +16,9 @@ from minict import log
 from tests.support import ci
 from tests.support.images import File, Image, push, write_layout
 
-COMMANDS = ["pull", "run", "start", "rm", "list-containers", "list-images", "help, h"]
+# The original's seven first, in its order, then what minict added ([manage]).
+COMMANDS = ["pull", "run", "start", "rm", "list-containers", "list-images", "help, h",
+            "exec", "rmi", "prune", "inspect"]
 FATAL_LINE = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d fatal .+")
 LONG_NAME = "n" * 129
 

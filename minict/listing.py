@@ -1,0 +1,141 @@
+"""Readable listings: the `--format table` of list-images and list-containers, and inspect.
+
+The JSON arrays stay the default (cli.py prints them, as the original did);
+the tables are for people and import rich, so only this code path pays for it.
+"""
+
+import json
+import os
+import shlex
+
+from minict import container, store
+from minict import layout as layouts
+from minict.errors import ContainerError, MinictError
+
+_INDEX_TYPES = {layouts.OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json"}
+
+
+def image_rows() -> list[dict]:
+    """Return one row per stored image: name, tag, digest, size (bytes), created."""
+    rows = []
+    for repository, path in store.list_image_dirs():
+        layout = layouts.Layout(path)
+        for ref_name, descriptor in sorted(layout.refs(), key=lambda r: r[0]):
+            row = {"name": repository, "tag": ref_name, "digest": descriptor.get("digest", ""),
+                   "size": None, "created": ""}
+            try:
+                manifest = _manifest(layout, descriptor)
+                blobs = [manifest.get("config") or {}, *(manifest.get("layers") or [])]
+                row["size"] = sum(b.get("size", 0) for b in blobs if isinstance(b, dict))
+                config = layout.read_json_blob(manifest["config"]["digest"])
+                row["created"] = str(config.get("created") or "")
+            except (MinictError, KeyError, TypeError):
+                pass  # a damaged image still gets its row, with what is known
+            rows.append(row)
+    return rows
+
+
+def _manifest(layout: layouts.Layout, descriptor: dict) -> dict:
+    """Return the image manifest `descriptor` names (this host's one, for an index)."""
+    manifest = layout.read_json_blob(descriptor["digest"])
+    if descriptor.get("mediaType") in _INDEX_TYPES or "manifests" in manifest:
+        from minict import bundle
+
+        manifest = layout.read_json_blob(bundle._pick_platform(manifest)["digest"])
+    return manifest
+
+
+def container_rows() -> list[dict]:
+    """Return one row per container: name, image, status, exitStatus, created, command."""
+    rows = []
+    for name in container.list_names():
+        path = store.container_dir(name)
+        mark = _read_json(path / container.COMPLETE_MARK)
+        config = _read_json(path / container.CONFIG_NAME)
+        state = container.read_state(path)
+        status = state.get("status") or "created"
+        if status == "running" and not container.is_running(name):
+            status = "exited"  # its minict died (and took the container along)
+        rows.append({
+            "name": name, "image": mark.get("image", ""), "status": status,
+            "exitStatus": state.get("exitStatus"), "created": mark.get("created", ""),
+            "command": shlex.join((config.get("process") or {}).get("args") or []),
+        })
+    return rows
+
+
+def inspect(name: str) -> dict:
+    """Return container `name`'s state and config.json; raise ContainerError if it does not exist."""
+    path = store.container_dir(name)
+    if not container.is_complete(path):
+        raise ContainerError(f"Container with name {name} does not exist.")
+    mark = _read_json(path / container.COMPLETE_MARK)
+    state = container.read_state(path)
+    return {
+        "Name": name,
+        "Path": str(path),
+        "Image": mark.get("image", ""),
+        "ImageManifest": mark.get("manifest", ""),
+        "Created": mark.get("created", ""),
+        "State": {**state, "running": container.is_running(name)},
+        "Config": _read_json(path / container.CONFIG_NAME),
+    }
+
+
+def print_images() -> None:
+    """Print the images as a table: name, tag, digest prefix, size, created."""
+    table = _table("NAME", "TAG", "DIGEST", "SIZE", "CREATED")
+    for row in image_rows():
+        table.add_row(row["name"], row["tag"], row["digest"].removeprefix("sha256:")[:12],
+                      _size(row["size"]), row["created"][:19].replace("T", " "))
+    _print(table)
+
+
+def print_containers() -> None:
+    """Print the containers as a table: name, image, status with exit code, created, command."""
+    table = _table("NAME", "IMAGE", "STATUS", "CREATED", "COMMAND")
+    for row in container_rows():
+        status = row["status"]
+        if status == "exited":
+            code = row["exitStatus"]
+            status += f" ({code})" if code is not None else " (failed to start)"
+        command = row["command"] if len(row["command"]) <= 40 else row["command"][:39] + "…"
+        table.add_row(row["name"], row["image"], status,
+                      row["created"][:19].replace("T", " "), command)
+    _print(table)
+
+
+def _table(*columns):
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in columns:
+        table.add_column(column, no_wrap=True, overflow="fold")
+    return table
+
+
+def _print(table) -> None:
+    from rich.console import Console
+
+    # Not a terminal (a pipe, a file): wide enough that no row wraps.
+    Console(width=None if os.isatty(1) else 250, soft_wrap=False).print(table)
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "?"
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return ""
+
+
+def _read_json(path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            value = json.loads(f.read())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
