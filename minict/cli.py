@@ -123,22 +123,30 @@ def pull(image, platform, insecure, jobs, quiet):
               help="Replace the image's Entrypoint (and drop its Cmd); '' clears it.")
 @click.option("--pull", "pull_policy", type=click.Choice(["missing", "always", "never"]),
               default="never", show_default=True, help="When to pull the image first.")
+@click.option("--network", type=click.Choice(["host", "none", "bridge"]), default="host",
+              show_default=True, help="The host's network, only loopback, or an address on "
+              "minict's bridge (minict0).")
+@click.option("--publish", "-p", multiple=True, metavar="HOSTPORT:PORT[/tcp|udp]",
+              help="Publish a container port on the host (--network bridge). Repeatable.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- COMMAND [ARG]...]")
 def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull_policy,
-        command):
+        network, publish, command):
     """Run a new container.
 
     A COMMAND after `--` replaces the image's Cmd.  Whatever is given here
     is kept in the container's config.json, so `start` repeats it.
     """
     from minict import container, spec, store
+    from minict.network import parse_publish
 
     store.check_container_name(name)
     ref = _parse_reference(image)
+    ports = [parse_publish(p) for p in publish]
     overrides = spec.Overrides(
         entrypoint=entrypoint, cmd=tuple(command) if command else None,
         env=_env_options(env), workdir=workdir, user=user, hostname=hostname)
-    status = container.run(ref, name, overrides, auto_remove=auto_remove, pull=pull_policy)
+    status = container.run(ref, name, overrides, auto_remove=auto_remove, pull=pull_policy,
+                           network=network, publish=ports)
     _exit_now(status)
 
 

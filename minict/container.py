@@ -30,17 +30,22 @@ EXITED_MESSAGE = "Container process exited. It can be started again using the 's
 
 
 def run(ref, name: str, overrides=None, *, auto_remove: bool = False,
-        pull: str = "never") -> int:
+        pull: str = "never", network: str = "host", publish=()) -> int:
     """Create container `name` from image `ref`, run it, and return its exit status.
 
     `overrides` (spec.Overrides) are run's options, written into config.json
     so that `start` repeats them.  `auto_remove` deletes the container when
     it exits (`--rm`).  `pull` is "never" (the image must be stored),
-    "missing" or "always".  Raise ContainerError if the name is taken (also
-    by a concurrent run), PullError, UnpackError or LaunchError.
+    "missing" or "always".  `network` ("host", "none", "bridge") and
+    `publish` (network.parse_publish's ports) are kept in the bundle for
+    `start` too.  Raise ContainerError if the name is taken (also by a
+    concurrent run), PullError, UnpackError, NetworkError or LaunchError.
     """
     from minict import bundle as bundles
     from minict import images
+    from minict import network as networking
+
+    settings = networking.check(network, list(publish))
 
     store.ensure_dirs()
     lock = _lock(name, wait=False)
@@ -56,6 +61,8 @@ def run(ref, name: str, overrides=None, *, auto_remove: bool = False,
         _pull(ref, pull)
         with images.using():  # no sweep deletes the layers being unpacked
             path = bundles.create(ref, name, overrides)
+        if settings["mode"] != "host":
+            networking.save(path, settings)
         _write_state(path, {"status": "created", **({"autoRemove": True} if auto_remove else {})})
         try:
             return _launch(path)
@@ -130,6 +137,11 @@ def remove(name: str, force: bool) -> None:
             raise ContainerError(f"Container with name {name} does not exist.")
         unmount_below(path)
         bundles.remove_tree(path)
+        # A container whose minict crashed may have left its address lease
+        # and port rules; drop them (and any other container's stale ones).
+        from minict import network
+
+        network.cleanup(name, is_running)
     finally:
         _unlock(name, lock)
 
@@ -226,16 +238,22 @@ def read_state(path) -> dict:
 
 def _launch(path) -> int:
     """Launch the bundle at `path` (its lock held); record and return the exit status."""
+    from minict import network
+
     config = _read_config(path)
+    # Its network (network.json): a namespace, an address, published ports.
+    attachment = network.prepare(path.name, path, config, is_running)
 
     def started(pid: int) -> None:
         _write_state(path, {"status": "running", "pid": pid, "owner": os.getpid()})
 
     try:
-        status = launch.launch(str(path), config, on_start=started)
+        status = launch.launch(str(path), config, on_start=started, on_netns=attachment.attach)
     except LaunchError as err:
         _write_state(path, {"status": "exited", "exitStatus": None, "error": err.message})
         raise
+    finally:
+        attachment.release()
     _write_state(path, {"status": "exited", "exitStatus": status})
     if not read_state(path).get("autoRemove"):  # run --rm: it cannot be started again
         log.info(EXITED_MESSAGE)

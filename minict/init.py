@@ -3,8 +3,8 @@
 Two processes run this code, both forked from minict (launch.py is the
 parent side and documents the messages on the channel):
 
-    intermediate()   unshare the namespaces, wait for the uid/gid maps,
-                     fork PID 1 of the new pid namespace, tell its pid, exit
+    intermediate()   unshare the namespaces, wait for the uid/gid maps (and
+                     the network), fork PID 1 of the new pid namespace, tell its pid, exit
     container()      PID 1: mounts, pivot_root, host name, limits, user,
                      capabilities, then execve of the container's command
 
@@ -140,6 +140,11 @@ def _unshare_and_fork(channel, bundle, config, terminal):
         # uid_map and gid_map (user_namespaces(7)); ask the parent.
         channel.send(b"userns")
         _expect(channel, b"mapped")
+    if flags & linux.CLONE_NEWNET:
+        # A new network namespace is empty: the parent, on the host side,
+        # brings lo up and plugs in eth0 (network.py) before anything runs.
+        channel.send(b"netns")
+        _expect(channel, b"networked")
     # unshare(CLONE_NEWPID) moves only the children into the new pid
     # namespace, so PID 1 is the next fork (pid_namespaces(7)).
     pid = os.fork()

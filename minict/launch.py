@@ -19,6 +19,8 @@ so its end-of-file tells P that C's execve succeeded.
     |------|-----------------------|------------------------------------------------------|
     | I    | `userns`              | I has unshared; write my uid_map and gid_map          |
     | P    | `mapped`              | the maps are written; go on                           |
+    | I    | `netns`               | I has a new network namespace; set it up              |
+    | P    | `networked`           | lo (and eth0) are configured; go on                   |
     | I    | `pid <n>`             | C is forked, its host pid is n; I exits               |
     | C    | `pty` + fd            | C's pty master (SCM_RIGHTS), only with a terminal     |
     | P    | `reaped`              | I is reaped and C is P's child: C may set PDEATHSIG   |
@@ -54,16 +56,18 @@ WHOLE_RANGE = [{"containerID": 0, "hostID": 0, "size": 4294967295}]
 _MESSAGE_MAX = 4096
 
 
-def launch(bundle: str, config: dict, on_start=None, *,
+def launch(bundle: str, config: dict, on_start=None, on_netns=None, *,
            join: int | None = None) -> int:
     """Run the container of `bundle` (its parsed `config`) and return its exit status.
 
     With `join` (a descriptor of /proc/<pid> of a running container's init),
     run config's process inside that container instead (`exec`, init.joiner).
 
-    `on_start(pid)` is called once the container's init exists.  Failures of
-    minict or of the container's setup raise LaunchError; a command that
-    cannot be executed is logged and gives 126 or 127, as a shell would.
+    `on_netns(pid)` is called when the process `pid` has unshared a new
+    network namespace, before anything runs in it; `on_start(pid)` once the
+    container's init exists.  Failures of minict or of the container's setup
+    raise LaunchError; a command that cannot be executed is logged and gives
+    126 or 127, as a shell would.
     """
     from _socket import AF_UNIX, SOCK_SEQPACKET, socketpair  # socket.py's enums cost ~3 ms
 
@@ -84,7 +88,7 @@ def launch(bundle: str, config: dict, on_start=None, *,
                 init.joiner(theirs, join, config, terminal)
             init.intermediate(theirs, bundle, config, terminal)
         theirs.close()
-        started = _handshake(ours, intermediate, config)
+        started = _handshake(ours, intermediate, config, on_netns)
         if started.error is not None:
             return _failed(started)
         try:
@@ -105,7 +109,7 @@ class _Started:
     error = None  # (status, text)
 
 
-def _handshake(channel, intermediate: int, config: dict) -> _Started:
+def _handshake(channel, intermediate: int, config: dict, on_netns) -> _Started:
     """Answer the children until execve (end of file); return what they told."""
     started = _Started()
     try:
@@ -121,6 +125,10 @@ def _handshake(channel, intermediate: int, config: dict) -> _Started:
             if kind == b"userns":
                 _write_id_maps(intermediate, config.get("linux") or {})
                 _send(channel, b"mapped")
+            elif kind == b"netns":
+                if on_netns is not None:
+                    on_netns(intermediate)
+                _send(channel, b"networked")
             elif kind == b"pid":
                 started.pid = int(rest)
                 os.waitpid(intermediate, 0)
