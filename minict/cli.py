@@ -3,7 +3,7 @@
 The commands, flags and one-line usages are the Go original's (urfave/cli):
 pull, run, start, rm, list-containers, list-images, and help (alias h).
 Every failure is one `fatal <message>` line on standard error and exit 1;
-click's own usage errors keep exit 2.  Heavy modules (requests, rich) are
+click's own usage errors keep exit 2.  Heavy modules (rich, the registry client) are
 imported inside the commands that need them, so `--help` and `start` stay fast.
 """
 

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Self
 
-import requests
+import urllib.error
+import urllib.request
 
 BINARY = "docker-registry"
 START_TIMEOUT = 15.0
@@ -128,11 +129,8 @@ class Registry:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 return False
-            try:
-                if requests.get(f"{self.url}/v2/", timeout=2).status_code in accepted:
-                    return True
-            except requests.ConnectionError:
-                pass
+            if _status(f"{self.url}/v2/") in accepted:
+                return True
             time.sleep(0.05)
         return False
 
@@ -167,10 +165,25 @@ class Registry:
         return f"<Registry {self.url if self.port else '-'} {state}>"
 
 
+def _status(url: str) -> int | None:
+    """Return the HTTP status of GET `url`, or None if nothing answered.
+
+    urllib, not requests: `make demo` runs this from the installed venv,
+    and minict itself does not depend on requests.
+    """
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return None
+
+
 __all__ = ["Registry", "RegistryError", "free_port"]
 
 if __name__ == "__main__":  # a quick manual check: python -m tests.support.registry
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp, Registry(tmp) as reg:
-        print(reg, requests.get(f"{reg.url}/v2/", timeout=2).status_code)
+        print(reg, _status(f"{reg.url}/v2/"))
