@@ -12,9 +12,13 @@ Every pyroute2 call and every `nft` command minict makes is here.
 
 What a bridge container changes on the host, all in the current network
 namespace: the bridge and its address (created on first use, kept), the
-sysctl net.ipv4.ip_forward=1, and the nftables table `ip minict` (nat chains
-prerouting, output and postrouting: one masquerade rule per bridge, two DNAT
-rules per published port, each tagged with a comment naming its owner).  Per
+sysctls net.ipv4.ip_forward=1 and net.ipv4.conf.<bridge>.route_localnet=1
+(so that 127.0.0.1:HOSTPORT reaches a published port), and the nftables
+table `ip minict`: per bridge, masquerade for the subnet's outbound traffic
+and for loopback-sourced traffic to the bridge, and a drop of packets from
+the bridge to 127.0.0.0/8 (what route_localnet would otherwise let in);
+per published port, a DNAT rule in prerouting and one in output.  Each rule
+carries a comment naming its owner (`bridge <name>` or the veth).  Per
 container: a veth pair `mct<hash>` (the hash of $MINICT_DIR and the name),
 an address lease in $MINICT_DIR/network/leases.json and its DNAT rules; all
 three go when the container exits, and whatever a crashed minict left is
@@ -28,6 +32,7 @@ again; /etc/hosts (and, with bridge, /etc/resolv.conf) come from files
 written beside it at each launch and bound read-only over the rootfs's own.
 """
 
+import contextlib
 import fcntl
 import json
 import os
@@ -105,7 +110,7 @@ class Attachment:
         """Configure the new network namespace of process `pid` (it has unshared)."""
         if self.mode == "host":
             return
-        with _NetnsRoute(pid) as inside:
+        with _netlink("set up the container's network"), _NetnsRoute(pid) as inside:
             _up(inside, "lo")
             if self.mode == "bridge":
                 _plug(self.lease, pid, inside)
@@ -115,7 +120,7 @@ class Attachment:
     def release(self) -> None:
         """Remove the veth, the DNAT rules and the lease (bridge); safe to call twice."""
         if self.mode == "bridge" and self.lease is not None:
-            with _Lock():
+            with _netlink("release the container's network"), _Lock():
                 _drop(self.name)
             self.lease = None
 
@@ -137,7 +142,7 @@ def prepare(name: str, bundle, config: dict, is_running) -> Attachment:
         namespaces.append({"type": "network"})
     lease = None
     if mode == "bridge":
-        with _Lock():
+        with _netlink("set up the bridge"), _Lock():
             bridge = _ensure_bridge()
             _reclaim(is_running, keep=name)
             lease = _allocate(name, bridge, settings["publish"])
@@ -152,10 +157,11 @@ def prepare(name: str, bundle, config: dict, is_running) -> Attachment:
 
 def cleanup(name: str, is_running) -> None:
     """Drop container `name`'s lease and whatever else a crash left (its lock held)."""
-    if not os.path.exists(_leases_path()):
-        return  # no bridge container ever ran here: spare `rm` the pyroute2 import
-    with _Lock():
-        _drop(name)
+    if not _read_leases():
+        return  # nothing leased: spare `rm` the netlink and nft work
+    with _netlink("clean up the network"), _Lock():
+        if name in _read_leases():
+            _drop(name)
         _reclaim(is_running, keep=name)
 
 
@@ -187,11 +193,8 @@ def _ensure_bridge() -> dict:
     with ipr:
         found = ipr.link_lookup(ifname=name)
         if not found:
-            try:
+            with _tolerate(_EEXIST):  # a concurrent minict made it
                 ipr.link("add", ifname=name, kind="bridge")
-            except _netlink_error() as err:
-                if err.code != 17:  # EEXIST: a concurrent minict made it
-                    raise NetworkError(f"create bridge {name}: {err}") from None
             found = ipr.link_lookup(ifname=name)
         index = found[0]
         link = ipr.get_links(index)[0]
@@ -204,22 +207,27 @@ def _ensure_bridge() -> dict:
             raise NetworkError(f"bridge {name} has {', '.join(sorted(have))}, not {gateway}: "
                                "set MINICT_BRIDGE_SUBNET to match, or delete the bridge")
         if not have:
-            ipr.addr("add", index=index, address=str(subnet[1]), prefixlen=subnet.prefixlen)
+            with _tolerate(_EEXIST):
+                ipr.addr("add", index=index, address=str(subnet[1]), prefixlen=subnet.prefixlen)
         ipr.link("set", index=index, state="up")
-    _enable_forwarding()
+    _sysctl_on("net/ipv4/ip_forward")
+    # Published ports reached at 127.0.0.1: the host's packet keeps its
+    # loopback source on its way out to the bridge (then masqueraded).
+    _sysctl_on(f"net/ipv4/conf/{name}/route_localnet")
     _nft(_base_rules(name, subnet))
     return {"name": name, "subnet": str(subnet), "gateway": str(subnet[1])}
 
 
-def _enable_forwarding() -> None:
-    path = "/proc/sys/net/ipv4/ip_forward"
+def _sysctl_on(name: str) -> None:
+    """Set the sysctl `name` (as under /proc/sys) to 1."""
+    path = f"/proc/sys/{name}"
     try:
         with open(path, "r+") as f:
             if f.read().strip() != "1":
                 f.seek(0)
                 f.write("1\n")
     except OSError as err:
-        raise NetworkError(f"enable IP forwarding ({path}): {err.strerror}") from None
+        raise NetworkError(f"set {name.replace('/', '.')}=1: {err.strerror}") from None
 
 
 def _allocate(name: str, bridge: dict, publish: list) -> dict:
@@ -260,12 +268,8 @@ def _drop(name: str, leases: dict | None = None) -> None:
     ipr = _route()
     with ipr:
         for index in ipr.link_lookup(ifname=veth):
-            try:
-                # Deleting one end deletes the pair.
-                ipr.link("del", index=index)
-            except _netlink_error() as err:
-                if err.code != 19:  # ENODEV: its namespace died and took it along
-                    raise NetworkError(f"delete veth {veth}: {err}") from None
+            with _tolerate(_ENODEV):  # its namespace died and took it along
+                ipr.link("del", index=index)  # deleting one end deletes the pair
     _delete_tagged(veth)
     if name in leases:
         del leases[name]
@@ -390,7 +394,7 @@ def _up(ipr, ifname: str) -> None:
 def _plug(lease: dict, pid: int, inside) -> None:
     """Make the veth pair, join the bridge, move the peer in as eth0 with its address."""
     host, peer = lease["veth"], "mcp" + lease["veth"][3:]
-    try:
+    with _netlink(f"connect the container to bridge {lease['bridge']}"):
         ipr = _route()
         with ipr:
             for index in ipr.link_lookup(ifname=peer):  # an interrupted earlier attach
@@ -408,8 +412,6 @@ def _plug(lease: dict, pid: int, inside) -> None:
         inside.addr("add", index=index, address=lease["address"], prefixlen=lease["prefixlen"])
         inside.link("set", index=index, state="up")
         inside.route("add", dst="0.0.0.0/0", gateway=lease["gateway"])
-    except _netlink_error() as err:
-        raise NetworkError(f"connect the container to bridge {lease['bridge']}: {err}") from None
 
 
 def _route():
@@ -418,19 +420,37 @@ def _route():
     return IPRoute()
 
 
-def _netlink_error():
+_AF_INET = 2
+_EEXIST, _ENODEV = 17, 19
+
+
+@contextlib.contextmanager
+def _netlink(step: str):
+    """Turn a netlink failure inside into NetworkError naming `step`."""
     from pyroute2 import NetlinkError
 
-    return NetlinkError
+    try:
+        yield
+    except NetlinkError as err:
+        raise NetworkError(f"{step}: {os.strerror(err.code) if err.code else err}") from None
 
 
-_AF_INET = 2
+@contextlib.contextmanager
+def _tolerate(code: int):
+    """Ignore a netlink failure with errno `code` (the state asked for is already there)."""
+    from pyroute2 import NetlinkError
+
+    try:
+        yield
+    except NetlinkError as err:
+        if err.code != code:
+            raise
 
 
 # -- nftables ---------------------------------------------------------------------------
 
 def _base_rules(bridge: str, subnet) -> str:
-    """The table, its chains and the bridge's masquerade rule, each added only if missing."""
+    """The table, its chains and the bridge's rules; the rules are rewritten unless all there."""
     script = [
         f"add table ip {NFT_TABLE}",
         # dstnat/srcnat priorities, as iptables' nat table: published ports
@@ -438,11 +458,25 @@ def _base_rules(bridge: str, subnet) -> str:
         f"add chain ip {NFT_TABLE} prerouting {{ type nat hook prerouting priority -100; }}",
         f"add chain ip {NFT_TABLE} output {{ type nat hook output priority -100; }}",
         f"add chain ip {NFT_TABLE} postrouting {{ type nat hook postrouting priority 100; }}",
+        # Before conntrack (raw priority), for the guard below.
+        f"add chain ip {NFT_TABLE} guard {{ type filter hook prerouting priority -300; }}",
+    ]
+    wanted = [
+        ("postrouting", f"ip saddr {subnet} ip daddr != {subnet} masquerade"),
+        # A published port reached at 127.0.0.1 (route_localnet): the
+        # container answers the bridge's address, not its own loopback.
+        ("postrouting", f'ip saddr 127.0.0.0/8 oifname "{bridge}" masquerade'),
+        # route_localnet would also let a container send to the host's
+        # loopback-only services; refuse that (as kube-proxy, CVE-2020-8558).
+        ("guard", f'iifname "{bridge}" ip daddr 127.0.0.0/8 drop'),
     ]
     tag = f"bridge {bridge}"
-    if not any(rule.get("comment") == tag for rule in _rules()):
-        script.append(f"add rule ip {NFT_TABLE} postrouting ip saddr {subnet} "
-                      f"ip daddr != {subnet} masquerade comment \"{tag}\"")
+    present = rules_tagged(tag)
+    if len(present) != len(wanted):
+        script += [f"delete rule ip {NFT_TABLE} {r['chain']} handle {r['handle']}"
+                   for r in present]
+        script += [f'add rule ip {NFT_TABLE} {chain} {rule} comment "{tag}"'
+                   for chain, rule in wanted]
     return "\n".join(script) + "\n"
 
 
@@ -512,6 +546,11 @@ def _bind_files(bundle, config: dict, hostname: str, lease: dict | None) -> None
     if lease is not None:
         files["/etc/resolv.conf"] = (RESOLV_NAME, _resolv_conf())
     mounts = config.setdefault("mounts", [])
+    # The host's /sys would show the host's interfaces under /sys/class/net;
+    # a sysfs mounted in the new namespace shows the container's own.
+    for entry in mounts:
+        if entry.get("destination") == "/sys":
+            entry.update(type="sysfs", source="sysfs", options=["nosuid", "noexec", "nodev", "ro"])
     for destination, (filename, text) in files.items():
         source = os.path.join(os.path.abspath(bundle), filename)
         _write_file(source, text, mode=0o644)

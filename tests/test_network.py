@@ -204,7 +204,7 @@ def running(path):
 @pytest.mark.root
 def test_none_has_only_lo_and_it_is_up(ns, pulled):
     done = ns.minict("run", "--image", pulled, "--name", "quiet", "--network", "none",
-                     input="ip -o link; ip -o -4 addr; cat /etc/hosts\n")
+                     input="ip -o link; ip -o -4 addr; cat /etc/hosts; ls /sys/class/net\n")
     assert done.returncode == 0, done.stderr
     links = [line for line in done.stdout.splitlines() if ": <" in line]
     assert len(links) == 1, done.stdout
@@ -212,6 +212,7 @@ def test_none_has_only_lo_and_it_is_up(ns, pulled):
     assert "UP" in links[0].split("<")[1].split(">")[0].split(",")
     assert "inet 127.0.0.1/8" in done.stdout
     assert "127.0.0.1\tlocalhost" in done.stdout
+    assert done.stdout.endswith("\nlo\n")  # its own sysfs, not the host's interfaces
     # Nothing on the host side: no bridge, no rules, no lease.
     assert ns.links() == ["lo"] and ns.rules() == [] and ns.leases() == {}
     # `start` repeats the recorded mode.
@@ -280,24 +281,28 @@ def test_two_containers_reach_each_other(ns, bridged, box):
 
 @pytest.mark.root
 def test_published_port_reaches_a_server_in_the_container(ns, bridged):
-    path = bridged("echo hello-from-container | nc -l -p 80", "web", "18081:80", "18082:81/udp")
+    path = bridged("for i in 1 2; do echo hello-$i | nc -l -p 80; done", "web", "18081:80",
+                   "18082:81/udp")
     proc = ns.spawn("start", "--name", "web")
     try:
         wait_for(lambda: running(path) and len(leftovers(ns, "web")[2]) == 4, "the port rules")
-        # The host connects to its own bridge address; DNAT takes it to the container.
+        # The host connects to its bridge address, then to 127.0.0.1; DNAT
+        # takes both to the container's server.
         got = ns.python(
             "import socket, time\n"
-            "for _ in range(50):\n"
-            "    try:\n"
-            f"        s = socket.create_connection(({GATEWAY!r}, 18081), timeout=5)\n"
-            "        data = s.recv(100)\n"
-            "        if data:\n"
-            "            print(data.decode(), end='')\n"
-            "            break\n"
-            "    except ConnectionRefusedError:\n"
-            "        pass\n"
-            "    time.sleep(0.1)\n")
-        assert got == "hello-from-container\n"
+            f"for address in ({GATEWAY!r}, '127.0.0.1'):\n"
+            "    for _ in range(50):\n"
+            "        try:\n"
+            "            s = socket.create_connection((address, 18081), timeout=5)\n"
+            "            data = s.recv(100)\n"
+            "            s.close()\n"
+            "            if data:\n"
+            "                print(address, data.decode(), end='')\n"
+            "                break\n"
+            "        except ConnectionRefusedError:\n"
+            "            pass\n"
+            "        time.sleep(0.1)\n")
+        assert got == f"{GATEWAY} hello-1\n127.0.0.1 hello-2\n"
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
