@@ -286,6 +286,11 @@ def test_published_port_reaches_a_server_in_the_container(ns, bridged):
     proc = ns.spawn("start", "--name", "web")
     try:
         wait_for(lambda: running(path) and len(leftovers(ns, "web")[2]) == 4, "the port rules")
+        address = ns.leases()["web"]["address"]
+        table = subprocess.run(ns.argv("nft", "list", "table", "ip", "minict"),
+                               capture_output=True, text=True, check=True).stdout
+        for rule in (f"tcp dport 18081 dnat to {address}:80", f"udp dport 18082 dnat to {address}:81"):
+            assert table.count(f"fib daddr type local {rule}") == 2  # prerouting and output
         # The host connects to its bridge address, then to 127.0.0.1; DNAT
         # takes both to the container's server.
         got = ns.python(
