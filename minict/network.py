@@ -49,6 +49,7 @@ NFT_TABLE = "minict"
 SETTINGS_NAME = "network.json"
 HOSTS_NAME = "hosts"
 RESOLV_NAME = "resolv.conf"
+RESOLV_SOURCES = ("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf")
 _PUBLISH = re.compile(r"(\d{1,5}):(\d{1,5})(?:/(tcp|udp))?\Z")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}\Z")
 
@@ -128,8 +129,9 @@ class Attachment:
 def prepare(name: str, bundle, config: dict, is_running) -> Attachment:
     """Set up the host side of container `name`'s network and adjust `config` for it.
 
-    `config` (the parsed config.json) gets a network namespace and the
-    /etc/hosts and /etc/resolv.conf binds; config.json itself is not changed.
+    `config` (the parsed config.json) gets a network namespace, its own
+    sysfs and the /etc/hosts (and resolv.conf) binds; config.json itself is
+    not changed.
     For bridge, leases of containers for which `is_running(name)` is false
     are reclaimed first, then an address is leased.  Raise NetworkError.
     """
@@ -148,7 +150,7 @@ def prepare(name: str, bundle, config: dict, is_running) -> Attachment:
             lease = _allocate(name, bridge, settings["publish"])
     hostname = config.get("hostname") or name
     try:
-        _bind_files(bundle, config, hostname, lease)
+        _adjust_mounts(bundle, config, hostname, lease)
     except BaseException:
         Attachment(name, mode, lease).release()
         raise
@@ -537,14 +539,14 @@ def _nft_path() -> str:
 
 # -- /etc/hosts and /etc/resolv.conf ---------------------------------------------------------
 
-def _bind_files(bundle, config: dict, hostname: str, lease: dict | None) -> None:
-    """Write hosts (and resolv.conf for bridge) beside the bundle; bind them read-only."""
+def _adjust_mounts(bundle, config: dict, hostname: str, lease: dict | None) -> None:
+    """Mount a fresh sysfs; write hosts (and resolv.conf for bridge) in the bundle, bind them."""
     hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
     if lease is not None:
         hosts += f"{lease['address']}\t{hostname}\n"
     files = {"/etc/hosts": (HOSTS_NAME, hosts)}
     if lease is not None:
-        files["/etc/resolv.conf"] = (RESOLV_NAME, _resolv_conf())
+        files["/etc/resolv.conf"] = (RESOLV_NAME, resolv_conf())
     mounts = config.setdefault("mounts", [])
     # The host's /sys would show the host's interfaces under /sys/class/net;
     # a sysfs mounted in the new namespace shows the container's own.
@@ -559,13 +561,13 @@ def _bind_files(bundle, config: dict, hostname: str, lease: dict | None) -> None
                        "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]})
 
 
-def _resolv_conf() -> str:
+def resolv_conf(sources=RESOLV_SOURCES) -> str:
     """Return the host's resolv.conf without loopback name servers (unreachable inside).
 
     A host whose only server is a local stub (systemd-resolved's 127.0.0.53)
     has its upstream servers in /run/systemd/resolve/resolv.conf; use those.
     """
-    for path in ("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"):
+    for path in sources:
         try:
             with open(path) as f:
                 lines = f.read().splitlines()

@@ -66,6 +66,16 @@ def test_bundle_without_network_json_keeps_the_host_network(tmp_path):
     assert network.load(tmp_path) == settings
 
 
+def test_resolv_conf_drops_loopback_servers(tmp_path):
+    stub, upstream = tmp_path / "stub", tmp_path / "upstream"
+    stub.write_text("nameserver 127.0.0.53\noptions edns0\nsearch lan\n")
+    upstream.write_text("nameserver ::1\nnameserver 192.0.2.53\nsearch lan\n")
+    assert network.resolv_conf([stub, upstream]) == "nameserver 192.0.2.53\nsearch lan\n"
+    assert network.resolv_conf([tmp_path / "missing", upstream]).startswith("nameserver 192.0.2")
+    only_stub = network.resolv_conf([stub])
+    assert "nameserver" not in only_stub.replace("name servers", "")
+
+
 @pytest.mark.parametrize("subnet", ["10.213.7.0/30", "not-a-subnet", "10.213.7.1/24"])
 def test_bridge_subnet_is_checked(monkeypatch, subnet):
     monkeypatch.setenv("MINICT_BRIDGE_SUBNET", subnet)
@@ -244,7 +254,7 @@ def test_bridge_container_gets_an_address_and_reaches_the_host(ns, bridged, tmp_
                                       "--directory", site, "18080"),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        bridged("ip -o -4 addr show dev eth0; ip route; cat /etc/hosts;"
+        bridged("ip -o -4 addr show dev eth0; ip route; cat /etc/hosts /etc/resolv.conf;"
                 f"for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O - http://{GATEWAY}:18080/"
                 " && exit 0; sleep 0.3; done; exit 1", "client")
         done = ns.minict("start", "--name", "client")
@@ -257,6 +267,7 @@ def test_bridge_container_gets_an_address_and_reaches_the_host(ns, bridged, tmp_
     assert address != f"{GATEWAY}/24"
     assert f"default via {GATEWAY} dev eth0" in done.stdout
     assert f"{address.split('/')[0]}\tclient\n" in done.stdout
+    assert network.resolv_conf() in done.stdout
     assert done.stdout.endswith("hello from the host\n")
 
 
