@@ -279,3 +279,50 @@ def test_prune_removes_stopped_containers_only(minict, minict_dir, busybox, runn
     assert all(line.startswith("Deleted: sha256:") for line in lines[2:])
     assert json.loads(minict("list-containers").stdout) == ["live"]
     assert minict("run", "--image", busybox, "--name", "after", "--rm", "--", "true").returncode == 0
+
+
+def test_exec_on_a_terminal_gets_a_pty_of_the_container(minict_dir, running):
+    import fcntl
+    import select
+    import struct
+    import termios
+
+    running("tty")
+    master, slave = os.openpty()
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+    env = dict(os.environ, MINICT_DIR=str(minict_dir))
+    pid = os.fork()
+    if pid == 0:  # a session leader with the pty as its controlling terminal
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        for fd in (0, 1, 2):
+            os.dup2(slave, fd)
+        os.execve(sys.executable, [sys.executable, "-m", "minict", "exec", "--name", "tty", "--",
+                                   "sh", "-c", "tty; busybox stty size; exit 9"], env)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 20
+        while b"33 101" not in seen and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.1)[0]:
+                seen += os.read(master, 4096)
+        _, raw = os.waitpid(pid, 0)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert os.waitstatus_to_exitcode(raw) == 9
+    assert b"/dev/pts/" in seen and b"33 101" in seen, seen
+
+
+@pytest.mark.parametrize("network", ["host", "none"])
+def test_exec_is_in_every_namespace_of_the_container(minict, running, network):
+    running("ns", "--network", network)
+    kinds = ["mnt", "pid", "ipc", "uts", "net", "user", "cgroup"]
+    script = "; ".join(f"readlink /proc/1/ns/{k}; readlink /proc/self/ns/{k}" for k in kinds)
+    done = minict("exec", "--name", "ns", "--", "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    links = done.stdout.split()
+    assert len(links) == 2 * len(kinds)
+    assert links[0::2] == links[1::2]
+    host = {k: os.readlink(f"/proc/self/ns/{k}") for k in kinds}
+    assert links[0] != host["mnt"] and links[2] != host["pid"]
+    assert (links[8] == host["net"]) == (network == "host")
