@@ -1,16 +1,20 @@
 """The child side of starting a container: a flat checklist, in order.
 
-Two processes run this code, both forked from minict (launch.py is the
-parent side and documents the messages on the channel):
+For run and start, two processes run this code, both forked from minict
+(launch.py is the parent side and documents the messages on the channel):
 
     intermediate()   unshare the namespaces, wait for the uid/gid maps (and
                      the network), fork PID 1 of the new pid namespace, tell its pid, exit
     container()      PID 1: mounts, pivot_root, host name, limits, user,
                      capabilities, then execve of the container's command
 
-Neither ever returns into minict's normal code: on success container()
-becomes the container's program; on any failure both report one line on the
-channel and `os._exit`.  So a failed step can never go on to run anything on
+`exec` replaces both: joiner() enters a running container's namespaces and
+root and forks the command, which then takes the same last steps as PID 1
+(_become_process: terminal, limits, user, capabilities, execve).
+
+None ever returns into minict's normal code: on success container()
+becomes the container's program; on any failure each reports one line on the
+channel and `os._exit`s.  So a failed step can never go on to run anything on
 the host (the teaching clone this replaces ran the command on the host when
 its chroot failed).
 
