@@ -360,6 +360,8 @@ def test_ten_concurrent_runs_get_ten_distinct_addresses(ns, pulled):
         assert proc.returncode == 0, err
         addresses.append(out.split(" inet ")[1].split("/")[0])
     assert len(set(addresses)) == 10, addresses
+    settings = json.loads((ns.minict_dir / "containers/c0/network.json").read_text())
+    assert settings == {"mode": "bridge", "publish": []}  # what `start` will do again
     assert all(ipaddress.IPv4Address(a) in SUBNET and a != GATEWAY for a in addresses)
     assert ns.leases() == {}
     assert ns.links() == ["lo", BRIDGE]
@@ -393,3 +395,22 @@ def test_the_next_run_reclaims_what_a_crash_left(ns, bridged):
     assert done.returncode == 0, done.stderr
     assert leftovers(ns, "lost") == ([], None, [])
     assert ns.leases() == {}
+
+
+@pytest.mark.root
+def test_a_bridge_that_does_not_fit_is_one_clear_line(ns, bridged):
+    bridged("true", "odd")
+    subprocess.run(["ip", "-n", ns.name, "link", "add", BRIDGE, "type", "veth"], check=True)
+    done = ns.minict("start", "--name", "odd")
+    assert done.returncode == 1
+    assert done.stderr.rstrip().endswith(f"fatal {BRIDGE} exists and is not a bridge "
+                                         "(set MINICT_BRIDGE)")
+    subprocess.run(["ip", "-n", ns.name, "link", "del", BRIDGE], check=True)
+    subprocess.run(["ip", "-n", ns.name, "link", "add", BRIDGE, "type", "bridge"], check=True)
+    subprocess.run(["ip", "-n", ns.name, "addr", "add", "10.213.8.1/24", "dev", BRIDGE],
+                   check=True)
+    done = ns.minict("start", "--name", "odd")
+    assert done.returncode == 1
+    assert f"fatal bridge {BRIDGE} has 10.213.8.1/24, not {GATEWAY}/24" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert ns.leases() == {} and ns.rules() == []
