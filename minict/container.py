@@ -158,21 +158,16 @@ def exec_in(name: str, args: list[str]) -> int:
         raise ContainerError(f"Container with name {name} does not exist.")
     if not args:
         raise ContainerError("exec needs a command: minict exec --name NAME -- COMMAND [ARG]...")
-    lock = _lock(name, wait=False)
-    if lock is not None:
-        _unlock(name, lock)
-        raise ContainerError(f"Container with name {name} is not running; "
-                             "start it with 'minict start'")
-    state = read_state(path)
-    pid = state.get("pid") if state.get("status") == "running" else None
+    pid = running_pid(path)
     # Holding /proc/<pid> open pins that process: if it exits and the pid is
     # reused, lookups through the descriptor fail instead of finding the stranger.
-    proc_fd = _open_proc(pid) if isinstance(pid, int) else None
-    if proc_fd is None or _parent(pid, proc_fd) != state.get("owner"):
-        if proc_fd is not None:
-            os.close(proc_fd)
-        raise ContainerError(f"Container with name {name} is being created or stopped; "
-                             "try again in a moment")
+    proc_fd = _open_proc(pid) if pid is not None else None
+    if proc_fd is not None and _parent(pid, proc_fd) != read_state(path).get("owner"):
+        os.close(proc_fd)
+        proc_fd = None
+    if proc_fd is None:
+        raise ContainerError(f"Container with name {name} is not running; "
+                             "start it with 'minict start'")
     try:
         config = _read_config(path)
         config["process"] = {**(config.get("process") or {}), "args": list(args)}
@@ -217,6 +212,19 @@ def is_running(name: str) -> bool:
         return True
     _unlock(name, lock)
     return False
+
+
+def running_pid(path) -> int | None:
+    """Return the host pid of the bundle's init if state.json says it runs and it does.
+
+    Unlike a look at the lock, this never gets in the way of a concurrent
+    `start`; the pid counts only while its parent is the minict that wrote it.
+    """
+    state = read_state(path)
+    pid = state.get("pid")
+    if state.get("status") != "running" or not isinstance(pid, int):
+        return None
+    return pid if _parent(pid) == state.get("owner") else None
 
 
 def is_complete(path) -> bool:

@@ -54,7 +54,7 @@ def container_rows() -> list[dict]:
         config = _read_json(path / container.CONFIG_NAME)
         state = container.read_state(path)
         status = state.get("status") or "created"
-        if status == "running" and not container.is_running(name):
+        if status == "running" and container.running_pid(path) is None:
             status = "exited"  # its minict died (and took the container along)
         rows.append({
             "name": name, "image": mark.get("image", ""), "status": status,
@@ -77,7 +77,7 @@ def inspect(name: str) -> dict:
         "Image": mark.get("image", ""),
         "ImageManifest": mark.get("manifest", ""),
         "Created": mark.get("created", ""),
-        "State": {**state, "running": container.is_running(name)},
+        "State": {**state, "running": container.running_pid(path) is not None},
         "Config": _read_json(path / container.CONFIG_NAME),
     }
 
