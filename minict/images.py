@@ -62,8 +62,9 @@ def _lock(kind: int, others: str):
 def remove(ref: Reference) -> tuple[list[str], list[str]]:
     """Untag `ref` and delete the blobs of its layout nothing references any more.
 
-    Return (the untagged images as list-images names them, the deleted digests).  The repository's
-    directory goes when its last tag does.  Raise MinictError if `ref` is not stored.
+    Return (the untagged images as list-images names them, the deleted
+    digests).  The repository's directory goes when its last tag does.
+    Raise MinictError if `ref` is not stored.
     """
     layout = layouts.Layout.for_reference(ref)
     with sweeping():
