@@ -182,6 +182,15 @@ def _build(bundle: Path, image: layouts.Layout, manifest: dict, config: dict, na
     _write_json_atomic(bundle / CONFIG_NAME, document, indent="\t")
 
 
+def read_user_databases(rootfs) -> tuple[str | None, str | None]:
+    """Return the rootfs's /etc/passwd and /etc/group (None when absent), never following a symlink."""
+    root_fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return _read_user_db(root_fd, "passwd"), _read_user_db(root_fd, "group")
+    finally:
+        os.close(root_fd)
+
+
 def _read_user_db(root_fd: int, name: str) -> str | None:
     """Return the rootfs's /etc/<name>, or None if absent; never follow a symlink out."""
     try:

@@ -221,9 +221,13 @@ def list_images(output):
 @group.command("exec", short_help="Run a command inside a running container.",
                context_settings={"ignore_unknown_options": True})
 @click.option("--name", required=True, help="The running container.")
+@click.option("--env", "-e", multiple=True, metavar="KEY[=VALUE]",
+              help="Set an environment variable (KEY alone: minict's own value). Repeatable.")
+@click.option("--workdir", "-w", metavar="DIR", help="The working directory.")
+@click.option("--user", "-u", metavar="USER[:GROUP]", help="Run as this user (as run -u).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED,
                 metavar="-- COMMAND [ARG]...")
-def exec_command(name, command):
+def exec_command(name, env, workdir, user, command):
     """Run a command inside a running container, with its env, cwd, user and capabilities.
 
     Exits with the command's exit status.
@@ -231,7 +235,8 @@ def exec_command(name, command):
     from minict import container, store
 
     store.check_container_name(name)
-    _exit_now(container.exec_in(name, list(command)))
+    _exit_now(container.exec_in(name, list(command), env=_env_options(env), workdir=workdir,
+                                user=user))
 
 
 @group.command(short_help="Remove an image and the blobs only it used.")

@@ -146,12 +146,15 @@ def remove(name: str, force: bool) -> None:
         _unlock(name, lock)
 
 
-def exec_in(name: str, args: list[str]) -> int:
+def exec_in(name: str, args: list[str], *, env=(), workdir: str | None = None,
+            user: str | None = None) -> int:
     """Run `args` inside the running container `name`; return the command's exit status.
 
     The command joins the container's namespaces and root and gets its
-    config's env, cwd, user, capabilities and terminal setting.  Raise
-    ContainerError if the container does not exist or is not running, or LaunchError.
+    config's env, cwd, user, capabilities and terminal setting; `env`
+    (NAME=value items), `workdir` and `user` (as `run -u`) change them, as
+    docker exec's options do.  Raise ContainerError if the container does
+    not exist or is not running, or LaunchError.
     """
     path = store.container_dir(name)
     if not is_complete(path):
@@ -170,10 +173,42 @@ def exec_in(name: str, args: list[str]) -> int:
                              "start it with 'minict start'")
     try:
         config = _read_config(path)
-        config["process"] = {**(config.get("process") or {}), "args": list(args)}
+        config["process"] = _exec_process(path, config, args, env, workdir, user)
         return launch.launch(str(path), config, join=proc_fd)
     finally:
         os.close(proc_fd)
+
+
+def _exec_process(path, config: dict, args, env, workdir, user) -> dict:
+    """Return config.json's process with exec's command and options in place."""
+    process = {**(config.get("process") or {}), "args": list(args)}
+    if workdir is not None:
+        if not workdir.startswith("/"):
+            raise ContainerError(f"the working directory {workdir!r} is invalid: "
+                                 "it needs to be an absolute path")
+        process["cwd"] = workdir
+    variables = list(process.get("env") or [])
+    if user is not None:
+        from minict import bundle, spec
+
+        rootfs = os.path.join(path, (config.get("root") or {}).get("path", "rootfs"))
+        try:
+            resolved = spec.resolve_user(user, *bundle.read_user_databases(rootfs))
+        except spec.SpecError as err:
+            raise ContainerError(str(err)) from None
+        except OSError as err:
+            raise ContainerError(f"cannot read the container's user database: "
+                                 f"{err.strerror}") from None
+        # runc's rule: the user's home, unless the command's env names one.
+        home = resolved.pop("home", None) or "/"
+        process["user"] = resolved
+        if not any(item.startswith("HOME=") for item in env):
+            env = [f"HOME={home}", *env]
+    for item in env:
+        key = item.partition("=")[0] + "="
+        variables = [v for v in variables if not v.startswith(key)] + [item]
+    process["env"] = variables
+    return process
 
 
 def _open_proc(pid: int) -> int | None:

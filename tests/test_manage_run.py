@@ -326,3 +326,22 @@ def test_exec_is_in_every_namespace_of_the_container(minict, running, network):
     host = {k: os.readlink(f"/proc/self/ns/{k}") for k in kinds}
     assert links[0] != host["mnt"] and links[2] != host["pid"]
     assert (links[8] == host["net"]) == (network == "host")
+
+
+def test_exec_options_change_env_cwd_and_user(minict, running):
+    running("opts", "-e", "KEEP=1", "-e", "OVER=run")
+    done = minict("exec", "--name", "opts", "-e", "OVER=exec", "-e", "NEW", "-w", "/made/here",
+                  "-u", "app", "--", "sh", "-c",
+                  "echo $KEEP $OVER $NEW $HOME; pwd; id -u; id -g; id -G",
+                  env={"NEW": "from minict"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "1 exec from minict /home/app\n/made/here\n1000\n1000\n1000\n"
+    plain = minict("exec", "--name", "opts", "--", "sh", "-c", "echo $OVER $HOME; pwd; id -u")
+    assert plain.stdout == "run /root\n/\n0\n"  # the options were this exec's only
+    numeric = minict("exec", "--name", "opts", "-u", "4321:99", "--", "sh", "-c",
+                     "id -u; id -g; echo $HOME")
+    assert numeric.stdout == "4321\n99\n/\n"
+    for options, message in [(["-u", "ghost"], "cannot find user 'ghost'"),
+                             (["-w", "rel"], "needs to be an absolute path")]:
+        bad = minict("exec", "--name", "opts", *options, "--", "true")
+        assert bad.returncode == 1 and message in bad.stderr, bad.stderr
