@@ -165,6 +165,12 @@ _NS_FILES = {"mnt": linux.CLONE_NEWNS, "pid": linux.CLONE_NEWPID, "ipc": linux.C
 
 def _join_and_fork(channel, proc_fd, config, terminal):
     _default_signals()
+    # Until its execve the command is minict's Python, with the host's
+    # binary behind /proc/<pid>/exe and host descriptors open, yet visible to
+    # the container's processes: not dumpable, they cannot open any of it
+    # (CVE-2019-5736; runc's nsexec does the same).  The fork inherits this,
+    # and the execve of a normal program makes it dumpable again.
+    linux.set_dumpable(False)
     # Open everything first: once in the container's mount namespace, the
     # host's /proc is out of reach.
     try:

@@ -70,6 +70,7 @@ MS_TO_MOUNT_ATTR = {MS_RDONLY: MOUNT_ATTR_RDONLY, MS_NOSUID: MOUNT_ATTR_NOSUID,
 
 # -- prctl(2) options -------------------------------------------------------
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
@@ -191,6 +192,11 @@ def set_child_subreaper() -> None:
 def set_pdeathsig(signo: int) -> None:
     """Get `signo` when the parent dies (PR_SET_PDEATHSIG; cleared by credential changes)."""
     prctl(PR_SET_PDEATHSIG, signo, name="prctl(PR_SET_PDEATHSIG)")
+
+
+def set_dumpable(on: bool) -> None:
+    """Allow or forbid ptrace and /proc/<pid> access by less privileged peers (PR_SET_DUMPABLE)."""
+    prctl(PR_SET_DUMPABLE, int(on), name="prctl(PR_SET_DUMPABLE)")
 
 
 def set_keepcaps(on: bool) -> None:
