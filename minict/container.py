@@ -17,6 +17,7 @@ import json
 import os
 import re
 import signal
+import time
 
 from minict import launch, linux, log, store
 from minict.errors import ContainerError, LaunchError, MinictError
@@ -242,7 +243,7 @@ def list_names() -> list[str]:
 
 def is_running(name: str) -> bool:
     """Return whether a minict holds container `name`'s lock (creating, running or removing it)."""
-    lock = _lock(name, wait=False)
+    lock = _lock(name, wait=False, probe=True)
     if lock is None:
         return True
     _unlock(name, lock)
@@ -360,13 +361,33 @@ def _lock_path(name: str):
     return store.containers_dir() / f".{store.check_container_name(name)}.lock"
 
 
-def _lock(name: str, *, wait: bool) -> int | None:
-    """Take container `name`'s lock; return its descriptor, or None if taken and not `wait`."""
+# is_running() probes other containers' locks (network.py reclaims leases
+# with it) and holds them for microseconds; a command that finds a lock taken
+# looks again for this long before it believes a minict really holds it.
+_PROBE_GRACE = (0.005, 0.02, 0.05)
+
+
+def _lock(name: str, *, wait: bool, probe: bool = False) -> int | None:
+    """Take container `name`'s lock; return its descriptor, or None if taken and not `wait`.
+
+    Without `wait`, a lock found taken is tried again over a few tens of
+    milliseconds (unless this is itself a `probe`), so that another
+    command's momentary probe is not mistaken for a running container.
+    """
     path = _lock_path(name)
+    retries = () if probe else _PROBE_GRACE
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
+            for pause in retries:
+                try:
+                    fcntl.flock(fd, flags)
+                    break
+                except BlockingIOError:
+                    time.sleep(pause)
+            else:
+                fcntl.flock(fd, flags)
         except BlockingIOError:
             os.close(fd)
             return None
