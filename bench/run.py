@@ -136,7 +136,9 @@ class Trash:
         return setup
 
     def empty(self) -> None:
+        """Delete what was moved aside; sync so ext4 issues its discards now, untimed."""
         remove_tree(self.directory)
+        os.sync()
 
 
 def ms(seconds: float) -> str:
