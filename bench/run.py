@@ -1,6 +1,6 @@
 """Benchmark minict against the tools it replaces, on the local bench image.
 
-    bench/run.py pull|unpack|launch|all [--runs N] [--markdown]
+    bench/run.py unpack|pull|launch|all [--runs N] [--markdown] [--plain-venv]
 
 Starts a docker-registry on loopback, pushes the cached bench image to it
 (bench/image.py), then runs each comparison's commands alternately, round
