@@ -44,8 +44,10 @@ lint: $(VENV)/.installed
 bench: bench-deps test-deps $(VENV)/.installed
 	$(VENV)/bin/python bench/run.py all $(BENCH_ARGS)
 
+# An existing venv is reused as it is: re-running `venv` over one made by
+# another Python would rewrite its pyvenv.cfg and break it.
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
