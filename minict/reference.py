@@ -75,20 +75,16 @@ class Reference:
 
     def familiar(self) -> str:
         """The short form users type and `list-images` prints: `ubuntu:20.04`."""
-        text = self.familiar_name
-        if self.tag is not None:
-            text += f":{self.tag}"
-        if self.digest is not None:
-            text += f"@{self.digest}"
-        return text
+        return self._qualify(self.familiar_name)
 
     def __str__(self) -> str:
-        text = self.name
-        if self.tag is not None:
-            text += f":{self.tag}"
-        if self.digest is not None:
-            text += f"@{self.digest}"
-        return text
+        return self._qualify(self.name)
+
+    def _qualify(self, repository: str) -> str:
+        """Return `repository` followed by this reference's `:tag` and `@digest`."""
+        tag = f":{self.tag}" if self.tag is not None else ""
+        digest = f"@{self.digest}" if self.digest is not None else ""
+        return repository + tag + digest
 
 
 def parse(text: str) -> Reference:

@@ -16,11 +16,10 @@ import socket
 import ssl
 import subprocess
 import time
-from pathlib import Path
-from typing import Self
-
 import urllib.error
 import urllib.request
+from pathlib import Path
+from typing import Self
 
 BINARY = "docker-registry"
 START_TIMEOUT = 15.0
