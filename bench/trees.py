@@ -8,8 +8,9 @@ from pathlib import Path
 def entries(root: Path) -> dict[str, tuple]:
     """Return {relative path: (mode, uid, gid, size, link target, rdev, mtime)} under `root`.
 
-    Directory sizes and mtimes are left out: a directory's size depends on
-    the file system, and its mtime on the order entries were written in.
+    Directory sizes are left out: they depend on the file system.  Directory
+    mtimes count: minict restores those a layer changes without listing them,
+    as umoci does, so both trees must agree on them too.
     """
     found = {}
     for current, dirs, files in os.walk(root):
@@ -22,7 +23,7 @@ def entries(root: Path) -> dict[str, tuple]:
                 None if is_dir else info.st_size,
                 os.readlink(path) if stat.S_ISLNK(info.st_mode) else None,
                 info.st_rdev,
-                None if is_dir else int(info.st_mtime),
+                int(info.st_mtime),
             )
     return found
 

@@ -18,6 +18,10 @@ rootfs, like everything else.
 Whiteouts (layer.md "Whiteouts"): `.wh.<name>` removes `<name>` from the
 layers below, `.wh..wh..opq` empties its directory of the layers below; a
 whiteout never removes what the same layer wrote (umoci tracks the same).
+
+Directory times match `umoci unpack`: a directory gets its own entry's
+mtime, set after the layer; one a layer changes (adds to, removes from)
+without listing it keeps the times it had before that layer.
 """
 
 import errno
@@ -462,7 +466,10 @@ class _Applier:
         self.dirs: dict[bytes, int] = {}  # resolved parent path -> open fd, in LRU order
         self.written: set[bytes] = set()  # paths this layer created (whiteouts spare them)
         self.written_below: set[bytes] = set()  # directories with a written path below
-        self.dir_times: list[tuple[bytes, int]] = []  # directories' mtimes, set last
+        self.dir_times: list[tuple[bytes, int, int]] = []  # directories' mtimes, set last
+        # (atime, mtime) of directories this layer changed but does not list,
+        # as they were before it: restored at the end, as umoci does.
+        self.kept_times: dict[bytes, tuple[int, int]] = {}
 
     def close(self):
         for fd in self.dirs.values():
@@ -503,6 +510,7 @@ class _Applier:
         except FileNotFoundError:
             if not create:
                 return None
+            self.keep_times(path.rpartition(b"/")[0], parent_fd)
             os.mkdir(base, 0o755, dir_fd=parent_fd)
             fd = os.open(base, _O_DIR, dir_fd=parent_fd)
             os.fchmod(fd, 0o755)  # not the umask's choice
@@ -534,6 +542,16 @@ class _Applier:
             self.written_below.add(parent)
             parent = parent.rpartition(b"/")[0]
 
+    def keep_times(self, path: bytes, fd: int) -> None:
+        """Remember directory `path`'s times before this layer first changes its entries.
+
+        umoci restores a parent's metadata after each entry it creates or
+        removes, so a directory the layer does not list keeps its old mtime.
+        """
+        if path not in self.written and path not in self.kept_times:
+            st = os.fstat(fd)
+            self.kept_times[path] = (st.st_atime_ns, st.st_mtime_ns)
+
     def forget(self, path: bytes) -> None:
         """Drop cached fds of `path` and below: it is being removed or replaced."""
         below = path + b"/"
@@ -556,6 +574,7 @@ class _Applier:
             self.root_entry(e)
             return
         parent_fd = self.dir_fd(parent)
+        self.keep_times(parent, parent_fd)
         kind = e.type
         if kind in _REGULAR:
             self.regular(e, reader, parent_fd, base, path)
@@ -636,7 +655,7 @@ class _Applier:
         if e.xattrs:
             self.set_xattrs(e, fd)
         # Writing members into a directory changes its mtime: set it after the layer.
-        self.dir_times.append((path, e.mtime_ns))
+        self.dir_times.append((path, e.mtime_ns, e.mtime_ns))
 
     def hardlink(self, e: Entry, parent_fd: int, base: bytes, path: bytes):
         # Link names are rootfs paths; real images write them absolute too.
@@ -677,6 +696,7 @@ class _Applier:
         if name == b".wh..opq":
             parent_fd = self.dir_fd(parent, create=False)
             if parent_fd is not None:
+                self.keep_times(parent, parent_fd)
                 for child in os.listdir(parent_fd):
                     child_path = parent + b"/" + os.fsencode(child) if parent else os.fsencode(child)
                     self.remove_lower(parent_fd, os.fsencode(child), child_path)
@@ -685,6 +705,7 @@ class _Applier:
             return  # aufs metadata (.wh..wh.plnk and such): nothing to apply
         parent_fd = self.dir_fd(parent, create=False)
         if parent_fd is not None:
+            self.keep_times(parent, parent_fd)
             self.remove_lower(parent_fd, name, parent + b"/" + name if parent else name)
 
     def remove_lower(self, parent_fd: int, name: bytes, path: bytes):
@@ -695,6 +716,7 @@ class _Applier:
             self.remove(parent_fd, name, path)
             return
         fd = self.dir_fd(path, create=False)
+        self.keep_times(path, fd)
         for child in os.listdir(fd):
             self.remove_lower(fd, os.fsencode(child), path + b"/" + os.fsencode(child))
 
@@ -720,13 +742,27 @@ class _Applier:
             self.set_xattrs(e, b"/proc/self/fd/%d/%s" % (parent_fd, base))
 
     def set_dir_times(self) -> None:
-        for path, mtime_ns in self.dir_times:  # utime changes no parent's mtime: any order
+        """Give back kept directories their old times, then set the listed ones'.
+
+        In this order, a directory the layer lists gets the layer's mtime even
+        if it was kept first (a member came before its directory's entry).
+        utime changes no parent's mtime, so the order is free otherwise.
+        """
+        kept = [(path, atime, mtime) for path, (atime, mtime) in self.kept_times.items()]
+        for path, atime_ns, mtime_ns in kept + self.dir_times:
+            if not path:
+                os.utime(self.root_fd, ns=(atime_ns, mtime_ns))
+                continue
+            fd = self.dirs.get(path)
+            if fd is not None:  # still open: the same directory, no lookup
+                os.utime(fd, ns=(atime_ns, mtime_ns))
+                continue
             parent, _, base = path.rpartition(b"/")
             try:
                 parent_fd = self.dir_fd(parent, create=False)
                 if parent_fd is None:
                     continue
-                fd = open_dir_at(parent_fd, base) if base else os.dup(self.root_fd)
+                fd = open_dir_at(parent_fd, base)
             except (_Refused, FileNotFoundError, NotADirectoryError):
                 continue  # removed or replaced later in the layer
             except OSError as err:
@@ -734,7 +770,7 @@ class _Applier:
                     raise
                 continue
             try:
-                os.utime(fd, ns=(mtime_ns, mtime_ns))
+                os.utime(fd, ns=(atime_ns, mtime_ns))
             finally:
                 os.close(fd)
 

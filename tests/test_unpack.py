@@ -187,6 +187,31 @@ def test_mtimes_and_directories_last(tmp_path):
     assert os.stat(root / "d/f").st_mtime == 2_000_000
 
 
+LOWER_DIRS = [Dir("d", mtime=1_000_000), File("d/old", b"o"), Dir("d/sub", mtime=1_500_000),
+              File("d/sub/x", b"x")]
+
+
+# (second layer, expected mtimes): a directory the layer changes without listing
+# it keeps the lower layer's mtime (umoci restores it); one it lists gets its own.
+@pytest.mark.parametrize(("upper", "expected"), [
+    ([File("d/new", b"n", mtime=9_000_000)], {"d": 1_000_000, "d/new": 9_000_000}),
+    ([File("d/sub/deeper/new", b"n")], {"d": 1_000_000, "d/sub": 1_500_000}),
+    ([Whiteout("d/old")], {"d": 1_000_000}),
+    ([Opaque("d")], {"d": 1_000_000}),
+    ([File("d/old", b"replaced")], {"d": 1_000_000}),
+    ([Dir("d", mtime=7_000_000), File("d/new", b"n")], {"d": 7_000_000}),
+    ([File("d/new", b"n"), Dir("d", mtime=7_000_000)], {"d": 7_000_000}),
+    ([Dir("d", mtime=7_000_000), Whiteout("d/sub")], {"d": 7_000_000}),
+    ([File("top", b"t")], {"d": 1_000_000, "d/sub": 1_500_000}),
+], ids=["add", "add-below-new-dir", "whiteout", "opaque", "replace", "listed", "listed-after",
+        "listed-whiteout", "elsewhere"])
+def test_directory_mtimes_across_layers(tmp_path, upper, expected):
+    root = unpacked(tmp_path, [Dir(".", mtime=500_000), *LOWER_DIRS], upper)
+    mtimes = {path: os.lstat(root / path).st_mtime_ns // 1_000_000_000 for path in expected}
+    assert mtimes == expected
+    assert os.lstat(root).st_mtime_ns == 500_000 * 1_000_000_000  # the root, changed too
+
+
 def test_pax_mtime_keeps_nanoseconds(tmp_path):
     root = unpacked(tmp_path, [File("f", b"x", pax={"mtime": "1606343129.546718343"})])
     assert os.stat(root / "f").st_mtime_ns == 1606343129_546718343
