@@ -1,3 +1,3 @@
-from minict.cli import main
+from minict.entry import main
 
 main()

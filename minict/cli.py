@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from minict import __version__, log
+from minict import __version__, entry, log
 from minict.errors import MinictError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -69,19 +69,6 @@ def _parse_reference(text):
     from minict import reference
 
     return reference.parse(text)
-
-
-def _exit_now(status: int) -> None:
-    """Exit with the container's `status`, skipping the interpreter's teardown.
-
-    Tearing down click and the rest costs ~10 ms, a third of `start`'s own
-    budget; the work is done and only the standard streams need flushing.
-    """
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    finally:
-        os._exit(status)
 
 
 def _print_json_list(items):
@@ -147,7 +134,7 @@ def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull
         env=_env_options(env), workdir=workdir, user=user, hostname=hostname)
     status = container.run(ref, name, overrides, auto_remove=auto_remove, pull=pull_policy,
                            network=network, publish=ports)
-    _exit_now(status)
+    entry.exit_now(status)
 
 
 def _env_options(items) -> tuple[str, ...]:
@@ -168,10 +155,7 @@ def _env_options(items) -> tuple[str, ...]:
 @click.option("--name", required=True, help="The container to start.")
 def start(name):
     """Start an existing container that was exited."""
-    from minict import container, store
-
-    store.check_container_name(name)
-    _exit_now(container.start(name))
+    entry.start(name)
 
 
 @group.command(short_help="Remove an existing container.")
@@ -235,7 +219,7 @@ def exec_command(name, env, workdir, user, command):
     from minict import container, store
 
     store.check_container_name(name)
-    _exit_now(container.exec_in(name, list(command), env=_env_options(env), workdir=workdir,
+    entry.exit_now(container.exec_in(name, list(command), env=_env_options(env), workdir=workdir,
                                 user=user))
 
 
@@ -295,33 +279,23 @@ def help_command(ctx, command):
 
 
 def main(argv=None):
-    """Run the CLI; turn every failure into one `fatal` line and exit 1."""
+    """Run the CLI; turn every failure into one `fatal` line and exit 1 (entry.guard)."""
     if os.environ.get("MINICT_LOG_LEVEL", "").lower() == "debug":
         log.set_debug(True)
-    try:
-        group.main(args=argv, prog_name="minict", standalone_mode=False)
-    except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
-    except click.ClickException as usage:
-        usage.show()
-        sys.exit(usage.exit_code)
-    except click.exceptions.Abort:
-        log.fatal("aborted")
-        sys.exit(1)
-    except MinictError as err:
-        log.fatal(str(err))
-        sys.exit(1)
-    except KeyboardInterrupt:
-        log.fatal("interrupted")
-        sys.exit(130)
-    except BrokenPipeError:
-        # A reader closed our stdout (`minict list-images | head -0`): nothing to report.
-        sys.stderr.close()
-        sys.exit(1)
-    except OSError as err:
-        # An unforeseen OS failure still reaches the user as one line, not a traceback.
-        log.fatal(f"{err.strerror or err}" + (f": {err.filename}" if err.filename else ""))
-        sys.exit(1)
+
+    def invoke():
+        try:
+            group.main(args=argv, prog_name="minict", standalone_mode=False)
+        except click.exceptions.Exit as done:
+            sys.exit(done.exit_code)
+        except click.ClickException as usage:
+            usage.show()
+            sys.exit(usage.exit_code)
+        except click.exceptions.Abort:
+            log.fatal("aborted")
+            sys.exit(1)
+
+    entry.guard(invoke)
     sys.exit(0)
 
 

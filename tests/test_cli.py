@@ -308,3 +308,46 @@ def test_unusable_minict_dir(minict, tmp_path, request, argv, where):
     done = minict(*argv, env={"MINICT_DIR": str(target)})
     check_failure(done, 1)
     assert snapshot(tmp_path / "blocker") == before
+
+
+# -- `start --name N` without click (minict/entry.py) --------------------------------------
+
+
+def _message(stderr: str) -> str:
+    """The last log line without its time stamp."""
+    return re.sub(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ", "", stderr.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("argv", [["start", "--name", "ghost"], ["start", "--name=ghost"],
+                                  ["start", "--name", "../x"]])
+def test_plain_start_skips_click_and_says_what_click_path_says(minict_dir, argv):
+    env = {**os.environ, "MINICT_DIR": str(minict_dir)}
+    env.pop("MINICT_LOG_LEVEL", None)
+    fast = subprocess.run([sys.executable, "-X", "importtime", "-m", "minict", *argv], check=False,
+                          capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    imported = {line.split("|")[-1].strip() for line in fast.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "minict.entry" in imported and "click" not in imported
+    messages = "\n".join(line for line in fast.stderr.splitlines()
+                         if not line.startswith("import time:"))
+    via_click = "import sys; from minict import cli; cli.main(sys.argv[1:])"
+    slow = subprocess.run([sys.executable, "-c", via_click, *argv], check=False,
+                          capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    assert fast.returncode == slow.returncode == 1
+    assert _message(messages) == _message(slow.stderr)
+    assert "fatal" in _message(slow.stderr)
+
+
+@pytest.mark.parametrize("argv", [["start", "--name", "ghost", "-h"], ["--debug", "start", "--name",
+                                  "ghost"], ["start", "--name", "-h"], ["start", "--name"]])
+def test_other_start_forms_go_through_click(minict, argv):
+    done = minict(*argv)
+    assert "Traceback" not in done.stderr
+    if argv[-1] == "-h" and argv[-2] == "--name":
+        assert done.returncode == 1 and "Invalid container name '-h'" in done.stderr
+    elif "-h" in argv:
+        assert done.returncode == 0 and "Usage: minict start" in done.stdout
+    elif argv == ["start", "--name"]:
+        assert done.returncode == 2 and "requires an argument" in done.stderr
+    else:
+        assert done.returncode == 1 and "does not exist" in done.stderr
