@@ -20,13 +20,12 @@ import contextlib
 import json
 import os
 import platform
-import re
 import stat
 import time
 from pathlib import Path
 
 from minict import layout as layouts
-from minict import log, spec, store, unpack
+from minict import linux, log, spec, store, unpack
 from minict.errors import MinictError, UnpackError
 from minict.reference import Reference
 
@@ -262,11 +261,6 @@ def remove_tree(path) -> None:
 
 def _mounts_at_or_below(path: Path) -> list[str]:
     base = os.path.realpath(path) if os.path.lexists(path) else str(path)
-    found = []
-    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as f:
-        for line in f:
-            # Field 5 is the mount point, octal-escaped (proc(5)).
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4])
-            if point == base or point.startswith(base.rstrip("/") + "/"):
-                found.append(point)
-    return found
+    with contextlib.suppress(OSError):
+        return linux.mounts_below(base)
+    return []

@@ -15,7 +15,6 @@ state.json tells the rest: the pid while running, the status after.
 import fcntl
 import json
 import os
-import re
 import signal
 import time
 
@@ -427,7 +426,7 @@ def unmount_below(path) -> None:
     path = os.path.abspath(path)
     base = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
     for _ in range(100):  # mounts may be stacked; each pass removes the top ones
-        points = mounts_below(base)
+        points = linux.mounts_below(base)
         if not points:
             return
         for point in sorted(points, key=lambda p: p.count("/"), reverse=True):
@@ -438,16 +437,3 @@ def unmount_below(path) -> None:
     raise ContainerError(f"cannot unmount everything below {base}")
 
 
-def mounts_below(base: str) -> list[str]:
-    """Return the mount points at or below `base` in /proc/self/mountinfo."""
-    found = []
-    prefix = base.rstrip("/") + "/"
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            # Field 5 is the mount point, with space, tab, newline and
-            # backslash as octal escapes (proc(5)).
-            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), line.split()[4])
-            point = os.fsdecode(point)
-            if point == base or point.startswith(prefix):
-                found.append(point)
-    return found

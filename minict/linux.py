@@ -1,4 +1,4 @@
-"""Every ctypes system call minict makes, and nothing else.
+"""Every ctypes system call minict makes, and the one reader of the mount table.
 
 Python 3.11 has no os.unshare/os.setns and no mount, pivot_root or capset at
 all, so they are called through libc here.  Each wrapper raises OSError with
@@ -11,6 +11,7 @@ aarch64 unless noted).
 import ctypes
 import os
 import platform
+import re
 import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -265,3 +266,21 @@ def read_signals(fd: int) -> list[tuple[int, int]]:
     data = os.read(fd, SIGINFO_SIZE * 16)
     return [struct.unpack_from("Iii", data, offset)[0:3:2]
             for offset in range(0, len(data), SIGINFO_SIZE)]
+
+
+# -- the mount table: proc(5) /proc/self/mountinfo ----------------------------
+
+
+def mounts_below(base: str) -> list[str]:
+    """Return the mount points at or below `base` in /proc/self/mountinfo; raise OSError."""
+    found = []
+    prefix = base.rstrip("/") + "/"
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            # Field 5 is the mount point, with space, tab, newline and
+            # backslash as octal escapes (proc(5)).
+            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), line.split()[4])
+            point = os.fsdecode(point)
+            if point == base or point.startswith(prefix):
+                found.append(point)
+    return found

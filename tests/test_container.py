@@ -141,7 +141,7 @@ def test_rm_detaches_leftover_mounts_and_never_follows_symlinks(minict, box, tmp
     done = minict("rm", "--name", "box")
     assert done.returncode == 0, done.stderr
     assert not path.exists()
-    assert not container.mounts_below(str(tmp_path))
+    assert not linux.mounts_below(str(tmp_path))
     assert (outside / "keep").read_text() == "keep me"
 
 
@@ -171,7 +171,7 @@ def test_run_creates_runs_and_refuses_the_name_again(minict, minict_dir, pulled)
     again = minict("run", "--image", pulled, "--name", "one")
     assert again.returncode == 1
     assert again.stderr.rstrip().endswith("fatal Container with name one already exists.")
-    assert not container.mounts_below(str(minict_dir))
+    assert not linux.mounts_below(str(minict_dir))
 
 
 def test_run_replaces_what_an_interrupted_run_left(minict, minict_dir, pulled):
@@ -236,6 +236,6 @@ def test_rm_of_a_bundle_replaced_by_a_symlink_touches_nothing_behind_it(minict, 
         assert "Traceback" not in done.stderr
         # Whether the link is removed or refused, what it points at stays as it was.
         assert (victim / "keep").read_text() == "keep me"
-        assert container.mounts_below(str(victim)) == [str(victim / "mnt")]
+        assert linux.mounts_below(str(victim)) == [str(victim / "mnt")]
     finally:
         linux.umount2(victim / "mnt", linux.MNT_DETACH)

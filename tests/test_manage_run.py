@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from minict import container
+from minict import container, linux
 
 pytestmark = pytest.mark.root
 
@@ -133,7 +133,7 @@ def test_rm_leaves_nothing_behind(minict, minict_dir, busybox):
     assert EXITED not in done.stderr  # it cannot be started again
     assert os.listdir(minict_dir / "containers") == []
     assert json.loads(minict("list-containers").stdout) == []
-    assert not container.mounts_below(str(minict_dir))
+    assert not linux.mounts_below(str(minict_dir))
     # and the name is free again
     assert minict("run", "--image", busybox, "--name", "gone", "--rm", "--", "true").returncode == 0
 
