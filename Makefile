@@ -15,7 +15,7 @@ VENV ?= .venv
 BENCH_ARGS ?= --plain-venv --markdown
 
 RUNTIME_PACKAGES = python3 python3-venv ca-certificates
-TEST_PACKAGES = docker-registry skopeo umoci busybox-static apache2-utils zstd tmux \
+TEST_PACKAGES = docker-registry skopeo umoci busybox-static apache2-utils zstd tmux gcc libc6-dev \
 	iproute2 nftables util-linux procps
 BENCH_PACKAGES = debootstrap runc crun hyperfine time
 
