@@ -117,15 +117,16 @@ def pull(image, platform, insecure, jobs, quiet):
               help="Publish a container port on the host (--network bridge). Repeatable.")
 @click.option("--cap-add", multiple=True, metavar="CAP",
               help="Add a capability to docker's default 14 (CHOWN or CAP_CHOWN; ALL for "
-              "every one). SYS_ADMIN lets the container undo its masked and read-only paths. "
-              "Repeatable.")
+              "every one). Repeatable. SYS_ADMIN lets the container unmount its masked and "
+              "read-only paths: as its root is the host's uid 0, that is --privileged.")
 @click.option("--cap-drop", multiple=True, metavar="CAP",
               help="Drop a capability (ALL drops all but those added). Repeatable.")
 @click.option("--privileged", is_flag=True,
-              help="Give away the host: every capability, every device, no system-call "
-              "filter, nothing masked or read-only in /proc. The container's root is the "
-              "host's uid 0, so it can then rewrite the host kernel's settings in /proc/sys "
-              "and run programs as root on the host.")
+              help="Give the container the host: every capability, every device, no "
+              "system-call filter, nothing masked or read-only in /proc (/sys stays read-only "
+              "until the container remounts it). Its root is the host's uid 0, so it can "
+              "change the host kernel's settings in /proc/sys and run programs as root on "
+              "the host (kernel.core_pattern).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- COMMAND [ARG]...]")
 def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull_policy,
         network, publish, cap_add, cap_drop, privileged, command):

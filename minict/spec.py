@@ -112,12 +112,14 @@ def override(image: dict, overrides: Overrides) -> dict:
 
 
 def generate(image: dict, hostname: str, passwd: str | None = None,
-             group: str | None = None, overrides: Overrides | None = None) -> dict:
+             group: str | None = None, overrides: Overrides | None = None,
+             host_masked: tuple[str, ...] = ()) -> dict:
     """Return the runtime config.json document for `image` (a parsed image config blob).
 
     `passwd` and `group` are the contents of the rootfs's /etc/passwd and
-    /etc/group, or None when absent; `overrides` are run's options.  Raise
-    SpecError for what cannot be converted.
+    /etc/group, or None when absent; `overrides` are run's options;
+    `host_masked` are masked paths that depend on the host (bundle.py finds
+    them).  Raise SpecError for what cannot be converted.
     """
     if overrides is None:
         overrides = Overrides()
@@ -176,7 +178,7 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
         "annotations": annotations,
         "linux": {
             "namespaces": [{"type": t} for t in _NAMESPACES],
-            "maskedPaths": [] if overrides.privileged else list(MASKED_PATHS),
+            "maskedPaths": [] if overrides.privileged else MASKED_PATHS + list(host_masked),
             "readonlyPaths": [] if overrides.privileged else list(READONLY_PATHS),
         },
     }
