@@ -175,10 +175,26 @@ def _build(bundle: Path, image: layouts.Layout, manifest: dict, config: dict, na
     finally:
         os.close(root_fd)
     try:
-        document = spec.generate(config, name, passwd, group, overrides)
+        document = spec.generate(config, name, passwd, group, overrides,
+                                 host_masked=thermal_throttle_paths())
     except spec.SpecError as err:
         raise UnpackError(f"cannot write {CONFIG_NAME}: {err}") from None
     _write_json_atomic(bundle / CONFIG_NAME, document, indent="\t")
+
+
+def thermal_throttle_paths() -> tuple[str, ...]:
+    """Return the host's per-CPU thermal_throttle directories, which moby masks too.
+
+    Their counters move with what other containers run (GHSA-6fw5-f8r9-fgfm).
+    """
+    base = "/sys/devices/system/cpu"
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return ()
+    cpus = sorted(int(n[3:]) for n in names if n.startswith("cpu") and n[3:].isdigit())
+    return tuple(f"{base}/cpu{n}/thermal_throttle" for n in cpus
+                 if os.path.isdir(f"{base}/cpu{n}/thermal_throttle"))
 
 
 def read_user_databases(rootfs) -> tuple[str | None, str | None]:

@@ -115,15 +115,27 @@ def pull(image, platform, insecure, jobs, quiet):
               "minict's bridge (minict0).")
 @click.option("--publish", "-p", multiple=True, metavar="HOSTPORT:PORT[/tcp|udp]",
               help="Publish a container port on the host (--network bridge). Repeatable.")
+@click.option("--cap-add", multiple=True, metavar="CAP",
+              help="Add a capability to docker's default 14 (CHOWN or CAP_CHOWN; ALL for "
+              "every one). Repeatable. SYS_ADMIN lets the container unmount its masked and "
+              "read-only paths: as its root is the host's uid 0, that is --privileged.")
+@click.option("--cap-drop", multiple=True, metavar="CAP",
+              help="Drop a capability (ALL drops all but those added). Repeatable.")
+@click.option("--privileged", is_flag=True,
+              help="Give the container the host: every capability, every device, no "
+              "system-call filter, nothing masked or read-only in /proc (/sys stays read-only "
+              "until the container remounts it). Its root is the host's uid 0, so it can "
+              "change the host kernel's settings in /proc/sys and run programs as root on "
+              "the host (kernel.core_pattern).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- COMMAND [ARG]...]")
 def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull_policy,
-        network, publish, command):
+        network, publish, cap_add, cap_drop, privileged, command):
     """Run a new container.
 
     A COMMAND after `--` replaces the image's Cmd.  Whatever is given here
     is kept in the container's config.json, so `start` repeats it.
     """
-    from minict import container, spec, store
+    from minict import capabilities, container, spec, store
     from minict.network import parse_publish
 
     store.check_container_name(name)
@@ -131,7 +143,9 @@ def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull
     ports = [parse_publish(p) for p in publish]
     overrides = spec.Overrides(
         entrypoint=entrypoint, cmd=tuple(command) if command else None,
-        env=_env_options(env), workdir=workdir, user=user, hostname=hostname)
+        env=_env_options(env), workdir=workdir, user=user, hostname=hostname,
+        cap_add=capabilities.normalize(cap_add), cap_drop=capabilities.normalize(cap_drop),
+        privileged=privileged)
     status = container.run(ref, name, overrides, auto_remove=auto_remove, pull=pull_policy,
                            network=network, publish=ports)
     entry.exit_now(status)

@@ -698,13 +698,19 @@ def _drop_bounding(names) -> None:
 
 
 def _set_capabilities(caps: dict) -> None:
+    # A capability newer than the running kernel cannot be held: skip it,
+    # as runc does, so that --privileged's full list works on older kernels.
+    try:
+        kernel = (1 << (linux.last_cap() + 1)) - 1
+    except OSError:
+        kernel = -1
     try:
         linux.set_keepcaps(False)
-        linux.capset(_cap_mask(caps.get("effective") or []),
-                     _cap_mask(caps.get("permitted") or []),
-                     _cap_mask(caps.get("inheritable") or []))
+        linux.capset(_cap_mask(caps.get("effective") or []) & kernel,
+                     _cap_mask(caps.get("permitted") or []) & kernel,
+                     _cap_mask(caps.get("inheritable") or []) & kernel)
         linux.ambient_clear()
-        ambient = _cap_mask(caps.get("ambient") or [])
+        ambient = _cap_mask(caps.get("ambient") or []) & kernel
         for cap in range(ambient.bit_length()):
             if ambient & (1 << cap):
                 linux.ambient_raise(cap)

@@ -1,11 +1,11 @@
 """Turn an image config into the runtime config.json: a pure function.
 
 The document is the one umoci writes for `umoci unpack --rootless` (the seed
-article shows it for ubuntu:20.04), with two deliberate changes: the
-hostname is the container's name, and the inheritable and ambient
-capability sets are empty.  Filling them (as umoci did) let a process keep
-capabilities across an exec of a non-privileged binary: CVE-2022-29162,
-after which runc and crun stopped doing it.
+article shows it for ubuntu:20.04), with deliberate changes: the hostname is
+the container's name; the capabilities are docker's default set, in the
+bounding, effective and permitted sets only (capabilities.py says why); and
+the masked and read-only paths are docker's (moby daemon/pkg/oci DefaultLinuxSpec).
+`--privileged` gives every capability and masks nothing.
 
 The conversion follows image-spec conversion.md and umoci's
 oci/config/convert: args = Entrypoint + Cmd, Env over the default PATH and
@@ -17,10 +17,11 @@ fields as annotations, and each Volume as a tmpfs mount.
 import copy
 from dataclasses import dataclass
 
+from minict import capabilities
+
 OCI_VERSION = "1.0.0"
 DEFAULT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"]
 DEFAULT_HOME = "/root"
-CAPABILITIES = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
 
 # umoci's defaults as ToRootless leaves them (the seed document): /sys and
 # /etc/resolv.conf become read-only rbinds at the end, devpts loses gid=5.
@@ -43,10 +44,17 @@ _MOUNTS_TAIL = [
 ]
 _VOLUME_OPTIONS = ["rw", "nosuid", "nodev", "noexec", "relatime"]
 _NAMESPACES = ["pid", "ipc", "uts", "mount", "user"]
-_MASKED_PATHS = ["/proc/kcore", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
-                 "/proc/sched_debug", "/sys/firmware", "/proc/scsi"]
-_READONLY_PATHS = ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
-                   "/proc/sysrq-trigger"]
+# moby's lists: what leaks the host's hardware, keys, timers and interrupts
+# (GHSA-6fw5-f8r9-fgfm), energy counters (GHSA-jq35-85cj-fj4p), firmware;
+# the init skips what this kernel lacks.  Read-only: the kernel's knobs in
+# /proc (as uid 0 of an identity-mapped container, /proc/sys would take
+# writes to the host's sysctls), plus /proc/pressure, whose files take
+# writes that create PSI triggers in the host kernel.
+MASKED_PATHS = ["/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+                "/proc/latency_stats", "/proc/sched_debug", "/proc/scsi", "/proc/timer_list",
+                "/proc/timer_stats", "/sys/devices/virtual/powercap", "/sys/firmware"]
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/pressure", "/proc/sys",
+                  "/proc/sysrq-trigger"]
 _ID_MAX = 2**31 - 1  # moby/sys/user's range for numeric ids
 
 ANNOTATION = "org.opencontainers.image."
@@ -64,6 +72,9 @@ class Overrides:
     `entrypoint` "" clears the image's Entrypoint; any other entrypoint also
     drops the image's Cmd (docker does: a Cmd is an Entrypoint's arguments).
     `cmd` replaces Cmd.  `env` entries (NAME=value) go over the image's Env.
+    `cap_add` and `cap_drop` are capability names (capabilities.resolve);
+    `privileged` gives every capability and drops the masked and read-only
+    paths (other parts of the config read it too).
     """
 
     entrypoint: str | None = None
@@ -72,6 +83,9 @@ class Overrides:
     workdir: str | None = None
     user: str | None = None
     hostname: str | None = None
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    privileged: bool = False
 
 
 def override(image: dict, overrides: Overrides) -> dict:
@@ -98,14 +112,18 @@ def override(image: dict, overrides: Overrides) -> dict:
 
 
 def generate(image: dict, hostname: str, passwd: str | None = None,
-             group: str | None = None, overrides: Overrides | None = None) -> dict:
+             group: str | None = None, overrides: Overrides | None = None,
+             host_masked: tuple[str, ...] = ()) -> dict:
     """Return the runtime config.json document for `image` (a parsed image config blob).
 
     `passwd` and `group` are the contents of the rootfs's /etc/passwd and
-    /etc/group, or None when absent; `overrides` are run's options.  Raise
-    SpecError for what cannot be converted.
+    /etc/group, or None when absent; `overrides` are run's options;
+    `host_masked` are masked paths that depend on the host (bundle.py finds
+    them).  Raise SpecError for what cannot be converted.
     """
-    if overrides is not None:
+    if overrides is None:
+        overrides = Overrides()
+    else:
         image = override(image, overrides)
         hostname = overrides.hostname or hostname
         if len(hostname.encode()) > 64:  # HOST_NAME_MAX, sethostname(2)
@@ -149,13 +167,8 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
             "args": args or ["sh"],
             "env": env,
             "cwd": _string(config, "WorkingDir") or "/",
-            "capabilities": {
-                "bounding": list(CAPABILITIES),
-                "effective": list(CAPABILITIES),
-                "inheritable": [],
-                "permitted": list(CAPABILITIES),
-                "ambient": [],
-            },
+            "capabilities": capabilities.process_sets(capabilities.resolve(
+                overrides.cap_add, overrides.cap_drop, overrides.privileged)),
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
             "noNewPrivileges": True,
         },
@@ -165,8 +178,8 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
         "annotations": annotations,
         "linux": {
             "namespaces": [{"type": t} for t in _NAMESPACES],
-            "maskedPaths": list(_MASKED_PATHS),
-            "readonlyPaths": list(_READONLY_PATHS),
+            "maskedPaths": [] if overrides.privileged else MASKED_PATHS + list(host_masked),
+            "readonlyPaths": [] if overrides.privileged else list(READONLY_PATHS),
         },
     }
 

@@ -20,9 +20,10 @@ UBUNTU_CONFIG = {
 UBUNTU_PASSWD = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
 UBUNTU_GROUP = "root:x:0:\ndaemon:x:1:\n"
 
-# The document umoci wrote for it (dissecting-minict.md), with the two
-# deliberate changes: hostname = the container's name, and empty inheritable
-# and ambient capability sets (CVE-2022-29162).
+# The document umoci wrote for it (dissecting-minict.md), with the
+# deliberate changes: hostname = the container's name; docker's 14 default
+# capabilities with empty inheritable and ambient sets (CVE-2022-29162); and
+# docker's masked and read-only paths (plus /proc/pressure read-only).
 EXPECTED = json.loads("""
 {
   "ociVersion": "1.0.0",
@@ -34,10 +35,16 @@ EXPECTED = json.loads("""
             "TERM=xterm", "HOME=/root"],
     "cwd": "/",
     "capabilities": {
-      "bounding": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
-      "effective": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+      "bounding": ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+                   "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+                   "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"],
+      "effective": ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+                    "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+                    "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"],
       "inheritable": [],
-      "permitted": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+      "permitted": ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+                    "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+                    "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"],
       "ambient": []
     },
     "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
@@ -71,9 +78,11 @@ EXPECTED = json.loads("""
   "linux": {
     "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
                    {"type": "user"}],
-    "maskedPaths": ["/proc/kcore", "/proc/latency_stats", "/proc/timer_list",
-                    "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
-    "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
+    "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore",
+                    "/proc/keys", "/proc/latency_stats", "/proc/sched_debug", "/proc/scsi",
+                    "/proc/timer_list", "/proc/timer_stats", "/sys/devices/virtual/powercap",
+                    "/sys/firmware"],
+    "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/pressure", "/proc/sys",
                       "/proc/sysrq-trigger"]
   }
 }
