@@ -115,9 +115,15 @@ def pull(image, platform, insecure, jobs, quiet):
               "minict's bridge (minict0).")
 @click.option("--publish", "-p", multiple=True, metavar="HOSTPORT:PORT[/tcp|udp]",
               help="Publish a container port on the host (--network bridge). Repeatable.")
+@click.option("--userns", type=click.Choice(["identity", "auto", "host"]), default="identity",
+              show_default=True, help="identity: a user namespace mapping every id to itself "
+              "(container root is host uid 0 for files); auto: 65536 host ids of minict's "
+              "/etc/subuid range no other container uses (container root is an unprivileged "
+              "host user); host: the host's user namespace (container root is host root, "
+              "limited only by its capabilities).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- COMMAND [ARG]...]")
 def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull_policy,
-        network, publish, command):
+        network, publish, userns, command):
     """Run a new container.
 
     A COMMAND after `--` replaces the image's Cmd.  Whatever is given here
@@ -131,7 +137,7 @@ def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull
     ports = [parse_publish(p) for p in publish]
     overrides = spec.Overrides(
         entrypoint=entrypoint, cmd=tuple(command) if command else None,
-        env=_env_options(env), workdir=workdir, user=user, hostname=hostname)
+        env=_env_options(env), workdir=workdir, user=user, hostname=hostname, userns=userns)
     status = container.run(ref, name, overrides, auto_remove=auto_remove, pull=pull_policy,
                            network=network, publish=ports)
     entry.exit_now(status)

@@ -41,8 +41,10 @@ def run(ref, name: str, overrides=None, *, auto_remove: bool = False,
     `start` too.  Raise ContainerError if the name is taken (also by a
     concurrent run), PullError, UnpackError, NetworkError or LaunchError.
     """
+    from dataclasses import replace
+
     from minict import bundle as bundles
-    from minict import images
+    from minict import images, userns
     from minict import network as networking
 
     settings = networking.check(network, list(publish))
@@ -59,6 +61,10 @@ def run(ref, name: str, overrides=None, *, auto_remove: bool = False,
         if os.path.lexists(path):
             raise ContainerError(f"Container with name {name} already exists.")
         _pull(ref, pull)
+        if overrides is not None and overrides.userns == "auto":
+            # Reserved for the container's life; freed below if it never
+            # came to exist (or --rm removed it), else by rm.
+            overrides = replace(overrides, userns_range=userns.reserve(store.root(), name))
         with images.using():  # no sweep deletes the layers being unpacked
             path = bundles.create(ref, name, overrides)
         if settings["mode"] != "host":
@@ -71,6 +77,8 @@ def run(ref, name: str, overrides=None, *, auto_remove: bool = False,
                 unmount_below(path)
                 bundles.remove_tree(path)
     finally:
+        if overrides is not None and overrides.userns_range and not os.path.lexists(path):
+            userns.release(store.root(), name)
         _unlock(name, lock)
 
 
@@ -137,6 +145,9 @@ def remove(name: str, force: bool) -> None:
             raise ContainerError(f"Container with name {name} does not exist.")
         unmount_below(path)
         bundles.remove_tree(path)
+        from minict import userns
+
+        userns.release(store.root(), name)  # its host ids, with --userns auto
         # A container whose minict crashed may have left its address lease
         # and port rules; drop them (and any other container's stale ones).
         from minict import network

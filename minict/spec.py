@@ -72,6 +72,10 @@ class Overrides:
     workdir: str | None = None
     user: str | None = None
     hostname: str | None = None
+    # --userns: "identity", "auto" or "host" (userns.py); for auto, the
+    # (host uid, host gid, size) range container.run reserved.
+    userns: str = "identity"
+    userns_range: tuple[int, int, int] | None = None
 
 
 def override(image: dict, overrides: Overrides) -> dict:
@@ -141,7 +145,7 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
     volumes = [{"destination": v, "type": "tmpfs", "source": "none",
                 "options": list(_VOLUME_OPTIONS)} for v in sorted(_keys(config, "Volumes"))]
 
-    return {
+    document = {
         "ociVersion": OCI_VERSION,
         "process": {
             "terminal": True,
@@ -169,6 +173,11 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
             "readonlyPaths": list(_READONLY_PATHS),
         },
     }
+    if overrides is not None:
+        from minict import userns
+
+        userns.configure(document, overrides.userns, overrides.userns_range)
+    return document
 
 
 def resolve_user(spec: str, passwd: str | None, group: str | None) -> dict:
