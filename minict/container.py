@@ -18,7 +18,7 @@ import os
 import signal
 import time
 
-from minict import launch, linux, log, store
+from minict import launch, linux, log, store, userns
 from minict.errors import ContainerError, LaunchError, MinictError
 
 # bundle.py's names, repeated so that `start` need not import the unpacker
@@ -44,7 +44,7 @@ def run(ref, name: str, overrides=None, *, auto_remove: bool = False,
     from dataclasses import replace
 
     from minict import bundle as bundles
-    from minict import images, userns
+    from minict import images
     from minict import network as networking
 
     settings = networking.check(network, list(publish))
@@ -145,8 +145,6 @@ def remove(name: str, force: bool) -> None:
             raise ContainerError(f"Container with name {name} does not exist.")
         unmount_below(path)
         bundles.remove_tree(path)
-        from minict import userns
-
         userns.release(store.root(), name)  # its host ids, with --userns auto
         # A container whose minict crashed may have left its address lease
         # and port rules; drop them (and any other container's stale ones).
@@ -295,6 +293,8 @@ def _launch(path) -> int:
     from minict import network
 
     config = _read_config(path)
+    if userns.idmapped(config):  # --userns auto: its host ids are still its own
+        userns.confirm(store.root(), path.name, config)
     # Its network (network.json): a namespace, an address, published ports.
     attachment = network.prepare(path.name, path, config, is_running)
 

@@ -151,6 +151,37 @@ def reserve(minict_dir, name: str) -> tuple[int, int, int]:
     return uid, gid, SIZE
 
 
+def confirm(minict_dir, name: str, config: dict) -> None:
+    """Check that the record still gives `config`'s ids to container `name`; re-record them.
+
+    A record lost (deleted by hand, another MINICT_USERNS_DIR) must not let
+    two containers run with the same host ids.  Raise LaunchError if another
+    container holds them now.
+    """
+    linux_config = config.get("linux") or {}
+    try:
+        (uids,), (gids,) = linux_config["uidMappings"], linux_config["gidMappings"]
+        mine = {"uid": uids["hostID"], "gid": gids["hostID"], "size": uids["size"]}
+    except (KeyError, TypeError, ValueError):
+        raise LaunchError("config.json asks for --userns auto without one uid and one gid "
+                          "mapping") from None
+    key = _key(minict_dir, name)
+    with _Record() as record:
+        others = [e for e in record.entries if _key_of(e) != key]
+        for other in others:
+            if _overlaps(other, mine) and not _stale(other):
+                raise LaunchError(f"the host ids of {name} ({mine['uid']}...) are held by "
+                                  f"container {other['name']} of {other['minictDir']} now; "
+                                  "remove one of them")
+        entry = {"minictDir": key[0], "name": name, **mine}
+        if entry not in record.entries:
+            record.save(others + [entry])
+
+
+def _overlaps(a: dict, b: dict) -> bool:
+    return any(a[k] < b[k] + b["size"] and b[k] < a[k] + a["size"] for k in ("uid", "gid"))
+
+
 def release(minict_dir, name: str) -> None:
     """Free the range of container `name` of `minict_dir`, if it has one."""
     if not os.path.exists(os.path.join(record_dir(), _RECORD)):

@@ -343,3 +343,22 @@ def test_record_survives_in_its_own_directory_with_a_lock(minict_dir):
     userns.release(minict_dir, "x")
     assert time.monotonic() - started < 1
     assert userns.holders() == []
+
+
+def test_start_re_records_a_lost_range_and_refuses_a_taken_one(minict, minict_dir, busybox):
+    done = minict("run", "--image", busybox, "--name", "kept", "--userns", "auto", "--", "true")
+    assert done.returncode == 0, done.stderr
+    uid, gid = host_range(minict_dir, "kept")
+    record = os.path.join(userns.record_dir(), "allocations.json")
+    os.unlink(record)  # the record is lost
+    assert minict("start", "--name", "kept").returncode == 0
+    assert [(e["name"], e["uid"], e["gid"]) for e in userns.holders()] == [("kept", uid, gid)]
+
+    # Lost again, and meanwhile another container was given the same ids.
+    os.unlink(record)
+    other = minict("run", "--image", busybox, "--name", "other", "--userns", "auto", "--", "true")
+    assert other.returncode == 0, other.stderr
+    assert host_range(minict_dir, "other") == (uid, gid)
+    done = minict("start", "--name", "kept")
+    assert done.returncode == 1
+    assert f"the host ids of kept ({uid}...) are held by container other" in done.stderr
