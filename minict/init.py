@@ -420,8 +420,6 @@ def _join(path: str, kind: str) -> None:
         raise _fail(f"join {kind} namespace {path}", err) from None
 
 
-# -- mounts ----------------------------------------------------------------------
-
 def _become_namespace_root() -> None:
     """Take uid and gid 0 of our user namespace (runc's nsexec does so right after joining).
 
@@ -436,6 +434,8 @@ def _become_namespace_root() -> None:
     except OSError as err:
         raise _fail("become root of the user namespace", err) from None
 
+
+# -- mounts ----------------------------------------------------------------------
 
 def _pin_bind_sources(bundle: str, mounts: list) -> list:
     """Return `mounts` with each bind source opened now (O_PATH) and named by its descriptor.
