@@ -25,6 +25,8 @@ install: deps
 	$(PYTHON) -m venv $(PREFIX)
 	$(PREFIX)/bin/pip install --quiet --disable-pip-version-check .
 	ln -sf $(PREFIX)/bin/minict $(BINDIR)/minict
+	@# Subordinate ids for `run --userns auto` (subuid(5)); kept by uninstall, like /var/lib/minict.
+	$(PREFIX)/bin/python -m minict.subids
 	@$(BINDIR)/minict --version
 
 uninstall:

@@ -127,9 +127,15 @@ def pull(image, platform, insecure, jobs, quiet):
               "until the container remounts it). Its root is the host's uid 0, so it can "
               "change the host kernel's settings in /proc/sys and run programs as root on "
               "the host (kernel.core_pattern).")
+@click.option("--userns", type=click.Choice(["identity", "auto", "host"]), default="identity",
+              show_default=True, help="identity: a user namespace mapping every id to itself "
+              "(container root is host uid 0 for files); auto: 65536 host ids of minict's "
+              "/etc/subuid range no other container uses (container root is an unprivileged "
+              "host user); host: the host's user namespace (container root is host root, "
+              "limited only by its capabilities).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- COMMAND [ARG]...]")
 def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull_policy,
-        network, publish, cap_add, cap_drop, privileged, command):
+        network, publish, cap_add, cap_drop, privileged, userns, command):
     """Run a new container.
 
     A COMMAND after `--` replaces the image's Cmd.  Whatever is given here
@@ -145,7 +151,7 @@ def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull
         entrypoint=entrypoint, cmd=tuple(command) if command else None,
         env=_env_options(env), workdir=workdir, user=user, hostname=hostname,
         cap_add=capabilities.normalize(cap_add), cap_drop=capabilities.normalize(cap_drop),
-        privileged=privileged)
+        privileged=privileged, userns=userns)
     status = container.run(ref, name, overrides, auto_remove=auto_remove, pull=pull_policy,
                            network=network, publish=ports)
     entry.exit_now(status)

@@ -18,7 +18,7 @@ import os
 import signal
 import time
 
-from minict import launch, linux, log, store
+from minict import launch, linux, log, store, userns
 from minict.errors import ContainerError, LaunchError, MinictError
 
 # bundle.py's names, repeated so that `start` need not import the unpacker
@@ -41,6 +41,8 @@ def run(ref, name: str, overrides=None, *, auto_remove: bool = False,
     `start` too.  Raise ContainerError if the name is taken (also by a
     concurrent run), PullError, UnpackError, NetworkError or LaunchError.
     """
+    from dataclasses import replace
+
     from minict import bundle as bundles
     from minict import images
     from minict import network as networking
@@ -59,6 +61,10 @@ def run(ref, name: str, overrides=None, *, auto_remove: bool = False,
         if os.path.lexists(path):
             raise ContainerError(f"Container with name {name} already exists.")
         _pull(ref, pull)
+        if overrides is not None and overrides.userns == "auto":
+            # Reserved for the container's life; freed below if it never
+            # came to exist (or --rm removed it), else by rm.
+            overrides = replace(overrides, userns_range=userns.reserve(store.root(), name))
         with images.using():  # no sweep deletes the layers being unpacked
             path = bundles.create(ref, name, overrides)
         if settings["mode"] != "host":
@@ -71,6 +77,8 @@ def run(ref, name: str, overrides=None, *, auto_remove: bool = False,
                 unmount_below(path)
                 bundles.remove_tree(path)
     finally:
+        if overrides is not None and overrides.userns_range and not os.path.lexists(path):
+            userns.release(store.root(), name)
         _unlock(name, lock)
 
 
@@ -137,6 +145,7 @@ def remove(name: str, force: bool) -> None:
             raise ContainerError(f"Container with name {name} does not exist.")
         unmount_below(path)
         bundles.remove_tree(path)
+        userns.release(store.root(), name)  # its host ids, with --userns auto
         # A container whose minict crashed may have left its address lease
         # and port rules; drop them (and any other container's stale ones).
         from minict import network
@@ -284,6 +293,8 @@ def _launch(path) -> int:
     from minict import network
 
     config = _read_config(path)
+    if userns.idmapped(config):  # --userns auto: its host ids are still its own
+        userns.confirm(store.root(), path.name, config)
     # Its network (network.json): a namespace, an address, published ports.
     attachment = network.prepare(path.name, path, config, is_running)
 

@@ -32,7 +32,7 @@ import signal
 import stat
 import termios
 
-from minict import linux
+from minict import linux, userns
 
 # Device nodes bind-mounted from the host: mknod(2) is refused in a user
 # namespace, and the OCI runtime spec requires these six (config-linux.md,
@@ -92,9 +92,12 @@ def intermediate(channel, bundle: str, config: dict, terminal: bool):
     _never_return(channel, _unshare_and_fork, channel, bundle, config, terminal)
 
 
-def container(channel, bundle: str, config: dict, terminal: bool):
-    """Set the container up as PID 1 and execve its command; never return."""
-    _never_return(channel, _setup_and_exec, channel, bundle, config, terminal)
+def container(channel, bundle: str, config: dict, terminal: bool, rootfs_fd: int | None = None):
+    """Set the container up as PID 1 and execve its command; never return.
+
+    `rootfs_fd` is the idmapped rootfs the parent made (--userns auto), a detached mount.
+    """
+    _never_return(channel, _setup_and_exec, channel, bundle, config, terminal, rootfs_fd)
 
 
 def joiner(channel, proc_fd: int, config: dict, terminal: bool):
@@ -139,10 +142,14 @@ def _unshare_and_fork(channel, bundle, config, terminal):
         linux.unshare(flags)
     except OSError as err:
         raise _fail("unshare namespaces", err) from None
+    rootfs_fd = None
     if flags & linux.CLONE_NEWUSER:
         # Only a process outside the new user namespace may write its
-        # uid_map and gid_map (user_namespaces(7)); ask the parent.
+        # uid_map and gid_map (user_namespaces(7)); ask the parent.  Only
+        # it can idmap the rootfs too (userns.idmapped_rootfs).
         channel.send(b"userns")
+        if userns.idmapped(config):
+            rootfs_fd = _expect_fd(channel, b"rootfs")
         _expect(channel, b"mapped")
     if flags & linux.CLONE_NEWNET:
         # A new network namespace is empty: the parent, on the host side,
@@ -153,7 +160,7 @@ def _unshare_and_fork(channel, bundle, config, terminal):
     # namespace, so PID 1 is the next fork (pid_namespaces(7)).
     pid = os.fork()
     if pid == 0:
-        container(channel, bundle, config, terminal)
+        container(channel, bundle, config, terminal, rootfs_fd)
     channel.send(b"pid %d" % pid)
 
 
@@ -179,6 +186,7 @@ def _join_and_fork(channel, proc_fd, config, terminal):
     except OSError as err:
         raise _fail("open the container's namespaces (has it exited?)", err) from None
     _join_all(targets)
+    _become_namespace_root()
     # setns(CLONE_NEWNS) puts us at the namespace's root, which need not be
     # the container's: enter the root its init sees (runc's nsexec does too).
     try:
@@ -237,7 +245,7 @@ def _join_all(targets) -> None:
         os.close(fd)
 
 
-def _setup_and_exec(channel, bundle, config, terminal):
+def _setup_and_exec(channel, bundle, config, terminal, rootfs_fd=None):
     process = config.get("process") or {}
     linux_config = config.get("linux") or {}
     mounts = config.get("mounts") or []
@@ -251,8 +259,24 @@ def _setup_and_exec(channel, bundle, config, terminal):
     #    rootfs that is a symlink could point anywhere on the host: refuse it.
     if os.path.islink(rootfs) or not os.path.isdir(rootfs):
         raise SetupError(f"the rootfs {rootfs} is not a directory")
-    _mount(rootfs, rootfs, None, linux.MS_BIND | linux.MS_REC, step="bind the rootfs")
+    if rootfs_fd is None:
+        _mount(rootfs, rootfs, None, linux.MS_BIND | linux.MS_REC, step="bind the rootfs")
+    else:
+        try:
+            linux.move_mount_fd(rootfs_fd, rootfs)
+        except OSError as err:
+            raise _fail("attach the idmapped rootfs", err) from None
+        os.close(rootfs_fd)
     root_fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    # 2b. With an idmapped rootfs, container root is not host root: from
+    #     here on act as the user namespace's root, whose ids exist in the
+    #     idmapped rootfs and in the tmpfs and devpts mounted below (host uid
+    #     0 does not: creating a file as it fails with EOVERFLOW).  The host
+    #     paths it may no longer reach (the bundle is 0700) are opened first.
+    if rootfs_fd is not None:
+        mounts = _pin_bind_sources(bundle, mounts)
+        _become_namespace_root()
 
     # 3. The config's mounts, in the config's order: a later one (/dev/pts)
     #    lands inside an earlier one (/dev).
@@ -274,7 +298,7 @@ def _setup_and_exec(channel, bundle, config, terminal):
         _make_readonly(root_fd, path)
 
     # 6. Swap roots and drop the host's tree entirely, so no path leads out.
-    _pivot_root(rootfs)
+    _pivot_root(root_fd)
     os.close(root_fd)
     if (config.get("root") or {}).get("readonly"):
         _setattr_path("/", linux.MOUNT_ATTR_RDONLY, False, "make / read-only")
@@ -354,6 +378,14 @@ def _become_process(channel, process: dict, terminal: bool) -> None:
 
 # -- channel ---------------------------------------------------------------------
 
+def _expect_fd(channel, message: bytes) -> int:
+    """Wait for `message` with one descriptor (SCM_RIGHTS); return it, or exit quietly."""
+    got, ancillary, _, _ = channel.recvmsg(64, 64)
+    if got != message or not ancillary or ancillary[0][:2] != (_SOL_SOCKET, _SCM_RIGHTS):
+        os._exit(1)
+    return int.from_bytes(ancillary[0][2][:4], "little")
+
+
 def _expect(channel, message: bytes) -> None:
     """Wait for `message` from the parent; exit quietly if the parent is gone."""
     got = channel.recv(64)
@@ -388,7 +420,47 @@ def _join(path: str, kind: str) -> None:
         raise _fail(f"join {kind} namespace {path}", err) from None
 
 
+def _become_namespace_root() -> None:
+    """Take uid and gid 0 of our user namespace (runc's nsexec does so right after joining).
+
+    Until then our ids are the host's root, which a user namespace of
+    --userns auto does not map; with identity maps (or none) nothing changes.
+    Capabilities stay: none of the old ids was this namespace's root.
+    """
+    try:
+        os.setresgid(0, 0, 0)
+        os.setgroups([])
+        os.setresuid(0, 0, 0)
+    except OSError as err:
+        raise _fail("become root of the user namespace", err) from None
+
+
 # -- mounts ----------------------------------------------------------------------
+
+def _pin_bind_sources(bundle: str, mounts: list) -> list:
+    """Return `mounts` with each bind source opened now (O_PATH) and named by its descriptor.
+
+    Opened before giving up host root's ids, they stay reachable after:
+    /proc/self/fd/N leads to the file without searching its directories.
+    """
+    pinned = []
+    for entry in mounts:
+        flags, _, _ = _parse_options(entry.get("options") or [])
+        if entry.get("type") == "bind" or flags & linux.MS_BIND:
+            source = entry.get("source") or ""
+            if not source.startswith("/"):
+                source = os.path.join(bundle, source)
+            try:
+                fd = os.open(source, os.O_PATH | os.O_CLOEXEC)
+            except FileNotFoundError:
+                pinned.append(entry)  # _mount_entry says so
+                continue
+            except OSError as err:
+                raise _fail(f"open the bind source {source}", err) from None
+            entry = {**entry, "source": _proc_fd(fd)}
+        pinned.append(entry)
+    return pinned
+
 
 def _mount(source, target, fstype, flags, data=None, *, step):
     try:
@@ -606,11 +678,12 @@ def _make_readonly(root_fd: int, path: str) -> None:
         os.close(parent)
 
 
-def _pivot_root(rootfs: str) -> None:
-    """Make the rootfs `/` and detach the host's tree (pivot_root(2), 'new_root and put_old
-    may be the same directory')."""
+def _pivot_root(root_fd: int) -> None:
+    """Make the rootfs (open at `root_fd`) `/` and detach the host's tree (pivot_root(2),
+    'new_root and put_old may be the same directory')."""
     try:
-        os.chdir(rootfs)
+        # By descriptor: container root may not search the bundle's path.
+        os.fchdir(root_fd)
         linux.pivot_root(".", ".")
         # The old root is now stacked on top of the new one at ".": detach it
         # lazily, so nothing of the host stays reachable.

@@ -18,6 +18,8 @@ so its end-of-file tells P that C's execve succeeded.
     | from | message               | meaning                                              |
     |------|-----------------------|------------------------------------------------------|
     | I    | `userns`              | I has unshared; write my uid_map and gid_map          |
+    | P    | `rootfs` + fd         | the rootfs, idmapped through I's user namespace, as a |
+    |      |                       | detached mount (SCM_RIGHTS); only with --userns auto  |
     | P    | `mapped`              | the maps are written; go on                           |
     | I    | `netns`               | I has a new network namespace; set it up              |
     | P    | `networked`           | lo (and eth0) are configured; go on                   |
@@ -44,7 +46,7 @@ import signal
 import sys
 import termios
 
-from minict import init, linux, log
+from minict import init, linux, log, userns
 from minict.errors import LaunchError
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -88,7 +90,7 @@ def launch(bundle: str, config: dict, on_start=None, on_netns=None, *,
                 init.joiner(theirs, join, config, terminal)
             init.intermediate(theirs, bundle, config, terminal)
         theirs.close()
-        started = _handshake(ours, intermediate, config, on_netns)
+        started = _handshake(ours, intermediate, bundle, config, on_netns)
         if started.error is not None:
             return _failed(started)
         try:
@@ -109,7 +111,7 @@ class _Started:
     error = None  # (status, text)
 
 
-def _handshake(channel, intermediate: int, config: dict, on_netns) -> _Started:
+def _handshake(channel, intermediate: int, bundle: str, config: dict, on_netns) -> _Started:
     """Answer the children until execve (end of file); return what they told."""
     started = _Started()
     try:
@@ -124,6 +126,8 @@ def _handshake(channel, intermediate: int, config: dict, on_netns) -> _Started:
             kind, _, rest = data.partition(b" ")
             if kind == b"userns":
                 _write_id_maps(intermediate, config.get("linux") or {})
+                if userns.idmapped(config):
+                    _send_idmapped_rootfs(channel, bundle, config, intermediate)
                 _send(channel, b"mapped")
             elif kind == b"netns":
                 if on_netns is not None:
@@ -170,6 +174,20 @@ def _write_id_maps(pid: int, linux_config: dict) -> None:
         _write_proc(pid, "gid_map", _format_map(gid_maps))
     except OSError as err:
         raise LaunchError(f"write the user namespace's id maps: {err.strerror}") from None
+
+
+def _send_idmapped_rootfs(channel, bundle: str, config: dict, pid: int) -> None:
+    """Make the rootfs's idmapped mount for `pid`'s user namespace; pass it on the channel."""
+    from _socket import SCM_RIGHTS, SOL_SOCKET
+
+    rootfs = os.path.join(bundle, (config.get("root") or {}).get("path", "rootfs"))
+    tree = userns.idmapped_rootfs(rootfs, pid)
+    try:
+        channel.sendmsg([b"rootfs"], [(SOL_SOCKET, SCM_RIGHTS, tree.to_bytes(4, "little"))])
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the child is gone; what it said before tells why
+    finally:
+        os.close(tree)
 
 
 def _default_map(own_id: int) -> list[dict]:

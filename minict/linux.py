@@ -64,7 +64,13 @@ MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
 MOUNT_ATTR_NOEXEC = 0x8
+MOUNT_ATTR_IDMAP = 0x100000  # Linux 5.12: map the mount's ids through a user namespace
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
+# -- open_tree(2) and move_mount(2) (Linux 5.2) -------------------------------
+OPEN_TREE_CLONE = 1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
 # mount(2) flags that mount_setattr(2) can add to an existing mount.
 MS_TO_MOUNT_ATTR = {MS_RDONLY: MOUNT_ATTR_RDONLY, MS_NOSUID: MOUNT_ATTR_NOSUID,
                     MS_NODEV: MOUNT_ATTR_NODEV, MS_NOEXEC: MOUNT_ATTR_NOEXEC}
@@ -99,11 +105,13 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 # System calls glibc has no wrapper for (or only a recent one), by machine;
 # see syscalls(2).  close_range and mount_setattr have one number everywhere
-# (the unified table from 424 on).
+# (the unified table from 424 on), as do open_tree and move_mount.
 _SYSCALLS = {
     "x86_64": {"pivot_root": 155},
     "aarch64": {"pivot_root": 41},
 }
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
 SYS_CLOSE_RANGE = 436
 SYS_MOUNT_SETATTR = 442
 
@@ -163,18 +171,41 @@ def pivot_root(new_root, put_old) -> None:
                          _path(put_old)), "pivot_root", new_root)
 
 
-def mount_setattr(target, attr_set: int, *, recursive: bool = False, dir_fd: int = -100) -> None:
+def mount_setattr(target, attr_set: int, *, recursive: bool = False, dir_fd: int = -100,
+                  userns_fd: int = 0) -> None:
     """Add the MOUNT_ATTR_* bits `attr_set` to the mount at `target` (mount_setattr(2)).
 
     Unlike a MS_REMOUNT, this only sets bits and so never trips over the flags
     the kernel locks on mounts inherited from a more privileged namespace
     (nosuid, nodev, atime: mount_namespaces(7)); with `recursive` it also
-    reaches every mount below (an rbind's submounts).
+    reaches every mount below (an rbind's submounts).  `target` "" with a
+    `dir_fd` acts on that descriptor's mount (AT_EMPTY_PATH); MOUNT_ATTR_IDMAP
+    takes the user namespace whose id maps the mount shows in `userns_fd`.
     """
-    attr = struct.pack("QQQQ", attr_set, 0, 0, 0)
+    attr = struct.pack("QQQQ", attr_set, 0, 0, userns_fd)
+    flags = (AT_RECURSIVE if recursive else 0) | (AT_EMPTY_PATH if target == "" else 0)
     _check(_libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(dir_fd), _path(target),
-                         ctypes.c_uint(AT_RECURSIVE if recursive else 0), attr,
-                         ctypes.c_size_t(len(attr))), "mount_setattr", target)
+                         ctypes.c_uint(flags), attr, ctypes.c_size_t(len(attr))),
+           "mount_setattr", target or None)
+
+
+def open_tree_clone(path) -> int:
+    """Return a close-on-exec descriptor of a detached copy of the mount at `path` (open_tree(2)).
+
+    OPEN_TREE_CLONE makes a new bind mount that is attached nowhere yet, the
+    only kind mount_setattr(2) may idmap; `path` itself must not be a
+    symlink (AT_SYMLINK_NOFOLLOW), and mounts below it are not copied.
+    """
+    return _check(_libc.syscall(ctypes.c_long(SYS_OPEN_TREE), ctypes.c_int(-100), _path(path),
+                                ctypes.c_uint(OPEN_TREE_CLONE | os.O_CLOEXEC
+                                              | AT_SYMLINK_NOFOLLOW)), "open_tree", path)
+
+
+def move_mount_fd(mount_fd: int, target) -> None:
+    """Attach the detached mount `mount_fd` on top of `target` (move_mount(2))."""
+    _check(_libc.syscall(ctypes.c_long(SYS_MOVE_MOUNT), ctypes.c_int(mount_fd), b"",
+                         ctypes.c_int(-100), _path(target),
+                         ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)), "move_mount", target)
 
 
 # -- processes ----------------------------------------------------------------

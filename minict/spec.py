@@ -86,6 +86,10 @@ class Overrides:
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     privileged: bool = False
+    # --userns: "identity", "auto" or "host" (userns.py); for auto, the
+    # (host uid, host gid, size) range container.run reserved.
+    userns: str = "identity"
+    userns_range: tuple[int, int, int] | None = None
 
 
 def override(image: dict, overrides: Overrides) -> dict:
@@ -159,7 +163,7 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
     volumes = [{"destination": v, "type": "tmpfs", "source": "none",
                 "options": list(_VOLUME_OPTIONS)} for v in sorted(_keys(config, "Volumes"))]
 
-    return {
+    document = {
         "ociVersion": OCI_VERSION,
         "process": {
             "terminal": True,
@@ -182,6 +186,10 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
             "readonlyPaths": [] if overrides.privileged else list(READONLY_PATHS),
         },
     }
+    from minict import userns
+
+    userns.configure(document, overrides.userns, overrides.userns_range)
+    return document
 
 
 def resolve_user(spec: str, passwd: str | None, group: str | None) -> dict:
