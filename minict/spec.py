@@ -5,7 +5,9 @@ article shows it for ubuntu:20.04), with two deliberate changes: the
 hostname is the container's name, and the inheritable and ambient
 capability sets are empty.  Filling them (as umoci did) let a process keep
 capabilities across an exec of a non-privileged binary: CVE-2022-29162,
-after which runc and crun stopped doing it.
+after which runc and crun stopped doing it.  Like docker's, the process
+also gets docker's default seccomp profile (seccomp.py) and no
+no_new_privs, so setuid programs and file capabilities in an image work.
 
 The conversion follows image-spec conversion.md and umoci's
 oci/config/convert: args = Entrypoint + Cmd, Env over the default PATH and
@@ -16,6 +18,8 @@ fields as annotations, and each Volume as a tmpfs mount.
 
 import copy
 from dataclasses import dataclass
+
+from minict import seccomp
 
 OCI_VERSION = "1.0.0"
 DEFAULT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"]
@@ -72,6 +76,13 @@ class Overrides:
     workdir: str | None = None
     user: str | None = None
     hostname: str | None = None
+    # --privileged: among the rest, no system-call filter.
+    privileged: bool = False
+    # --security-opt: no-new-privileges, and seccomp=unconfined or seccomp=PATH
+    # (the profile read from PATH, docker's or the OCI format; None: docker's default).
+    no_new_privileges: bool = False
+    seccomp_unconfined: bool = False
+    seccomp_profile: dict | None = None
 
 
 def override(image: dict, overrides: Overrides) -> dict:
@@ -141,7 +152,7 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
     volumes = [{"destination": v, "type": "tmpfs", "source": "none",
                 "options": list(_VOLUME_OPTIONS)} for v in sorted(_keys(config, "Volumes"))]
 
-    return {
+    document = {
         "ociVersion": OCI_VERSION,
         "process": {
             "terminal": True,
@@ -157,7 +168,7 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
                 "ambient": [],
             },
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": True,
+            "noNewPrivileges": bool(overrides and overrides.no_new_privileges),
         },
         "root": {"path": "rootfs"},
         "hostname": hostname,
@@ -169,6 +180,20 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
             "readonlyPaths": list(_READONLY_PATHS),
         },
     }
+    section = _seccomp(overrides or Overrides(), document["process"]["capabilities"]["bounding"])
+    if section is not None:
+        document["linux"]["seccomp"] = section
+    return document
+
+
+def _seccomp(overrides: Overrides, bounding: list[str]) -> dict | None:
+    """Return the linux.seccomp section: docker's default profile unless told otherwise."""
+    if overrides.privileged or overrides.seccomp_unconfined:
+        return None
+    try:
+        return seccomp.to_oci(overrides.seccomp_profile or seccomp.DEFAULT_PROFILE, bounding)
+    except seccomp.SeccompError as err:
+        raise SpecError(err.message) from None
 
 
 def resolve_user(spec: str, passwd: str | None, group: str | None) -> dict:

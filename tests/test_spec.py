@@ -1,6 +1,7 @@
 """config.json: the known ubuntu:20.04 document field by field, and the conversion rules."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -20,9 +21,10 @@ UBUNTU_CONFIG = {
 UBUNTU_PASSWD = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
 UBUNTU_GROUP = "root:x:0:\ndaemon:x:1:\n"
 
-# The document umoci wrote for it (dissecting-minict.md), with the two
-# deliberate changes: hostname = the container's name, and empty inheritable
-# and ambient capability sets (CVE-2022-29162).
+# The document umoci wrote for it (dissecting-minict.md), with the
+# deliberate changes: hostname = the container's name, empty inheritable
+# and ambient capability sets (CVE-2022-29162), and docker's defaults for
+# no_new_privs (off) and seccomp (below).
 EXPECTED = json.loads("""
 {
   "ociVersion": "1.0.0",
@@ -41,7 +43,7 @@ EXPECTED = json.loads("""
       "ambient": []
     },
     "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-    "noNewPrivileges": true
+    "noNewPrivileges": false
   },
   "root": {"path": "rootfs"},
   "hostname": "ubuntu-nanik",
@@ -78,6 +80,11 @@ EXPECTED = json.loads("""
   }
 }
 """)
+# docker's default seccomp profile as moby's setupSeccomp makes it for these three
+# capabilities on amd64 with a kernel >= 4.8: written from moby's profiles/seccomp
+# v0.2.3 default.json, not by minict (so the test needs an x86_64 host).
+EXPECTED["linux"]["seccomp"] = json.loads(
+    (Path(__file__).parent / "support" / "seccomp-default-amd64.json").read_text())
 
 
 def _fields(doc, prefix=""):
