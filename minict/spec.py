@@ -190,8 +190,9 @@ def _seccomp(overrides: Overrides, bounding: list[str]) -> dict | None:
     """Return the linux.seccomp section: docker's default profile unless told otherwise."""
     if overrides.privileged or overrides.seccomp_unconfined:
         return None
+    profile = overrides.seccomp_profile
     try:
-        return seccomp.to_oci(overrides.seccomp_profile or seccomp.DEFAULT_PROFILE, bounding)
+        return seccomp.to_oci(seccomp.DEFAULT_PROFILE if profile is None else profile, bounding)
     except seccomp.SeccompError as err:
         raise SpecError(err.message) from None
 
