@@ -14,6 +14,8 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -232,6 +234,54 @@ def test_calls_newer_than_libseccomp_get_enosys_not_eperm(minict, box, probe):
     install_probe(bundle / "rootfs", compile_probe("sysprobe", source), "sysprobe")
     done = minict("start", "--name", "box")
     assert parse(done.stdout) == {"mseal": "ok" if known else "ENOSYS"}, done.stderr
+
+
+PODMAN_CGROUP = "minict-seccomp-podman"
+
+
+def podman_run(options, rootfs, command) -> subprocess.CompletedProcess:
+    """`podman run OPTIONS --rootfs ROOTFS COMMAND` as podman works on these machines (hybrid
+    cgroups, root's rlimits), its state in a directory of its own (it wants a short path)
+    and its cgroups under one parent, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="minict-podman-") as workdir:
+        # vfs storage: overlay's would leave a private mount behind.
+        state = ["--root", f"{workdir}/storage", "--runroot", f"{workdir}/run",
+                 "--tmpdir", f"{workdir}/tmp", "--storage-driver", "vfs",
+                 "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", "runc"]
+        try:
+            return subprocess.run(
+                ["podman", *state, "run", "--rm", "--cgroup-parent", f"/{PODMAN_CGROUP}",
+                 "--net", "host", "--ulimit", "nofile=20000:20000",
+                 "--ulimit", "nproc=4096:4096", *options, "--rootfs", str(rootfs), *command],
+                check=False, capture_output=True, text=True, timeout=120,
+                stdin=subprocess.DEVNULL)
+        finally:
+            for parent in Path("/sys/fs/cgroup").glob(f"*/{PODMAN_CGROUP}"):
+                for child in sorted(parent.rglob("*/"), key=lambda p: -len(p.parts)):
+                    child.rmdir()
+                parent.rmdir()
+
+
+def test_podman_loading_the_same_profile_gives_the_same_answers(minict, box, probe, tmp_path):
+    """runc (through podman) is the reference: the same docker-format profile and the same
+    capabilities must give every call of the matrix the same answer.  (podman's own
+    default profile is not docker's: it answers ENOSYS by default and allows keyctl,
+    unshare and mount, so it is no yardstick for docker's.)"""
+    ci.require_tool("podman")
+    ci.require_tool("runc")
+    names = sorted(expected_matrix())
+    profile = tmp_path / "docker-default.json"
+    profile.write_text(json.dumps(seccomp.DEFAULT_PROFILE))
+    rootfs = tmp_path / "podman-rootfs"
+    install_probe(rootfs, probe)
+    caps = json.loads((probe_box(box, probe, names) / "config.json").read_text())[
+        "process"]["capabilities"]["bounding"]
+    theirs = podman_run(["--cap-drop", "all", "--cap-add", ",".join(caps),
+                         "--security-opt", f"seccomp={profile}"],
+                        rootfs, ["/usr/local/bin/sysprobe", *names])
+    assert theirs.returncode == 0, theirs.stderr
+    ours = minict("start", "--name", "box")
+    assert parse(ours.stdout) == parse(theirs.stdout) == expected_matrix()
 
 
 def test_capabilities_decide_the_conditional_rules(minict, box, probe):
