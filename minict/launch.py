@@ -105,7 +105,7 @@ def launch(bundle: str, config: dict, on_start=None, on_netns=None, *,
 
 
 def _syscall_filter(bundle: str, config: dict):
-    """Build config.json's seccomp filter (None without one); raise SeccompError.
+    """Build config.json's seccomp filter (None without one); raise LaunchError.
 
     Built here, before any fork, with the host's libseccomp binding: a
     filter minict cannot honour, or no binding, is one error line before
@@ -114,7 +114,10 @@ def _syscall_filter(bundle: str, config: dict):
     section = (config.get("linux") or {}).get("seccomp")
     if section is None:
         return None
-    return seccomp.program(section, os.path.join(bundle, seccomp.CACHE_NAME))
+    try:
+        return seccomp.program(section, os.path.join(bundle, seccomp.CACHE_NAME))
+    except seccomp.SeccompError as err:
+        raise LaunchError(f"config.json's linux.seccomp: {err.message}") from None
 
 
 class _Started:
