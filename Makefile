@@ -14,9 +14,9 @@ VENV ?= .venv
 # Time minict as an installed copy is found, not through the editable install's import hook.
 BENCH_ARGS ?= --plain-venv --markdown
 
-RUNTIME_PACKAGES = python3 python3-venv ca-certificates
+RUNTIME_PACKAGES = python3 python3-venv python3-seccomp ca-certificates
 TEST_PACKAGES = docker-registry skopeo umoci busybox-static apache2-utils zstd tmux gcc libc6-dev \
-	iproute2 nftables util-linux procps debootstrap
+	iproute2 nftables util-linux procps debootstrap podman runc
 BENCH_PACKAGES = debootstrap runc crun hyperfine time
 
 .PHONY: install uninstall demo test lint bench deps test-deps bench-deps clean
@@ -24,6 +24,7 @@ BENCH_PACKAGES = debootstrap runc crun hyperfine time
 install: deps
 	$(PYTHON) -m venv $(PREFIX)
 	$(PREFIX)/bin/pip install --quiet --disable-pip-version-check .
+	$(call link_seccomp,$(PREFIX))
 	ln -sf $(PREFIX)/bin/minict $(BINDIR)/minict
 	@# Subordinate ids for `run --userns auto` (subuid(5)); kept by uninstall, like /var/lib/minict.
 	$(PREFIX)/bin/python -m minict.subids
@@ -37,7 +38,7 @@ demo: test-deps
 	@command -v minict >/dev/null || { echo "run 'make install' first" >&2; exit 1; }
 	$(PREFIX)/bin/python tests/support/demo.py
 
-test: test-deps $(VENV)/.installed
+test: test-deps $(VENV)/.installed $(VENV)/.seccomp
 	@# pytest exits 5 when it collected no test: that must not pass.
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests ran" >&2; exit 1; fi; exit $$rc
@@ -45,7 +46,7 @@ test: test-deps $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check minict tests bench
 
-bench: bench-deps test-deps $(VENV)/.installed
+bench: bench-deps test-deps $(VENV)/.installed $(VENV)/.seccomp
 	$(VENV)/bin/python bench/run.py all $(BENCH_ARGS)
 
 # An existing venv is reused as it is: re-running `venv` over one made by
@@ -53,6 +54,19 @@ bench: bench-deps test-deps $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+# libseccomp's Python binding is Debian's (python3-seccomp, built for
+# /usr/bin/python3, not on PyPI): link its one module file into a venv,
+# rather than giving the venv all of the system's site-packages.
+define link_seccomp
+	ln -sf "$$($(PYTHON) -c 'import seccomp; print(seccomp.__file__)')" \
+		"$$($(1)/bin/python -c 'import sysconfig; print(sysconfig.get_path("platlib"))')/"
+	$(1)/bin/python -c 'import seccomp'
+endef
+
+$(VENV)/.seccomp: $(VENV)/.installed
+	$(call link_seccomp,$(VENV))
 	touch $@
 
 deps:

@@ -133,9 +133,14 @@ def pull(image, platform, insecure, jobs, quiet):
               "/etc/subuid range no other container uses (container root is an unprivileged "
               "host user); host: the host's user namespace (container root is host root, "
               "limited only by its capabilities).")
+@click.option("--security-opt", "security_opts", multiple=True, metavar="OPTION",
+              help="seccomp=unconfined (no system-call filter), seccomp=PROFILE.json "
+              "(docker's or the OCI format; default: docker's profile), or "
+              "no-new-privileges[=true|false] (setuid and file capabilities stop "
+              "working). Repeatable.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- COMMAND [ARG]...]")
 def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull_policy,
-        network, publish, cap_add, cap_drop, privileged, userns, command):
+        network, publish, cap_add, cap_drop, privileged, userns, security_opts, command):
     """Run a new container.
 
     A COMMAND after `--` replaces the image's Cmd.  Whatever is given here
@@ -151,7 +156,7 @@ def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull
         entrypoint=entrypoint, cmd=tuple(command) if command else None,
         env=_env_options(env), workdir=workdir, user=user, hostname=hostname,
         cap_add=capabilities.normalize(cap_add), cap_drop=capabilities.normalize(cap_drop),
-        privileged=privileged, userns=userns)
+        privileged=privileged, userns=userns, **_security_options(security_opts))
     status = container.run(ref, name, overrides, auto_remove=auto_remove, pull=pull_policy,
                            network=network, publish=ports)
     entry.exit_now(status)
@@ -169,6 +174,27 @@ def _env_options(items) -> tuple[str, ...]:
         elif name in os.environ:
             result.append(f"{name}={os.environ[name]}")
     return tuple(result)
+
+
+def _security_options(items) -> dict:
+    """Return --security-opt values as spec.Overrides fields (docker's spellings, = or :)."""
+    fields = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            key, sep, value = item.partition(":")
+        if key == "no-new-privileges" and value in ("", "true", "false"):
+            fields["no_new_privileges"] = value != "false"
+        elif key == "seccomp" and value == "unconfined":
+            fields.update(seccomp_unconfined=True, seccomp_profile=None)
+        elif key == "seccomp" and value:
+            from minict import seccomp
+
+            fields.update(seccomp_unconfined=False, seccomp_profile=seccomp.read_profile(value))
+        else:
+            raise MinictError(f"invalid --security-opt {item!r}: use seccomp=unconfined, "
+                              "seccomp=PROFILE.json or no-new-privileges[=true|false]")
+    return fields
 
 
 @group.command(short_help="Start an existing container that was exited.")

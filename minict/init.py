@@ -6,11 +6,12 @@ For run and start, two processes run this code, both forked from minict
     intermediate()   unshare the namespaces, wait for the uid/gid maps (and
                      the network), fork PID 1 of the new pid namespace, tell its pid, exit
     container()      PID 1: mounts, pivot_root, host name, limits, user,
-                     capabilities, then execve of the container's command
+                     capabilities, the seccomp filter, then execve of the
+                     container's command
 
 `exec` replaces both: joiner() enters a running container's namespaces and
 root and forks the command, which then takes the same last steps as PID 1
-(_become_process: terminal, limits, user, capabilities, execve).
+(_become_process: terminal, limits, user, capabilities, seccomp, execve).
 
 None ever returns into minict's normal code: on success container()
 becomes the container's program; on any failure each reports one line on the
@@ -87,22 +88,28 @@ def _fail(step: str, err: OSError) -> SetupError:
 
 # -- the two processes ---------------------------------------------------------
 
-def intermediate(channel, bundle: str, config: dict, terminal: bool):
-    """Unshare, get mapped, fork PID 1 of the new pid namespace; never return."""
-    _never_return(channel, _unshare_and_fork, channel, bundle, config, terminal)
+def intermediate(channel, bundle: str, config: dict, terminal: bool, syscall_filter=None):
+    """Unshare, get mapped, fork PID 1 of the new pid namespace; never return.
+
+    `syscall_filter` is config.json's seccomp filter (a seccomp.Program), or None.
+    """
+    _never_return(channel, _unshare_and_fork, channel, bundle, config, terminal, syscall_filter)
 
 
-def container(channel, bundle: str, config: dict, terminal: bool, rootfs_fd: int | None = None):
+def container(channel, bundle: str, config: dict, terminal: bool, rootfs_fd: int | None = None,
+              syscall_filter=None):
     """Set the container up as PID 1 and execve its command; never return.
 
-    `rootfs_fd` is the idmapped rootfs the parent made (--userns auto), a detached mount.
+    `rootfs_fd` is the idmapped rootfs the parent made (--userns auto), a detached mount;
+    `syscall_filter` is config.json's seccomp filter (a seccomp.Program), or None.
     """
-    _never_return(channel, _setup_and_exec, channel, bundle, config, terminal, rootfs_fd)
+    _never_return(channel, _setup_and_exec, channel, bundle, config, terminal, rootfs_fd,
+                  syscall_filter)
 
 
-def joiner(channel, proc_fd: int, config: dict, terminal: bool):
+def joiner(channel, proc_fd: int, config: dict, terminal: bool, syscall_filter=None):
     """Join the running container `proc_fd` (/proc/<pid>) names, fork the command; never return."""
-    _never_return(channel, _join_and_fork, channel, proc_fd, config, terminal)
+    _never_return(channel, _join_and_fork, channel, proc_fd, config, terminal, syscall_filter)
 
 
 def _never_return(channel, work, *args):
@@ -120,7 +127,7 @@ def _never_return(channel, work, *args):
         os._exit(status)
 
 
-def _unshare_and_fork(channel, bundle, config, terminal):
+def _unshare_and_fork(channel, bundle, config, terminal, syscall_filter):
     _default_signals()
     flags = 0
     for ns in config.get("linux", {}).get("namespaces", []):
@@ -160,7 +167,7 @@ def _unshare_and_fork(channel, bundle, config, terminal):
     # namespace, so PID 1 is the next fork (pid_namespaces(7)).
     pid = os.fork()
     if pid == 0:
-        container(channel, bundle, config, terminal, rootfs_fd)
+        container(channel, bundle, config, terminal, rootfs_fd, syscall_filter)
     channel.send(b"pid %d" % pid)
 
 
@@ -170,7 +177,7 @@ _NS_FILES = {"mnt": linux.CLONE_NEWNS, "pid": linux.CLONE_NEWPID, "ipc": linux.C
              "cgroup": linux.CLONE_NEWCGROUP, "user": linux.CLONE_NEWUSER}
 
 
-def _join_and_fork(channel, proc_fd, config, terminal):
+def _join_and_fork(channel, proc_fd, config, terminal, syscall_filter):
     _default_signals()
     # Until its execve the command is minict's Python, with the host's
     # binary behind /proc/<pid>/exe and host descriptors open, yet visible to
@@ -199,7 +206,8 @@ def _join_and_fork(channel, proc_fd, config, terminal):
     # A joined pid namespace applies to children only (setns(2)).
     pid = os.fork()
     if pid == 0:
-        _never_return(channel, _become_process, channel, config.get("process") or {}, terminal)
+        _never_return(channel, _become_process, channel, config.get("process") or {}, terminal,
+                      syscall_filter)
     channel.send(b"pid %d" % pid)
 
 
@@ -245,7 +253,7 @@ def _join_all(targets) -> None:
         os.close(fd)
 
 
-def _setup_and_exec(channel, bundle, config, terminal, rootfs_fd=None):
+def _setup_and_exec(channel, bundle, config, terminal, rootfs_fd, syscall_filter):
     process = config.get("process") or {}
     linux_config = config.get("linux") or {}
     mounts = config.get("mounts") or []
@@ -311,10 +319,10 @@ def _setup_and_exec(channel, bundle, config, terminal, rootfs_fd=None):
         except OSError as err:
             raise _fail("sethostname", err) from None
 
-    _become_process(channel, process, terminal)
+    _become_process(channel, process, terminal, syscall_filter)
 
 
-def _become_process(channel, process: dict, terminal: bool) -> None:
+def _become_process(channel, process: dict, terminal: bool, syscall_filter=None) -> None:
     """Turn this process, inside the container's root, into the config's process; never return.
 
     The steps the container's init and `exec` share (exec has joined the
@@ -345,6 +353,12 @@ def _become_process(channel, process: dict, terminal: bool) -> None:
     #     still hold CAP_SETPCAP; keepcaps keeps the permitted set across the
     #     uid change so capset can then give exactly the config's sets.
     #     Groups, then gid, then uid: after setuid we could change neither.
+    #     Without no_new_privs, loading a seccomp filter needs CAP_SYS_ADMIN:
+    #     then it is loaded now, and must let the rest of the setup through
+    #     (docker's profile does); with it, as late as possible (runc's order).
+    no_new_privs = bool(process.get("noNewPrivileges"))
+    if syscall_filter is not None and not no_new_privs:
+        _load_filter(syscall_filter)
     caps = process.get("capabilities")
     if caps is not None:
         _drop_bounding(caps.get("bounding") or [])
@@ -352,7 +366,7 @@ def _become_process(channel, process: dict, terminal: bool) -> None:
     _switch_user(user)
     if caps is not None:
         _set_capabilities(caps)
-    if process.get("noNewPrivileges"):
+    if no_new_privs:
         linux.set_no_new_privs()
 
     # 12. Only 0-2 survive the execve (our channel included: its closing tells
@@ -372,6 +386,11 @@ def _become_process(channel, process: dict, terminal: bool) -> None:
     #     is the last step before execve.
     _expect(channel, b"reaped")
     linux.set_pdeathsig(signal.SIGKILL)
+
+    # 15. The system-call filter, when no_new_privs let us wait: from here
+    #     on only execve and the error report run under it.
+    if syscall_filter is not None and no_new_privs:
+        _load_filter(syscall_filter)
 
     _exec(process.get("args") or [], process.get("env") or [])
 
@@ -744,6 +763,13 @@ def _switch_user(user: dict) -> None:
         os.setuid(uid)
     except OSError as err:
         raise _fail(f"switch to uid {uid} gid {gid}", err) from None
+
+
+def _load_filter(syscall_filter) -> None:
+    try:
+        syscall_filter.load()
+    except OSError as err:
+        raise _fail("load the seccomp filter", err) from None
 
 
 def _cap_mask(names) -> int:

@@ -46,7 +46,7 @@ import signal
 import sys
 import termios
 
-from minict import init, linux, log, userns
+from minict import init, linux, log, seccomp, userns
 from minict.errors import LaunchError
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -75,6 +75,7 @@ def launch(bundle: str, config: dict, on_start=None, on_netns=None, *,
 
     process = config.get("process") or {}
     terminal = bool(process.get("terminal")) and os.isatty(0) and os.isatty(1)
+    syscall_filter = _syscall_filter(bundle, config)
     ours, theirs = socketpair(AF_UNIX, SOCK_SEQPACKET)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -87,8 +88,8 @@ def launch(bundle: str, config: dict, on_start=None, on_netns=None, *,
         if intermediate == 0:
             ours.close()
             if join is not None:
-                init.joiner(theirs, join, config, terminal)
-            init.intermediate(theirs, bundle, config, terminal)
+                init.joiner(theirs, join, config, terminal, syscall_filter)
+            init.intermediate(theirs, bundle, config, terminal, syscall_filter)
         theirs.close()
         started = _handshake(ours, intermediate, bundle, config, on_netns)
         if started.error is not None:
@@ -103,6 +104,22 @@ def launch(bundle: str, config: dict, on_start=None, on_netns=None, *,
     finally:
         ours.close()
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _syscall_filter(bundle: str, config: dict):
+    """Build config.json's seccomp filter (None without one); raise LaunchError.
+
+    Built here, before any fork, with the host's libseccomp binding: a
+    filter minict cannot honour, or no binding, is one error line before
+    anything starts, and the child only has to load it.
+    """
+    section = (config.get("linux") or {}).get("seccomp")
+    if section is None:
+        return None
+    try:
+        return seccomp.program(section, os.path.join(bundle, seccomp.CACHE_NAME))
+    except seccomp.SeccompError as err:
+        raise LaunchError(f"config.json's linux.seccomp: {err.message}") from None
 
 
 class _Started:

@@ -86,6 +86,14 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
+# -- seccomp(2) -------------------------------------------------------------
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_TSYNC = 1
+SECCOMP_FILTER_FLAG_LOG = 2
+SECCOMP_FILTER_FLAG_SPEC_ALLOW = 4
+
 # -- close_range(2) ---------------------------------------------------------
 CLOSE_RANGE_CLOEXEC = 4
 
@@ -107,8 +115,8 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 # see syscalls(2).  close_range and mount_setattr have one number everywhere
 # (the unified table from 424 on), as do open_tree and move_mount.
 _SYSCALLS = {
-    "x86_64": {"pivot_root": 155},
-    "aarch64": {"pivot_root": 41},
+    "x86_64": {"pivot_root": 155, "seccomp": 317},
+    "aarch64": {"pivot_root": 41, "seccomp": 277},
 }
 SYS_OPEN_TREE = 428
 SYS_MOVE_MOUNT = 429
@@ -275,6 +283,30 @@ def close_range_cloexec(first: int) -> None:
     _check(_libc.syscall(ctypes.c_long(SYS_CLOSE_RANGE), ctypes.c_uint(first),
                          ctypes.c_uint(0xFFFFFFFF), ctypes.c_uint(CLOSE_RANGE_CLOEXEC)),
            "close_range")
+
+
+class _SockFprog(ctypes.Structure):
+    """struct sock_fprog (seccomp(2)): the length in instructions and the code."""
+
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+
+def seccomp_set_filter(code: bytes, flags: int = 0) -> None:
+    """Install the classic BPF program `code` (struct sock_filter[]) as a seccomp filter.
+
+    Without flags through prctl(PR_SET_SECCOMP), which every architecture
+    has; with SECCOMP_FILTER_FLAG_* through seccomp(2).  Needs no_new_privs
+    or CAP_SYS_ADMIN (seccomp(2)).
+    """
+    program = _SockFprog(len(code) // 8, code)
+    if flags:
+        _check(_libc.syscall(ctypes.c_long(_syscall_number("seccomp")),
+                             ctypes.c_uint(SECCOMP_SET_MODE_FILTER), ctypes.c_uint(flags),
+                             ctypes.byref(program)), "seccomp(SECCOMP_SET_MODE_FILTER)")
+    else:
+        _check(_libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER),
+                           ctypes.byref(program), ctypes.c_ulong(0), ctypes.c_ulong(0)),
+               "prctl(PR_SET_SECCOMP)")
 
 
 # -- signals ------------------------------------------------------------------

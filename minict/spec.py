@@ -6,6 +6,9 @@ the container's name; the capabilities are docker's default set, in the
 bounding, effective and permitted sets only (capabilities.py says why); and
 the masked and read-only paths are docker's (moby daemon/pkg/oci DefaultLinuxSpec).
 `--privileged` gives every capability and masks nothing.
+Like docker's, the process also gets docker's default seccomp profile
+(seccomp.py) and no no_new_privs, so setuid programs and file capabilities
+in an image work.
 
 The conversion follows image-spec conversion.md and umoci's
 oci/config/convert: args = Entrypoint + Cmd, Env over the default PATH and
@@ -17,7 +20,7 @@ fields as annotations, and each Volume as a tmpfs mount.
 import copy
 from dataclasses import dataclass
 
-from minict import capabilities
+from minict import capabilities, seccomp
 
 OCI_VERSION = "1.0.0"
 DEFAULT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"]
@@ -90,6 +93,11 @@ class Overrides:
     # (host uid, host gid, size) range container.run reserved.
     userns: str = "identity"
     userns_range: tuple[int, int, int] | None = None
+    # --security-opt: no-new-privileges, and seccomp=unconfined or seccomp=PATH
+    # (the profile read from PATH, docker's or the OCI format; None: docker's default).
+    no_new_privileges: bool = False
+    seccomp_unconfined: bool = False
+    seccomp_profile: dict | None = None
 
 
 def override(image: dict, overrides: Overrides) -> dict:
@@ -174,7 +182,7 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
             "capabilities": capabilities.process_sets(capabilities.resolve(
                 overrides.cap_add, overrides.cap_drop, overrides.privileged)),
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": True,
+            "noNewPrivileges": overrides.no_new_privileges,
         },
         "root": {"path": "rootfs"},
         "hostname": hostname,
@@ -186,10 +194,24 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
             "readonlyPaths": [] if overrides.privileged else list(READONLY_PATHS),
         },
     }
+    section = _seccomp(overrides, document["process"]["capabilities"]["bounding"])
+    if section is not None:
+        document["linux"]["seccomp"] = section
     from minict import userns
 
     userns.configure(document, overrides.userns, overrides.userns_range)
     return document
+
+
+def _seccomp(overrides: Overrides, bounding: list[str]) -> dict | None:
+    """Return the linux.seccomp section: docker's default profile unless told otherwise."""
+    if overrides.privileged or overrides.seccomp_unconfined:
+        return None
+    profile = overrides.seccomp_profile
+    try:
+        return seccomp.to_oci(seccomp.DEFAULT_PROFILE if profile is None else profile, bounding)
+    except seccomp.SeccompError as err:
+        raise SpecError(err.message) from None
 
 
 def resolve_user(spec: str, passwd: str | None, group: str | None) -> dict:

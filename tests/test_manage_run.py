@@ -186,13 +186,14 @@ def test_exec_sees_the_containers_processes_hostname_files_env_and_status(minict
 
 
 def test_exec_gets_the_configs_capabilities_and_no_new_privs(minict, running):
-    running("caps")
-    show = "grep -E '^(CapEff|CapBnd|CapPrm|NoNewPrivs)' /proc/{}/status"
+    running("caps", "--security-opt", "no-new-privileges")  # docker's default is without
+    show = "grep -E '^(CapEff|CapBnd|CapPrm|NoNewPrivs|Seccomp)' /proc/{}/status"
     init = minict("exec", "--name", "caps", "--", "sh", "-c", show.format(1))
     own = minict("exec", "--name", "caps", "--", "sh", "-c", show.format("self"))
     assert own.returncode == 0, own.stderr
     assert own.stdout == init.stdout
     assert "NoNewPrivs:\t1" in own.stdout
+    assert "Seccomp:\t2" in own.stdout
     assert "CapEff:\t00000000a80425fb" in own.stdout  # docker's default 14
 
 

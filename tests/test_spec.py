@@ -1,6 +1,7 @@
 """config.json: the known ubuntu:20.04 document field by field, and the conversion rules."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -22,8 +23,9 @@ UBUNTU_GROUP = "root:x:0:\ndaemon:x:1:\n"
 
 # The document umoci wrote for it (dissecting-minict.md), with the
 # deliberate changes: hostname = the container's name; docker's 14 default
-# capabilities with empty inheritable and ambient sets (CVE-2022-29162); and
-# docker's masked and read-only paths (plus /proc/pressure read-only).
+# capabilities with empty inheritable and ambient sets (CVE-2022-29162);
+# docker's masked and read-only paths (plus /proc/pressure read-only); and
+# docker's defaults for no_new_privs (off) and seccomp (below).
 EXPECTED = json.loads("""
 {
   "ociVersion": "1.0.0",
@@ -48,7 +50,7 @@ EXPECTED = json.loads("""
       "ambient": []
     },
     "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-    "noNewPrivileges": true
+    "noNewPrivileges": false
   },
   "root": {"path": "rootfs"},
   "hostname": "ubuntu-nanik",
@@ -87,6 +89,11 @@ EXPECTED = json.loads("""
   }
 }
 """)
+# docker's default seccomp profile as moby's setupSeccomp makes it for these three
+# capabilities on amd64 with a kernel >= 4.8: written from moby's profiles/seccomp
+# v0.2.3 default.json, not by minict (so the test needs an x86_64 host).
+EXPECTED["linux"]["seccomp"] = json.loads(
+    (Path(__file__).parent / "support" / "seccomp-default-amd64.json").read_text())
 
 
 def _fields(doc, prefix=""):

@@ -1,0 +1,574 @@
+"""System-call filtering: docker's default profile, its OCI form, and the libseccomp filter.
+
+Three stages, in the order a container meets them:
+
+    DEFAULT_PROFILE   docker's default profile as data (moby/profiles seccomp
+                      v0.2.3, default.json), in docker's format: rules that
+                      apply only with a capability, on an architecture or from
+                      a kernel version on
+    to_oci()          docker's format -> config.json's `linux.seccomp`
+                      (runtime-spec config-linux.md#seccomp), deciding those
+                      conditions for this container and this host, as moby's
+                      setupSeccomp does; `run` stores the result, so `start`
+                      and runc load the very same filter
+    program()         `linux.seccomp` -> BPF code, made by libseccomp's Python
+                      binding (Debian's python3-seccomp) and cached in the
+                      bundle; the container's init loads it last (init.py)
+
+What is not allowed fails with EPERM, but a system call the filter cannot
+know (newer than libseccomp, or no system call at all) fails with ENOSYS, so
+programs fall back to an older call as they do on an older kernel (runc's
+patchbpf does the same with a hand-written BPF prologue).  With libseccomp
+alone that takes two stacked filters: the profile's, then one that allows
+every system call libseccomp knows and answers ENOSYS to the rest.  The
+kernel runs both and keeps the stronger verdict, and of two errnos the one of
+the filter loaded last (seccomp(2), "Filter return values"): a known call
+gets the profile's answer, an unknown one ENOSYS.
+"""
+
+import contextlib
+import copy
+import errno as errnos
+import json
+import os
+import re
+
+from minict import linux
+from minict.errors import MinictError
+
+
+class SeccompError(MinictError):
+    """A seccomp profile minict cannot honour, or no libseccomp binding."""
+
+
+def _rule(action: str, names: str, **extra) -> dict:
+    return {"names": names.split(), "action": action, **extra}
+
+
+_ALLOW = "SCMP_ACT_ALLOW"
+
+# docker's default profile (moby/profiles/seccomp v0.2.3 default.json).
+DEFAULT_PROFILE = {
+    "defaultAction": "SCMP_ACT_ERRNO",
+    "defaultErrnoRet": errnos.EPERM,
+    "archMap": [
+        {"architecture": "SCMP_ARCH_X86_64",
+         "subArchitectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]},
+        {"architecture": "SCMP_ARCH_AARCH64", "subArchitectures": ["SCMP_ARCH_ARM"]},
+        {"architecture": "SCMP_ARCH_MIPS64",
+         "subArchitectures": ["SCMP_ARCH_MIPS", "SCMP_ARCH_MIPS64N32"]},
+        {"architecture": "SCMP_ARCH_MIPS64N32",
+         "subArchitectures": ["SCMP_ARCH_MIPS", "SCMP_ARCH_MIPS64"]},
+        {"architecture": "SCMP_ARCH_MIPSEL64",
+         "subArchitectures": ["SCMP_ARCH_MIPSEL", "SCMP_ARCH_MIPSEL64N32"]},
+        {"architecture": "SCMP_ARCH_MIPSEL64N32",
+         "subArchitectures": ["SCMP_ARCH_MIPSEL", "SCMP_ARCH_MIPSEL64"]},
+        {"architecture": "SCMP_ARCH_S390X", "subArchitectures": ["SCMP_ARCH_S390"]},
+        {"architecture": "SCMP_ARCH_RISCV64", "subArchitectures": None},
+        {"architecture": "SCMP_ARCH_LOONGARCH64", "subArchitectures": None},
+    ],
+    "syscalls": [
+        # Everything an ordinary program needs.  Absent, hence refused: keyctl,
+        # add_key, request_key (the kernel keyring is not namespaced),
+        # io_uring_*, userfaultfd, kexec_*, swapon, pivot_root, ...
+        _rule(_ALLOW, """
+    accept accept4 access adjtimex alarm bind brk cachestat capget capset chdir chmod chown
+    chown32 clock_adjtime clock_adjtime64 clock_getres clock_getres_time64 clock_gettime
+    clock_gettime64 clock_nanosleep clock_nanosleep_time64 close close_range connect
+    copy_file_range creat dup dup2 dup3 epoll_create epoll_create1 epoll_ctl epoll_ctl_old
+    epoll_pwait epoll_pwait2 epoll_wait epoll_wait_old eventfd eventfd2 execve execveat exit
+    exit_group faccessat faccessat2 fadvise64 fadvise64_64 fallocate fanotify_mark fchdir fchmod
+    fchmodat fchmodat2 fchown fchown32 fchownat fcntl fcntl64 fdatasync fgetxattr flistxattr
+    flock fork fremovexattr fsetxattr fstat fstat64 fstatat64 fstatfs fstatfs64 fsync ftruncate
+    ftruncate64 futex futex_requeue futex_time64 futex_wait futex_waitv futex_wake futimesat
+    getcpu getcwd getdents getdents64 getegid getegid32 geteuid geteuid32 getgid getgid32
+    getgroups getgroups32 getitimer getpeername getpgid getpgrp getpid getppid getpriority
+    getrandom getresgid getresgid32 getresuid getresuid32 getrlimit get_robust_list getrusage
+    getsid getsockname getsockopt get_thread_area gettid gettimeofday getuid getuid32 getxattr
+    getxattrat inotify_add_watch inotify_init inotify_init1 inotify_rm_watch io_cancel ioctl
+    io_destroy io_getevents io_pgetevents io_pgetevents_time64 ioprio_get ioprio_set io_setup
+    io_submit ipc kill landlock_add_rule landlock_create_ruleset landlock_restrict_self lchown
+    lchown32 lgetxattr link linkat listen listmount listxattr listxattrat llistxattr _llseek
+    lremovexattr lseek lsetxattr lstat lstat64 madvise map_shadow_stack membarrier memfd_create
+    memfd_secret mincore mkdir mkdirat mknod mknodat mlock mlock2 mlockall mmap mmap2 mprotect
+    mq_getsetattr mq_notify mq_open mq_timedreceive mq_timedreceive_time64 mq_timedsend
+    mq_timedsend_time64 mq_unlink mremap mseal msgctl msgget msgrcv msgsnd msync munlock
+    munlockall munmap name_to_handle_at nanosleep newfstatat _newselect open openat openat2
+    pause pidfd_open pidfd_send_signal pipe pipe2 pkey_alloc pkey_free pkey_mprotect poll ppoll
+    ppoll_time64 prctl pread64 preadv preadv2 prlimit64 process_mrelease pselect6
+    pselect6_time64 pwrite64 pwritev pwritev2 read readahead readlink readlinkat readv recv
+    recvfrom recvmmsg recvmmsg_time64 recvmsg remap_file_pages removexattr removexattrat rename
+    renameat renameat2 restart_syscall riscv_hwprobe rmdir rseq rt_sigaction rt_sigpending
+    rt_sigprocmask rt_sigqueueinfo rt_sigreturn rt_sigsuspend rt_sigtimedwait
+    rt_sigtimedwait_time64 rt_tgsigqueueinfo sched_getaffinity sched_getattr sched_getparam
+    sched_get_priority_max sched_get_priority_min sched_getscheduler sched_rr_get_interval
+    sched_rr_get_interval_time64 sched_setaffinity sched_setattr sched_setparam
+    sched_setscheduler sched_yield seccomp select semctl semget semop semtimedop
+    semtimedop_time64 send sendfile sendfile64 sendmmsg sendmsg sendto setfsgid setfsgid32
+    setfsuid setfsuid32 setgid setgid32 setgroups setgroups32 setitimer setpgid setpriority
+    setregid setregid32 setresgid setresgid32 setresuid setresuid32 setreuid setreuid32
+    setrlimit set_robust_list setsid setsockopt set_thread_area set_tid_address setuid setuid32
+    setxattr setxattrat shmat shmctl shmdt shmget shutdown sigaltstack signalfd signalfd4
+    sigprocmask sigreturn socketcall socketpair splice stat stat64 statfs statfs64 statmount
+    statx symlink symlinkat sync sync_file_range syncfs sysinfo tee tgkill time timer_create
+    timer_delete timer_getoverrun timer_gettime timer_gettime64 timer_settime timer_settime64
+    timerfd_create timerfd_gettime timerfd_gettime64 timerfd_settime timerfd_settime64 times
+    tkill truncate truncate64 ugetrlimit umask uname unlink unlinkat uretprobe utime utimensat
+    utimensat_time64 utimes vfork vmsplice wait4 waitid waitpid write writev"""),
+        # Since 4.8 seccomp runs after ptrace, so a tracer cannot skip the filter.
+        _rule(_ALLOW, "process_vm_readv process_vm_writev ptrace",
+              includes={"minKernel": "4.8"}),
+        # Every socket family but AF_ALG (38) and AF_VSOCK (40).  On 32-bit x86
+        # socket() may go through socketcall(2), whose arguments a filter cannot
+        # see: there both families stay reachable (as under docker).
+        _rule(_ALLOW, "socket", args=[{"index": 0, "value": 38, "op": "SCMP_CMP_LT"}]),
+        _rule(_ALLOW, "socket", args=[{"index": 0, "value": 39, "op": "SCMP_CMP_EQ"}]),
+        _rule(_ALLOW, "socket", args=[{"index": 0, "value": 40, "op": "SCMP_CMP_GT"}]),
+        # personality(2): only PER_LINUX, PER_LINUX32, UNAME26 combinations and the query.
+        *[_rule(_ALLOW, "personality", args=[{"index": 0, "value": v, "op": "SCMP_CMP_EQ"}])
+          for v in (0x0, 0x8, 0x20000, 0x20008, 0xffffffff)],
+        _rule(_ALLOW, "sync_file_range2 swapcontext", includes={"arches": ["ppc64le"]}),
+        _rule(_ALLOW, "arm_fadvise64_64 arm_sync_file_range sync_file_range2 breakpoint "
+              "cacheflush set_tls", includes={"arches": ["arm", "arm64"]}),
+        _rule(_ALLOW, "arch_prctl", includes={"arches": ["amd64", "x32"]}),
+        _rule(_ALLOW, "modify_ldt", includes={"arches": ["amd64", "x32", "x86"]}),
+        _rule(_ALLOW, "s390_pci_mmio_read s390_pci_mmio_write s390_runtime_instr",
+              includes={"arches": ["s390", "s390x"]}),
+        _rule(_ALLOW, "riscv_flush_icache", includes={"arches": ["riscv64"]}),
+        # The rest only with the capability that makes them useful.
+        _rule(_ALLOW, "open_by_handle_at", includes={"caps": ["CAP_DAC_READ_SEARCH"]}),
+        _rule(_ALLOW, """
+    bpf clone clone3 fanotify_init fsconfig fsmount fsopen fspick lookup_dcookie
+    lsm_get_self_attr lsm_list_modules lsm_set_self_attr mount mount_setattr move_mount
+    open_tree perf_event_open quotactl quotactl_fd setdomainname sethostname setns syslog
+    umount umount2 unshare""", includes={"caps": ["CAP_SYS_ADMIN"]}),
+        # Without CAP_SYS_ADMIN, clone may not make namespaces (CLONE_NEWNS |
+        # NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET = 0x7e020000);
+        # s390 passes the flags second.
+        _rule(_ALLOW, "clone", args=[{"index": 0, "value": 0x7E020000,
+                                      "op": "SCMP_CMP_MASKED_EQ"}],
+              excludes={"caps": ["CAP_SYS_ADMIN"], "arches": ["s390", "s390x"]}),
+        _rule(_ALLOW, "clone", args=[{"index": 1, "value": 0x7E020000,
+                                      "op": "SCMP_CMP_MASKED_EQ"}],
+              includes={"arches": ["s390", "s390x"]}, excludes={"caps": ["CAP_SYS_ADMIN"]}),
+        # clone3 passes its flags in memory, out of a filter's reach: ENOSYS
+        # makes the C library fall back to clone, whose flags are checked.
+        _rule("SCMP_ACT_ERRNO", "clone3", errnoRet=errnos.ENOSYS,
+              excludes={"caps": ["CAP_SYS_ADMIN"]}),
+        _rule(_ALLOW, "reboot", includes={"caps": ["CAP_SYS_BOOT"]}),
+        _rule(_ALLOW, "chroot", includes={"caps": ["CAP_SYS_CHROOT"]}),
+        _rule(_ALLOW, "delete_module init_module finit_module",
+              includes={"caps": ["CAP_SYS_MODULE"]}),
+        _rule(_ALLOW, "acct", includes={"caps": ["CAP_SYS_PACCT"]}),
+        _rule(_ALLOW, "kcmp pidfd_getfd process_madvise process_vm_readv process_vm_writev "
+              "ptrace", includes={"caps": ["CAP_SYS_PTRACE"]}),
+        _rule(_ALLOW, "iopl ioperm", includes={"caps": ["CAP_SYS_RAWIO"]}),
+        _rule(_ALLOW, "settimeofday stime clock_settime clock_settime64",
+              includes={"caps": ["CAP_SYS_TIME"]}),
+        _rule(_ALLOW, "vhangup", includes={"caps": ["CAP_SYS_TTY_CONFIG"]}),
+        _rule(_ALLOW, "get_mempolicy mbind set_mempolicy set_mempolicy_home_node",
+              includes={"caps": ["CAP_SYS_NICE"]}),
+        _rule(_ALLOW, "syslog", includes={"caps": ["CAP_SYSLOG"]}),
+        _rule(_ALLOW, "bpf", includes={"caps": ["CAP_BPF"]}),
+        _rule(_ALLOW, "perf_event_open", includes={"caps": ["CAP_PERFMON"]}),
+    ],
+}
+
+# `uname -m` -> (docker's name of the architecture, as `includes.arches` and
+# `excludes.arches` use it; the SCMP_ARCH_ of its native system calls).
+# The machines are those of pull.py's platform table.
+MACHINES = {
+    "x86_64": ("amd64", "SCMP_ARCH_X86_64"), "amd64": ("amd64", "SCMP_ARCH_X86_64"),
+    "i386": ("x86", "SCMP_ARCH_X86"), "i686": ("x86", "SCMP_ARCH_X86"),
+    "aarch64": ("arm64", "SCMP_ARCH_AARCH64"), "arm64": ("arm64", "SCMP_ARCH_AARCH64"),
+    "armv8l": ("arm", "SCMP_ARCH_ARM"), "armv7l": ("arm", "SCMP_ARCH_ARM"),
+    "armv6l": ("arm", "SCMP_ARCH_ARM"), "armv5tel": ("arm", "SCMP_ARCH_ARM"),
+    "ppc64le": ("ppc64le", "SCMP_ARCH_PPC64LE"), "s390x": ("s390x", "SCMP_ARCH_S390X"),
+    "riscv64": ("riscv64", "SCMP_ARCH_RISCV64"), "mips64": ("mips64", "SCMP_ARCH_MIPS64"),
+    "loongarch64": ("loong64", "SCMP_ARCH_LOONGARCH64"),
+}
+
+# runtime-spec config-linux.md#seccomp: the names, and libseccomp's for each.
+ARCHES = {
+    "SCMP_ARCH_X86": "X86", "SCMP_ARCH_X86_64": "X86_64", "SCMP_ARCH_X32": "X32",
+    "SCMP_ARCH_ARM": "ARM", "SCMP_ARCH_AARCH64": "AARCH64", "SCMP_ARCH_MIPS": "MIPS",
+    "SCMP_ARCH_MIPS64": "MIPS64", "SCMP_ARCH_MIPS64N32": "MIPS64N32",
+    "SCMP_ARCH_MIPSEL": "MIPSEL", "SCMP_ARCH_MIPSEL64": "MIPSEL64",
+    "SCMP_ARCH_MIPSEL64N32": "MIPSEL64N32", "SCMP_ARCH_PPC": "PPC", "SCMP_ARCH_PPC64": "PPC64",
+    "SCMP_ARCH_PPC64LE": "PPC64LE", "SCMP_ARCH_S390": "S390", "SCMP_ARCH_S390X": "S390X",
+    "SCMP_ARCH_PARISC": "PARISC", "SCMP_ARCH_PARISC64": "PARISC64",
+    "SCMP_ARCH_RISCV64": "RISCV64", "SCMP_ARCH_LOONGARCH64": "LOONGARCH64",
+}
+ACTIONS = {"SCMP_ACT_KILL", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_TRAP",
+           "SCMP_ACT_ERRNO", "SCMP_ACT_TRACE", "SCMP_ACT_ALLOW", "SCMP_ACT_LOG"}
+OPERATORS = {"SCMP_CMP_NE": "NE", "SCMP_CMP_LT": "LT", "SCMP_CMP_LE": "LE", "SCMP_CMP_EQ": "EQ",
+             "SCMP_CMP_GE": "GE", "SCMP_CMP_GT": "GT", "SCMP_CMP_MASKED_EQ": "MASKED_EQ"}
+FLAGS = {"SECCOMP_FILTER_FLAG_TSYNC": linux.SECCOMP_FILTER_FLAG_TSYNC,
+         "SECCOMP_FILTER_FLAG_LOG": linux.SECCOMP_FILTER_FLAG_LOG,
+         "SECCOMP_FILTER_FLAG_SPEC_ALLOW": linux.SECCOMP_FILTER_FLAG_SPEC_ALLOW}
+# A default that lets calls through needs no ENOSYS for unknown ones (runc's
+# isAllowAction: a tracer handles new calls itself).
+_PERMISSIVE = {"SCMP_ACT_ALLOW", "SCMP_ACT_LOG", "SCMP_ACT_TRACE"}
+_ERRNO_MAX = 4095  # the kernel reads -1..-4095 as an error (MAX_ERRNO)
+_U64 = 2**64
+# Numbers libseccomp's own tables may hold on the native architecture: real
+# ones from 0, and its pseudo numbers (system calls other architectures have)
+# from -10001 down (seccomp_syscall_resolve_num_arch(3)).
+_NUMBERS = (range(1024), range(-10001, -10512, -1))
+
+
+# -- docker's format -> OCI --------------------------------------------------------
+
+def to_oci(profile: dict, bounding, machine: str | None = None,
+           kernel: str | None = None) -> dict | None:
+    """Return the `linux.seccomp` section for a docker- or OCI-format `profile`; None: none.
+
+    Rules with `includes`/`excludes` are kept or dropped for a container
+    whose bounding set is `bounding`, on `machine` (`uname -m`) with kernel
+    release `kernel` (both default to this host's), as moby's setupSeccomp
+    decides them.  An OCI-format section passes through (checked).  Raise
+    SeccompError for what cannot be converted or loaded.
+    """
+    if not isinstance(profile, dict):
+        raise SeccompError("a seccomp profile must be a JSON object")
+    # moby: no default action and no rules means no filter at all.
+    if not profile.get("defaultAction") and not profile.get("syscalls"):
+        return None
+    uname = os.uname()
+    machine = machine or uname.machine
+    native, native_arch = MACHINES.get(machine, (machine, None))
+    if profile.get("architectures") and profile.get("archMap"):
+        raise SeccompError("a seccomp profile gives both 'architectures' and 'archMap'")
+    section = {key: profile[key] for key in ("defaultAction", "defaultErrnoRet",
+                                             "architectures", "flags", "listenerPath",
+                                             "listenerMetadata") if key in profile}
+    if "archMap" in profile:
+        section["architectures"] = _architectures(profile["archMap"], native_arch)
+    rules = []
+    for rule in _list(profile, "syscalls"):
+        if not isinstance(rule, dict):
+            raise SeccompError(f"seccomp rule {rule!r} is not an object")
+        if _applies(rule, native, set(bounding), kernel or uname.release):
+            rules.append(_oci_rule(rule))
+    section["syscalls"] = rules
+    check(section)
+    # A copy: the caller may change the document, never DEFAULT_PROFILE.
+    return copy.deepcopy(section)
+
+
+def _architectures(arch_map, native_arch) -> list[str]:
+    if not isinstance(arch_map, list):
+        raise SeccompError("seccomp profile's 'archMap' is not a list")
+    for entry in arch_map:
+        if isinstance(entry, dict) and entry.get("architecture") == native_arch:
+            return [native_arch, *(entry.get("subArchitectures") or [])]
+    # moby leaves the list empty, which means the native architecture alone.
+    return [native_arch] if native_arch else []
+
+
+def _applies(rule: dict, native: str, bounding: set, release: str) -> bool:
+    includes = _filter(rule, "includes")
+    excludes = _filter(rule, "excludes")
+    if native in _strings(excludes, "arches"):
+        return False
+    if any(cap in bounding for cap in _strings(excludes, "caps")):
+        return False
+    if excludes.get("minKernel") and _kernel_at_least(release, excludes["minKernel"]):
+        return False
+    if _strings(includes, "arches") and native not in _strings(includes, "arches"):
+        return False
+    if not all(cap in bounding for cap in _strings(includes, "caps")):
+        return False
+    minimum = includes.get("minKernel")
+    return not minimum or _kernel_at_least(release, minimum)
+
+
+def _oci_rule(rule: dict) -> dict:
+    if rule.get("name") and rule.get("names"):
+        raise SeccompError("a seccomp rule gives both 'name' and 'names'")
+    names = [rule["name"]] if rule.get("name") else rule.get("names")
+    out = {"names": names}
+    for key in ("action", "errnoRet", "args"):
+        if key in rule:
+            out[key] = rule[key]
+    return out
+
+
+def _kernel_at_least(release: str, wanted) -> bool:
+    """Compare `uname -r`'s major.minor with docker's "<kernel>.<major>" (moby kernel_linux.go)."""
+    try:
+        want = tuple(int(p) for p in str(wanted).split("."))
+        if len(want) != 2:
+            raise ValueError
+    except ValueError:
+        raise SeccompError(f"invalid kernel version {wanted!r} in a seccomp profile: "
+                           "expected <kernel>.<major>") from None
+    # "6.18.0-1-amd64", "3.12-rc5": the first two numbers count.
+    have = re.match(r"(\d+)(?:\.(\d+))?", release)
+    return (int(have[1]), int(have[2] or 0)) >= want if have else False
+
+
+def _filter(rule: dict, key: str) -> dict:
+    value = rule.get(key) or {}
+    if not isinstance(value, dict):
+        raise SeccompError(f"seccomp rule's {key!r} is not an object")
+    return value
+
+
+def _list(obj: dict, key: str) -> list:
+    value = obj.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SeccompError(f"seccomp profile's {key!r} is not a list")
+    return value
+
+
+def _strings(obj: dict, key: str) -> list[str]:
+    value = _list(obj, key)
+    if not all(isinstance(v, str) for v in value):
+        raise SeccompError(f"seccomp profile's {key!r} is not a list of strings")
+    return value
+
+
+def read_profile(path: str, bounding=()) -> dict | None:
+    """Read a profile file for `--security-opt seccomp=PATH`; return its parsed JSON.
+
+    Docker's format and the OCI `linux.seccomp` format are both accepted;
+    the file is converted once here (for `bounding`) so that a bad one is
+    one error line before anything is unpacked.  Raise SeccompError.
+    """
+    try:
+        with open(path, "rb") as file:
+            document = json.loads(file.read(4 * 1024 * 1024 + 1))
+    except OSError as err:
+        raise SeccompError(f"cannot read seccomp profile {path}: {err.strerror}") from None
+    except ValueError as err:
+        raise SeccompError(f"seccomp profile {path} is not JSON: {err}") from None
+    try:
+        to_oci(document, bounding)
+    except SeccompError as err:
+        raise SeccompError(f"seccomp profile {path}: {err.message}") from None
+    return document
+
+
+# -- checking the OCI section -------------------------------------------------------
+
+def check(section: dict) -> None:
+    """Raise SeccompError unless minict can load `section` (config.json's linux.seccomp)."""
+    if not isinstance(section, dict):
+        raise SeccompError("linux.seccomp is not an object")
+    _action(section.get("defaultAction"), section.get("defaultErrnoRet"), "defaultAction")
+    for arch in _strings(section, "architectures"):
+        if arch not in ARCHES:
+            raise SeccompError(f"unknown seccomp architecture {arch!r}")
+    for flag in _strings(section, "flags"):
+        if flag not in FLAGS:
+            raise SeccompError(f"seccomp flag {flag!r} is not supported")
+    if section.get("listenerPath"):
+        raise SeccompError("seccomp listenerPath (SCMP_ACT_NOTIFY) is not supported")
+    for rule in _list(section, "syscalls"):
+        if not isinstance(rule, dict):
+            raise SeccompError(f"seccomp rule {rule!r} is not an object")
+        names = _strings(rule, "names")
+        if not names:
+            raise SeccompError(f"seccomp rule {rule!r} names no system call")
+        _action(rule.get("action"), rule.get("errnoRet"), f"the rule for {names[0]}")
+        for arg in _list(rule, "args"):
+            _check_arg(arg, names[0])
+
+
+def _action(action, errno_ret, where: str) -> None:
+    if action not in ACTIONS:
+        raise SeccompError(f"unknown seccomp action {action!r} in {where}")
+    if errno_ret is not None and (type(errno_ret) is not int
+                                  or not 0 <= errno_ret <= _ERRNO_MAX):
+        raise SeccompError(f"seccomp errnoRet {errno_ret!r} in {where} is not an errno "
+                           f"(0-{_ERRNO_MAX})")
+
+
+def _check_arg(arg, name: str) -> None:
+    if not isinstance(arg, dict):
+        raise SeccompError(f"seccomp argument {arg!r} of {name} is not an object")
+    if arg.get("op") not in OPERATORS:
+        raise SeccompError(f"unknown seccomp operator {arg.get('op')!r} for {name}")
+    index = arg.get("index")
+    if type(index) is not int or not 0 <= index <= 5:
+        raise SeccompError(f"seccomp argument index {index!r} for {name} is not 0-5")
+    for key in ("value", "valueTwo"):
+        value = arg.get(key, 0)
+        if type(value) is not int or not 0 <= value < _U64:
+            raise SeccompError(f"seccomp {key} {value!r} for {name} is not a 64-bit number")
+
+
+# -- OCI -> libseccomp -> BPF ----------------------------------------------------------
+
+def binding():
+    """Return libseccomp's Python module; raise SeccompError saying how to get it."""
+    try:
+        import seccomp as libseccomp
+    except ImportError:
+        raise SeccompError(
+            "libseccomp's Python binding (module 'seccomp') is missing: install Debian's "
+            "python3-seccomp and re-run 'make install' (it links the module into minict's "
+            "venv), or run with --security-opt seccomp=unconfined") from None
+    return libseccomp
+
+
+# The bundle's cache of generated BPF code (see program()).
+CACHE_NAME = "seccomp-bpf.json"
+
+
+class Program:
+    """The filters of one `linux.seccomp` section: (seccomp(2) flags, BPF code) pairs."""
+
+    def __init__(self, filters: list[tuple[int, bytes]]):
+        self.filters = filters
+
+    def load(self) -> None:
+        """Install the filters on this process, in order; raise OSError."""
+        for flags, code in self.filters:
+            linux.seccomp_set_filter(code, flags)
+
+
+def program(section: dict, cache: str | None = None) -> Program:
+    """Return the filters `section` asks for (see the module docstring); raise SeccompError.
+
+    libseccomp takes ~30 ms to generate them for x86_64 with its two 32-bit
+    entries, as long as the rest of `start`: so the code is kept in the file
+    `cache` (in the bundle), reused while the section and the libseccomp
+    binding are the same.  System calls libseccomp does not know are
+    skipped, as runc does: a profile may list calls newer than the library
+    (they get ENOSYS then).
+    """
+    check(section)
+    lib = binding()
+    made_by = os.stat(lib.__file__)
+    # What the code depends on; compared whole (hashing would cost an import).
+    key = {"section": section, "machine": os.uname().machine,
+           "binding": [lib.__file__, made_by.st_size, made_by.st_mtime_ns]}
+    if cache is not None:
+        try:
+            with open(cache, "rb") as file:
+                stored = json.load(file)
+            if stored.get("key") == key:
+                return Program([(f, bytes.fromhex(c)) for f, c in stored["filters"]])
+        except (OSError, ValueError, AttributeError, TypeError):
+            pass  # absent, unreadable or stale: build it again
+    built = Program(_build(section, lib))
+    if cache is not None:
+        _store(cache, {"key": key, "filters": [[f, c.hex()] for f, c in built.filters]})
+    return built
+
+
+def _store(path: str, document: dict) -> None:
+    """Replace `path` by `document` atomically; a failure only costs the next start time."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as file:
+            json.dump(document, file)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _build(section: dict, lib) -> list[tuple[int, bytes]]:
+    arches = [getattr(lib.Arch, ARCHES[a], None) for a in section.get("architectures") or []]
+    if None in arches:
+        missing = [a for a in section["architectures"] if not hasattr(lib.Arch, ARCHES[a])]
+        raise SeccompError(f"this libseccomp cannot filter architecture {missing[0]}")
+    flags = sum(FLAGS[f] for f in set(section.get("flags") or []))
+    default = section["defaultAction"]
+    profile = _new_filter(lib, _to_action(lib, default, section.get("defaultErrnoRet")), arches)
+    names = set()
+    for rule in section.get("syscalls") or []:
+        action = _to_action(lib, rule["action"], rule.get("errnoRet"))
+        for name in rule["names"]:
+            names.add(name)
+            _add(lib, profile, action, name, rule.get("args") or [])
+    filters = [(flags, _export(profile))]
+    if default not in _PERMISSIVE:
+        known = _new_filter(lib, lib.ERRNO(errnos.ENOSYS), arches)
+        for name in _known_names(lib) | names:
+            _add(lib, known, lib.ALLOW, name, [])
+        filters.append((flags, _export(known)))
+    return filters
+
+
+def _new_filter(lib, action, arches):
+    syscall_filter = lib.SyscallFilter(action)
+    # A binary tree rather than a chain of ~400 comparisons per call.
+    syscall_filter.set_attr(lib.Attr.CTL_OPTIMIZE, 2)
+    for arch in arches:
+        if not syscall_filter.exist_arch(arch):
+            syscall_filter.add_arch(arch)
+    return syscall_filter
+
+
+def _export(syscall_filter) -> bytes:
+    """Return the filter's BPF code, as libseccomp would load it."""
+    fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
+    with open(fd, "w+b") as file:
+        syscall_filter.export_bpf(file)
+        file.seek(0)
+        return file.read()
+
+
+def _to_action(lib, action: str, errno_ret):
+    if action == "SCMP_ACT_ERRNO":
+        return lib.ERRNO(errnos.EPERM if errno_ret is None else errno_ret)
+    if action == "SCMP_ACT_TRACE":
+        return lib.TRACE(errnos.EPERM if errno_ret is None else errno_ret)
+    return {"SCMP_ACT_KILL": lib.KILL, "SCMP_ACT_KILL_THREAD": lib.KILL,
+            "SCMP_ACT_KILL_PROCESS": lib.KILL_PROCESS, "SCMP_ACT_TRAP": lib.TRAP,
+            "SCMP_ACT_ALLOW": lib.ALLOW, "SCMP_ACT_LOG": lib.LOG}[action]
+
+
+def _add(lib, syscall_filter, action, name: str, args) -> None:
+    """Add one rule; several conditions on one argument become one rule each (runc's way)."""
+    conditions = [lib.Arg(a["index"], getattr(lib, OPERATORS[a["op"]]), a.get("value", 0),
+                          a.get("valueTwo", 0)) for a in args]
+    indexes = [a["index"] for a in args]
+    groups = [[c] for c in conditions] if len(set(indexes)) < len(indexes) else [conditions]
+    for group in groups:
+        try:
+            syscall_filter.add_rule(action, name, *group)
+        except RuntimeError as err:
+            if not _is_known(lib, name):
+                return  # newer than this libseccomp: skipped, as runc does
+            raise SeccompError(f"seccomp rule for {name}: libseccomp refused it "
+                               f"({os.strerror(_errno_of(err))})") from None
+        except ValueError as err:
+            raise SeccompError(f"seccomp rule for {name}: {err}") from None
+
+
+_KNOWN: set[str] = set()
+
+
+def _known_names(lib) -> set[str]:
+    """Return the names of every system call libseccomp knows, on any architecture."""
+    if not _KNOWN:
+        for numbers in _NUMBERS:
+            for number in numbers:
+                try:
+                    _KNOWN.add(lib.resolve_syscall(lib.Arch.NATIVE, number).decode())
+                except ValueError:
+                    pass
+    return _KNOWN
+
+
+def _is_known(lib, name: str) -> bool:
+    scratch = lib.SyscallFilter(lib.ALLOW)
+    try:
+        scratch.add_rule(lib.ERRNO(errnos.EPERM), name)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _errno_of(err: RuntimeError) -> int:
+    """Return N of the binding's 'Library error (errno = -N)'; EINVAL if it has none."""
+    text = str(err)
+    digits = text[text.rfind("-") + 1:].rstrip(")").strip()
+    return int(digits) if digits.isdigit() else errnos.EINVAL
