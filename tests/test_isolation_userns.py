@@ -75,9 +75,21 @@ def children(pid) -> list[int]:
         return [int(p) for p in f.read().split()]
 
 
-def container_pid(minict_dir, name) -> int:
-    state = json.loads((minict_dir / "containers" / name / "state.json").read_text())
-    return state["pid"]
+def container_pid(minict_dir, name, timeout=10) -> int:
+    """Return the container's host pid once state.json has it.
+
+    The command may print before its minict records the pid: state.json is
+    written after execve, when the handshake ends.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            state = json.loads((minict_dir / "containers" / name / "state.json").read_text())
+        except (OSError, ValueError):
+            state = {}
+        if "pid" in state or time.monotonic() > deadline:
+            return state["pid"]
+        time.sleep(0.02)
 
 
 # -- ids seen from the host ------------------------------------------------------------
