@@ -17,6 +17,8 @@ fields as annotations, and each Volume as a tmpfs mount.
 import copy
 from dataclasses import dataclass
 
+from minict import devices as device_rules
+
 OCI_VERSION = "1.0.0"
 DEFAULT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"]
 DEFAULT_HOME = "/root"
@@ -64,6 +66,8 @@ class Overrides:
     `entrypoint` "" clears the image's Entrypoint; any other entrypoint also
     drops the image's Cmd (docker does: a Cmd is an Entrypoint's arguments).
     `cmd` replaces Cmd.  `env` entries (NAME=value) go over the image's Env.
+    `devices` (devices.Device, from --device) become `linux.devices` and
+    allow rules; `privileged` allows every device.
     """
 
     entrypoint: str | None = None
@@ -72,6 +76,8 @@ class Overrides:
     workdir: str | None = None
     user: str | None = None
     hostname: str | None = None
+    devices: tuple[device_rules.Device, ...] = ()
+    privileged: bool = False
 
 
 def override(image: dict, overrides: Overrides) -> dict:
@@ -140,6 +146,16 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
     })
     volumes = [{"destination": v, "type": "tmpfs", "source": "none",
                 "options": list(_VOLUME_OPTIONS)} for v in sorted(_keys(config, "Volumes"))]
+    overrides = overrides or Overrides()
+    linux = {
+        "namespaces": [{"type": t} for t in _NAMESPACES],
+        "maskedPaths": list(_MASKED_PATHS),
+        "readonlyPaths": list(_READONLY_PATHS),
+        "resources": {"devices": device_rules.cgroup_rules(overrides.devices,
+                                                           overrides.privileged)},
+    }
+    if overrides.devices:
+        linux["devices"] = [device.oci() for device in overrides.devices]
 
     return {
         "ociVersion": OCI_VERSION,
@@ -163,11 +179,7 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
         "hostname": hostname,
         "mounts": copy.deepcopy(_MOUNTS_HEAD) + volumes + copy.deepcopy(_MOUNTS_TAIL),
         "annotations": annotations,
-        "linux": {
-            "namespaces": [{"type": t} for t in _NAMESPACES],
-            "maskedPaths": list(_MASKED_PATHS),
-            "readonlyPaths": list(_READONLY_PATHS),
-        },
+        "linux": linux,
     }
 
 
