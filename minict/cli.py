@@ -115,15 +115,20 @@ def pull(image, platform, insecure, jobs, quiet):
               "minict's bridge (minict0).")
 @click.option("--publish", "-p", multiple=True, metavar="HOSTPORT:PORT[/tcp|udp]",
               help="Publish a container port on the host (--network bridge). Repeatable.")
+@click.option("--device", multiple=True, metavar="/dev/HOSTDEV[:CONTAINERPATH][:rwm]",
+              help="Give the container a host device, with these permissions (default rwm). "
+              "Repeatable.")
+@click.option("--privileged", is_flag=True,
+              help="Give away the device isolation: every device of the host, its nodes in /dev.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- COMMAND [ARG]...]")
 def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull_policy,
-        network, publish, command):
+        network, publish, device, privileged, command):
     """Run a new container.
 
     A COMMAND after `--` replaces the image's Cmd.  Whatever is given here
     is kept in the container's config.json, so `start` repeats it.
     """
-    from minict import container, spec, store
+    from minict import container, devices, spec, store
     from minict.network import parse_publish
 
     store.check_container_name(name)
@@ -131,7 +136,8 @@ def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull
     ports = [parse_publish(p) for p in publish]
     overrides = spec.Overrides(
         entrypoint=entrypoint, cmd=tuple(command) if command else None,
-        env=_env_options(env), workdir=workdir, user=user, hostname=hostname)
+        env=_env_options(env), workdir=workdir, user=user, hostname=hostname,
+        devices=devices.from_options(device, privileged), privileged=privileged)
     status = container.run(ref, name, overrides, auto_remove=auto_remove, pull=pull_policy,
                            network=network, publish=ports)
     entry.exit_now(status)
