@@ -10,8 +10,9 @@ For run and start, two processes run this code, both forked from minict
                      capabilities, then execve of the container's command
 
 `exec` replaces both: joiner() gets put in the container's cgroup, enters
-its namespaces and root and forks the command, which then takes the same last steps as PID 1
-(_become_process: terminal, limits, user, capabilities, execve).
+its namespaces and root and forks the command, which then takes the same
+last steps as PID 1 (_become_process: terminal, limits, user, capabilities,
+execve).
 
 None ever returns into minict's normal code: on success container()
 becomes the container's program; on any failure each reports one line on the
@@ -580,8 +581,6 @@ def _populate_dev(root_fd: int, extra: list) -> None:
     for destination, source in nodes.items():
         try:
             parent, _, fd = _open_target(root_fd, destination, create_file=True)
-        except SetupError:
-            raise
         except OSError as err:
             raise _fail(f"create {destination}", err) from None
         try:

@@ -11,7 +11,9 @@ The conversion follows image-spec conversion.md and umoci's
 oci/config/convert: args = Entrypoint + Cmd, Env over the default PATH and
 TERM, cwd = WorkingDir or "/", the user resolved through the rootfs's
 /etc/passwd and /etc/group (moby/sys/user's rules), labels and a few config
-fields as annotations, and each Volume as a tmpfs mount.
+fields as annotations, and each Volume as a tmpfs mount.  The device rules
+(linux.resources.devices) are runc's and docker's default allow list, plus
+run's --device and --privileged (devices.py owns them).
 """
 
 import copy
