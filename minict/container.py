@@ -329,7 +329,7 @@ def _create_cgroup(name: str, config: dict):
     try:
         return devices.create_cgroup(name, config)
     except MinictError as err:
-        raise LaunchError(err.message) from None
+        raise LaunchError(err.message, err.hint) from None
 
 
 def _read_config(path) -> dict:

@@ -300,7 +300,11 @@ def create_cgroup(name: str, config: dict):
 
     rules = rules_of(config)
     version = cgroup_version()
-    cgroup = cgroups.open_cgroup(name, {"devices": version})
+    try:
+        cgroup = cgroups.open_cgroup(name, {"devices": version})
+    except cgroups.CgroupError as err:
+        raise DeviceError(f"devices cgroup: {err.message}",
+                          hint=f"{ENV_VERSION}=v1 or v2 chooses the version") from None
     cgroup.create()
     try:
         directory = cgroup.directory("devices")

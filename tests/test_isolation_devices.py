@@ -638,3 +638,16 @@ def test_the_kernel_verifier_accepts_random_rule_sets():
                                  devices.encode(devices.program(devices.normalise(entries))), "MIT")
         os.close(fd)
 
+
+
+@pytest.mark.root
+def test_a_bad_cgroup_version_choice_is_one_clear_error_and_runs_nothing(minict, minict_dir,
+                                                                         probed_box):
+    bundle = probed_box(["touch", "/ran"])
+    bad = minict("start", "--name", "box", env={devices.ENV_VERSION: "v3"})
+    assert bad.returncode == 1
+    [line] = bad.stderr.splitlines()
+    assert "fatal Failed to run image. Error received: MINICT_CGROUP_DEVICES='v3': use v1 or v2" \
+        in line
+    assert not (bundle / "rootfs" / "ran").exists()
+    assert container_cgroups(minict_dir) == []
