@@ -20,7 +20,11 @@ into `directory(controller)`.  Processes join with `add` (launch.py puts a
 container's first process in before anything of the image runs), and
 `remove` deletes the directories once the container has exited.  A cgroup
 left by a minict that was killed is removed by the next start (`create`) or
-by `rm` (`remove_leftovers`).
+by `rm` (`remove_leftovers`).  One whose state directory is gone too (a
+killed minict's temporary $MINICT_DIR) is swept by any later start or rm:
+an empty cgroup under minict/ that is older than ORPHAN_AGE belongs to no
+running container (a running one holds its PID 1; a new one is empty only
+for the milliseconds between its mkdir and its first process).
 """
 
 import errno
@@ -39,6 +43,7 @@ V1_CONTROLLERS = frozenset({"cpuset", "cpu", "cpuacct", "blkio", "memory", "devi
                             "net_cls", "perf_event", "net_prio", "hugetlb", "pids", "rdma",
                             "misc"})
 _EMPTY_WAIT = 2.0  # seconds a removal waits for the last processes to leave
+ORPHAN_AGE = 60.0  # seconds an empty cgroup under minict/ must have existed to be swept
 
 
 class CgroupError(MinictError):
@@ -104,6 +109,7 @@ class Cgroup:
     def create(self) -> None:
         """Make the directories, after removing a stale one left by a killed minict."""
         for path in self._unique():
+            sweep_orphans(path.parent)
             if path.exists():
                 _remove_directory(path)
             for attempt in range(3):
@@ -171,10 +177,38 @@ def existing_cgroup(name: str) -> Cgroup | None:
 
 
 def remove_leftovers(name: str) -> None:
-    """Remove container `name`'s cgroup from every hierarchy (it is not running); raise CgroupError."""
+    """Remove container `name`'s cgroup from every hierarchy (it is not running); raise CgroupError.
+
+    Orphans of other state directories are swept on the way (sweep_orphans).
+    """
     cgroup = existing_cgroup(name)
     if cgroup is not None:
         cgroup.remove()
+    for point in hierarchies().all_points():
+        sweep_orphans(Path(point) / PARENT)
+
+
+def sweep_orphans(parent: Path) -> None:
+    """rmdir each empty cgroup in `parent` (a minict/ directory) older than ORPHAN_AGE.
+
+    rmdir refuses a cgroup that has processes (EBUSY), so nothing running is
+    touched; the age spares one that was just made and is about to get its
+    first process.  Errors are ignored: sweeping is a courtesy, not a step.
+    """
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    now = time.time()
+    for entry in entries:
+        try:
+            # The directory's time is when the cgroup was made (kernfs);
+            # its control files are not directories.
+            if entry.is_dir(follow_symlinks=False) and \
+                    now - entry.stat(follow_symlinks=False).st_mtime > ORPHAN_AGE:
+                os.rmdir(entry.path)
+        except OSError:
+            pass
 
 
 def _remove_directory(path: Path) -> None:

@@ -329,7 +329,7 @@ def test_a_stale_cgroup_of_a_killed_minict_is_replaced_by_start_and_removed_by_r
     assert container_cgroups(minict_dir) == []
 
     # rm removes a stale one too.
-    stale.mkdir()
+    stale.mkdir(parents=True)
     done = mc("rm", "--name", "box")
     assert done.returncode == 0, done.stderr
     assert container_cgroups(minict_dir) == []
@@ -651,3 +651,39 @@ def test_a_bad_cgroup_version_choice_is_one_clear_error_and_runs_nothing(minict,
         in line
     assert not (bundle / "rootfs" / "ran").exists()
     assert container_cgroups(minict_dir) == []
+
+
+@pytest.mark.root
+def test_orphans_of_gone_state_directories_are_swept_and_nothing_running_is(mc, minict_dir,
+                                                                           probed_box, version):
+    """A killed minict whose $MINICT_DIR is deleted too leaves a cgroup no start would name."""
+    point = cgroups.hierarchies().v1["devices"] if version == "v1" else cgroups.hierarchies().v2
+    parent = Path(point) / cgroups.PARENT
+    parent.mkdir(exist_ok=True)
+    old = time.time() - 2 * cgroups.ORPHAN_AGE
+    orphan, young, busy = (parent / f"0-0-test-{kind}-{uuid.uuid4().hex[:8]}"
+                           for kind in ("orphan", "young", "busy"))
+    for path in (orphan, young, busy):
+        path.mkdir()
+    os.utime(orphan, (old, old))
+    os.utime(busy, (old, old))
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (busy / "cgroup.procs").write_text(str(sleeper.pid))
+        probed_box(["true"])
+        done = mc("start", "--name", "box")
+        assert done.returncode == 0, done.stderr
+        assert not orphan.exists()
+        assert young.is_dir() and busy.is_dir()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for path in (orphan, young, busy):
+            for _ in range(100):
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)
