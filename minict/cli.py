@@ -138,15 +138,18 @@ def pull(image, platform, insecure, jobs, quiet):
               "(docker's or the OCI format; default: docker's profile), or "
               "no-new-privileges[=true|false] (setuid and file capabilities stop "
               "working). Repeatable.")
+@click.option("--device", multiple=True, metavar="/dev/HOSTDEV[:CONTAINERPATH][:rwm]",
+              help="Give the container a host device, with these permissions (default rwm). "
+              "Repeatable.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- COMMAND [ARG]...]")
 def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull_policy,
-        network, publish, cap_add, cap_drop, privileged, userns, security_opts, command):
+        network, publish, cap_add, cap_drop, privileged, userns, security_opts, device, command):
     """Run a new container.
 
     A COMMAND after `--` replaces the image's Cmd.  Whatever is given here
     is kept in the container's config.json, so `start` repeats it.
     """
-    from minict import capabilities, container, spec, store
+    from minict import capabilities, container, devices, spec, store
     from minict.network import parse_publish
 
     store.check_container_name(name)
@@ -156,7 +159,8 @@ def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull
         entrypoint=entrypoint, cmd=tuple(command) if command else None,
         env=_env_options(env), workdir=workdir, user=user, hostname=hostname,
         cap_add=capabilities.normalize(cap_add), cap_drop=capabilities.normalize(cap_drop),
-        privileged=privileged, userns=userns, **_security_options(security_opts))
+        privileged=privileged, userns=userns, devices=devices.from_options(device, privileged),
+        **_security_options(security_opts))
     status = container.run(ref, name, overrides, auto_remove=auto_remove, pull=pull_policy,
                            network=network, publish=ports)
     entry.exit_now(status)

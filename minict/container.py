@@ -6,6 +6,10 @@
     containers/.<name>.lock         held (flock) by the minict that creates, runs or
                                     removes it; deleted whenever the container is not there
 
+Each container also has a cgroup while it runs (cgroups.py; devices.py
+fills in its device rules); a cgroup left by a killed minict is replaced
+by the next start and removed by rm.
+
 The lock is the truth about "running": the minict that holds it is the
 parent of the container's init, and that init dies with it (PDEATHSIG), so a
 free lock means nothing runs, whatever state.json says after a crash.
@@ -143,6 +147,9 @@ def remove(name: str, force: bool) -> None:
     try:
         if not os.path.lexists(path):  # a concurrent rm was first
             raise ContainerError(f"Container with name {name} does not exist.")
+        from minict import cgroups
+
+        cgroups.remove_leftovers(name)  # a killed minict's
         unmount_below(path)
         bundles.remove_tree(path)
         userns.release(store.root(), name)  # its host ids, with --userns auto
@@ -181,9 +188,13 @@ def exec_in(name: str, args: list[str], *, env=(), workdir: str | None = None,
         raise ContainerError(f"Container with name {name} is not running; "
                              "start it with 'minict start'")
     try:
+        from minict import cgroups
+
         config = _read_config(path)
         config["process"] = _exec_process(path, config, args, env, workdir, user)
-        return launch.launch(str(path), config, join=proc_fd)
+        # The command joins the container's cgroup too: its device rules hold for it.
+        return launch.launch(str(path), config, join=proc_fd,
+                             cgroup=cgroups.existing_cgroup(name))
     finally:
         os.close(proc_fd)
 
@@ -301,17 +312,35 @@ def _launch(path) -> int:
     def started(pid: int) -> None:
         _write_state(path, {"status": "running", "pid": pid, "owner": os.getpid()})
 
+    cgroup = None
     try:
-        status = launch.launch(str(path), config, on_start=started, on_netns=attachment.attach)
+        cgroup = _create_cgroup(path.name, config)
+        status = launch.launch(str(path), config, on_start=started, on_netns=attachment.attach,
+                               cgroup=cgroup)
     except LaunchError as err:
         _write_state(path, {"status": "exited", "exitStatus": None, "error": err.message})
         raise
     finally:
         attachment.release()
+        if cgroup is not None:
+            try:
+                cgroup.remove()
+            except MinictError as err:
+                log.warn(err.message)
     _write_state(path, {"status": "exited", "exitStatus": status})
     if not read_state(path).get("autoRemove"):  # run --rm: it cannot be started again
         log.info(EXITED_MESSAGE)
     return status
+
+
+def _create_cgroup(name: str, config: dict):
+    """Create the container's cgroup with its device rules (devices.py); raise LaunchError."""
+    from minict import devices
+
+    try:
+        return devices.create_cgroup(name, config)
+    except MinictError as err:
+        raise LaunchError(err.message, err.hint) from None
 
 
 def _read_config(path) -> dict:

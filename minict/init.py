@@ -3,15 +3,17 @@
 For run and start, two processes run this code, both forked from minict
 (launch.py is the parent side and documents the messages on the channel):
 
-    intermediate()   unshare the namespaces, wait for the uid/gid maps (and
-                     the network), fork PID 1 of the new pid namespace, tell its pid, exit
+    intermediate()   get put in the container's cgroup, unshare the namespaces,
+                     wait for the uid/gid maps (and the network), fork PID 1 of
+                     the new pid namespace, tell its pid, exit
     container()      PID 1: mounts, pivot_root, host name, limits, user,
                      capabilities, the seccomp filter, then execve of the
                      container's command
 
-`exec` replaces both: joiner() enters a running container's namespaces and
-root and forks the command, which then takes the same last steps as PID 1
-(_become_process: terminal, limits, user, capabilities, seccomp, execve).
+`exec` replaces both: joiner() gets put in the container's cgroup, enters
+its namespaces and root and forks the command, which then takes the same
+last steps as PID 1 (_become_process: terminal, limits, user, capabilities,
+seccomp, execve).
 
 None ever returns into minict's normal code: on success container()
 becomes the container's program; on any failure each reports one line on the
@@ -33,7 +35,7 @@ import signal
 import stat
 import termios
 
-from minict import linux, userns
+from minict import devices, linux, userns
 
 # Device nodes bind-mounted from the host: mknod(2) is refused in a user
 # namespace, and the OCI runtime spec requires these six (config-linux.md,
@@ -129,6 +131,7 @@ def _never_return(channel, work, *args):
 
 def _unshare_and_fork(channel, bundle, config, terminal, syscall_filter):
     _default_signals()
+    _enter_cgroup(channel)
     flags = 0
     for ns in config.get("linux", {}).get("namespaces", []):
         kind = ns.get("type")
@@ -185,6 +188,7 @@ def _join_and_fork(channel, proc_fd, config, terminal, syscall_filter):
     # (CVE-2019-5736; runc's nsexec does the same).  The fork inherits this,
     # and the execve of a normal program makes it dumpable again.
     linux.set_dumpable(False)
+    _enter_cgroup(channel)
     # Open everything first: once in the container's mount namespace, the
     # host's /proc is out of reach.
     try:
@@ -209,6 +213,16 @@ def _join_and_fork(channel, proc_fd, config, terminal, syscall_filter):
         _never_return(channel, _become_process, channel, config.get("process") or {}, terminal,
                       syscall_filter)
     channel.send(b"pid %d" % pid)
+
+
+def _enter_cgroup(channel) -> None:
+    """Have the parent put us in the container's cgroup, before anything else happens.
+
+    Its device rules then hold for us and for every process we fork, and a
+    cgroup namespace made later would be rooted there.
+    """
+    channel.send(b"cgroup")
+    _expect(channel, b"grouped")
 
 
 def _namespaces_to_join(proc_fd: int) -> list[tuple[str, int, int]]:
@@ -275,6 +289,10 @@ def _setup_and_exec(channel, bundle, config, terminal, rootfs_fd, syscall_filter
         except OSError as err:
             raise _fail("attach the idmapped rootfs", err) from None
         os.close(rootfs_fd)
+    #    No device node of the image opens: only /dev, mounted below after
+    #    this, holds usable ones (devices.py).  Adding nodev is allowed even
+    #    on mounts whose flags are locked (mount_namespaces(7)).
+    _setattr_path(rootfs, linux.MOUNT_ATTR_NODEV, True, "make the rootfs nodev")
     root_fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     # 2b. With an idmapped rootfs, container root is not host root: from
@@ -296,7 +314,7 @@ def _setup_and_exec(channel, bundle, config, terminal, rootfs_fd, syscall_filter
 
     # 4. Devices and /dev symlinks, unless /dev came from the host whole.
     if not dev_is_bind:
-        _populate_dev(root_fd)
+        _populate_dev(root_fd, linux_config.get("devices") or [])
 
     # 5. Mask and write-protect what the config names, while the host's
     #    /dev/null is still reachable (before pivot_root).
@@ -576,6 +594,8 @@ def _mount_entry(root_fd: int, bundle: str, entry: dict) -> None:
     kind = entry.get("type") or ""
     source = entry.get("source") or kind
     flags, propagation, data = _parse_options(entry.get("options") or [])
+    if devices.forces_nodev(destination, entry.get("options")):
+        flags |= linux.MS_NODEV
     bind = kind == "bind" or flags & linux.MS_BIND
     step = f"mount {kind or 'bind'} on {destination}"
     if bind:
@@ -636,16 +656,26 @@ def _setattr_path(path: str, attrs: int, recursive: bool, step: str) -> None:
         raise _fail(step, err) from None
 
 
-def _populate_dev(root_fd: int) -> None:
-    """Bind the host's device nodes into /dev and add the usual symlinks."""
+def _populate_dev(root_fd: int, extra: list) -> None:
+    """Bind the host's device nodes into /dev (the defaults and `extra`, config.json's
+    linux.devices) and add the usual symlinks."""
+    nodes = {}
+    for entry in extra:
+        if not isinstance(entry, dict) or os.path.normpath(str(entry.get("path"))) == "/dev/ptmx":
+            continue  # /dev/ptmx stays the container's own devpts (runc does the same)
+        try:
+            nodes[os.path.normpath(entry["path"])] = devices.host_node(entry)
+        except devices.DeviceError as err:
+            raise SetupError(err.message) from None
     for name in DEFAULT_DEVICES:
-        destination = f"/dev/{name}"
+        nodes.setdefault(f"/dev/{name}", f"/dev/{name}")
+    for destination, source in nodes.items():
         try:
             parent, _, fd = _open_target(root_fd, destination, create_file=True)
         except OSError as err:
             raise _fail(f"create {destination}", err) from None
         try:
-            _mount(destination, _proc_fd(fd), None, linux.MS_BIND, step=f"bind {destination}")
+            _mount(source, _proc_fd(fd), None, linux.MS_BIND, step=f"bind {destination}")
         finally:
             os.close(fd)
             os.close(parent)

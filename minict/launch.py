@@ -17,6 +17,8 @@ so its end-of-file tells P that C's execve succeeded.
 
     | from | message               | meaning                                              |
     |------|-----------------------|------------------------------------------------------|
+    | I    | `cgroup`              | I's first step: put me in the container's cgroup      |
+    | P    | `grouped`             | I is in it (or there is none); go on                  |
     | I    | `userns`              | I has unshared; write my uid_map and gid_map          |
     | P    | `rootfs` + fd         | the rootfs, idmapped through I's user namespace, as a |
     |      |                       | detached mount (SCM_RIGHTS); only with --userns auto  |
@@ -47,7 +49,7 @@ import sys
 import termios
 
 from minict import init, linux, log, seccomp, userns
-from minict.errors import LaunchError
+from minict.errors import LaunchError, MinictError
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 WATCHED = FORWARDED + (signal.SIGCHLD, signal.SIGWINCH)
@@ -59,7 +61,7 @@ _MESSAGE_MAX = 4096
 
 
 def launch(bundle: str, config: dict, on_start=None, on_netns=None, *,
-           join: int | None = None) -> int:
+           join: int | None = None, cgroup=None) -> int:
     """Run the container of `bundle` (its parsed `config`) and return its exit status.
 
     With `join` (a descriptor of /proc/<pid> of a running container's init),
@@ -67,7 +69,9 @@ def launch(bundle: str, config: dict, on_start=None, on_netns=None, *,
 
     `on_netns(pid)` is called when the process `pid` has unshared a new
     network namespace, before anything runs in it; `on_start(pid)` once the
-    container's init exists.  Failures of minict or of the container's setup
+    container's init exists.  `cgroup` (cgroups.Cgroup) gets I, and so
+    every process of the container, before anything else happens in it.
+    Failures of minict or of the container's setup
     raise LaunchError; a command that cannot be executed is logged and gives
     126 or 127, as a shell would.
     """
@@ -91,7 +95,7 @@ def launch(bundle: str, config: dict, on_start=None, on_netns=None, *,
                 init.joiner(theirs, join, config, terminal, syscall_filter)
             init.intermediate(theirs, bundle, config, terminal, syscall_filter)
         theirs.close()
-        started = _handshake(ours, intermediate, bundle, config, on_netns)
+        started = _handshake(ours, intermediate, bundle, config, on_netns, cgroup)
         if started.error is not None:
             return _failed(started)
         try:
@@ -128,7 +132,8 @@ class _Started:
     error = None  # (status, text)
 
 
-def _handshake(channel, intermediate: int, bundle: str, config: dict, on_netns) -> _Started:
+def _handshake(channel, intermediate: int, bundle: str, config: dict, on_netns,
+               cgroup) -> _Started:
     """Answer the children until execve (end of file); return what they told."""
     started = _Started()
     try:
@@ -141,7 +146,14 @@ def _handshake(channel, intermediate: int, bundle: str, config: dict, on_netns) 
             if not data:
                 break
             kind, _, rest = data.partition(b" ")
-            if kind == b"userns":
+            if kind == b"cgroup":
+                if cgroup is not None:
+                    try:
+                        cgroup.add(intermediate)
+                    except MinictError as err:
+                        raise LaunchError(err.message) from None
+                _send(channel, b"grouped")
+            elif kind == b"userns":
                 _write_id_maps(intermediate, config.get("linux") or {})
                 if userns.idmapped(config):
                     _send_idmapped_rootfs(channel, bundle, config, intermediate)

@@ -13,6 +13,7 @@ import os
 import platform
 import re
 import struct
+from typing import NamedTuple
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -115,8 +116,8 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 # see syscalls(2).  close_range and mount_setattr have one number everywhere
 # (the unified table from 424 on), as do open_tree and move_mount.
 _SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "seccomp": 317},
-    "aarch64": {"pivot_root": 41, "seccomp": 277},
+    "x86_64": {"pivot_root": 155, "seccomp": 317, "bpf": 321},
+    "aarch64": {"pivot_root": 41, "seccomp": 277, "bpf": 280},
 }
 SYS_OPEN_TREE = 428
 SYS_MOVE_MOUNT = 429
@@ -331,19 +332,83 @@ def read_signals(fd: int) -> list[tuple[int, int]]:
             for offset in range(0, len(data), SIGINFO_SIZE)]
 
 
+# -- bpf(2): load an eBPF program and attach it to a cgroup --------------------
+BPF_PROG_LOAD = 5
+BPF_PROG_ATTACH = 8
+BPF_PROG_TYPE_CGROUP_DEVICE = 15
+BPF_CGROUP_DEVICE = 6  # enum bpf_attach_type
+# Let cgroups below (and above) attach programs of their own; all of them
+# must allow an access (bpf(2), BPF_PROG_ATTACH; what runc and systemd use).
+BPF_F_ALLOW_MULTI = 2
+_BPF_LOG_SIZE = 64 * 1024
+
+
+def bpf_prog_load(prog_type: int, instructions: bytes, license: str) -> int:
+    """Load an eBPF program (8-byte instructions); return its close-on-exec descriptor.
+
+    When the verifier refuses the program, the OSError's message carries the
+    end of its log (bpf(2), BPF_PROG_LOAD).
+    """
+    code = ctypes.create_string_buffer(instructions, len(instructions))
+    licence = ctypes.create_string_buffer(license.encode())
+    log = ctypes.create_string_buffer(_BPF_LOG_SIZE)
+    # union bpf_attr for BPF_PROG_LOAD, up to expected_attach_type: prog_type,
+    # insn_cnt, insns, license, log_level, log_size, log_buf, kern_version,
+    # prog_flags, prog_name[16], prog_ifindex, expected_attach_type.
+    attr = struct.pack("IIQQIIQII16sII", prog_type, len(instructions) // 8,
+                       ctypes.addressof(code), ctypes.addressof(licence), 1, _BPF_LOG_SIZE,
+                       ctypes.addressof(log), 0, 0, b"minict", 0, 0)
+    fd = _libc.syscall(ctypes.c_long(_syscall_number("bpf")), ctypes.c_int(BPF_PROG_LOAD),
+                       attr, ctypes.c_uint(len(attr)))
+    if fd == -1:
+        errno = ctypes.get_errno()
+        verifier = log.value.decode(errors="replace").strip().splitlines()[-3:]
+        raise OSError(errno, f"bpf(BPF_PROG_LOAD): {os.strerror(errno)}"
+                      + (f" ({' / '.join(verifier)})" if verifier else ""))
+    return fd
+
+
+def bpf_prog_attach(target_fd: int, prog_fd: int, attach_type: int, flags: int = 0) -> None:
+    """Attach the program `prog_fd` to the cgroup directory `target_fd` (BPF_PROG_ATTACH)."""
+    # union bpf_attr for BPF_PROG_ATTACH: target_fd, attach_bpf_fd, attach_type,
+    # attach_flags, replace_bpf_fd.
+    attr = struct.pack("IIIII", target_fd, prog_fd, attach_type, flags, 0)
+    _check(_libc.syscall(ctypes.c_long(_syscall_number("bpf")), ctypes.c_int(BPF_PROG_ATTACH),
+                         attr, ctypes.c_uint(len(attr))), "bpf(BPF_PROG_ATTACH)")
+
+
 # -- the mount table: proc(5) /proc/self/mountinfo ----------------------------
+
+class Mount(NamedTuple):
+    """One line of /proc/self/mountinfo (proc(5)), unescaped."""
+
+    root: str            # the directory of the file system mounted here
+    point: str           # where it is mounted
+    fstype: str
+    source: str
+    super_options: str   # the file system's own options ("rw,devices" for a v1 cgroup)
+
+
+def _unescape(field: bytes) -> str:
+    # Space, tab, newline and backslash are written as octal escapes (proc(5)).
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), field))
+
+
+def mount_table() -> list[Mount]:
+    """Return the mounts of this mount namespace in /proc/self/mountinfo order; raise OSError."""
+    found = []
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split()
+            # Optional fields run from the 7th up to a lone "-".
+            tail = fields.index(b"-", 6)
+            found.append(Mount(_unescape(fields[3]), _unescape(fields[4]),
+                               _unescape(fields[tail + 1]), _unescape(fields[tail + 2]),
+                               _unescape(fields[tail + 3]) if len(fields) > tail + 3 else ""))
+    return found
 
 
 def mounts_below(base: str) -> list[str]:
     """Return the mount points at or below `base` in /proc/self/mountinfo; raise OSError."""
-    found = []
     prefix = base.rstrip("/") + "/"
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            # Field 5 is the mount point, with space, tab, newline and
-            # backslash as octal escapes (proc(5)).
-            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), line.split()[4])
-            point = os.fsdecode(point)
-            if point == base or point.startswith(prefix):
-                found.append(point)
-    return found
+    return [m.point for m in mount_table() if m.point == base or m.point.startswith(prefix)]

@@ -14,13 +14,16 @@ The conversion follows image-spec conversion.md and umoci's
 oci/config/convert: args = Entrypoint + Cmd, Env over the default PATH and
 TERM, cwd = WorkingDir or "/", the user resolved through the rootfs's
 /etc/passwd and /etc/group (moby/sys/user's rules), labels and a few config
-fields as annotations, and each Volume as a tmpfs mount.
+fields as annotations, and each Volume as a tmpfs mount.  The device rules
+(linux.resources.devices) are runc's and docker's default allow list, plus
+run's --device and --privileged (devices.py owns them).
 """
 
 import copy
 from dataclasses import dataclass
 
 from minict import capabilities, seccomp
+from minict import devices as device_rules
 
 OCI_VERSION = "1.0.0"
 DEFAULT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"]
@@ -78,6 +81,8 @@ class Overrides:
     `cap_add` and `cap_drop` are capability names (capabilities.resolve);
     `privileged` gives every capability and drops the masked and read-only
     paths (other parts of the config read it too).
+    `devices` (devices.Device, from --device) become `linux.devices` and
+    allow rules; `privileged` allows every device.
     """
 
     entrypoint: str | None = None
@@ -98,6 +103,7 @@ class Overrides:
     no_new_privileges: bool = False
     seccomp_unconfined: bool = False
     seccomp_profile: dict | None = None
+    devices: tuple[device_rules.Device, ...] = ()
 
 
 def override(image: dict, overrides: Overrides) -> dict:
@@ -170,6 +176,15 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
     })
     volumes = [{"destination": v, "type": "tmpfs", "source": "none",
                 "options": list(_VOLUME_OPTIONS)} for v in sorted(_keys(config, "Volumes"))]
+    linux = {
+        "namespaces": [{"type": t} for t in _NAMESPACES],
+        "maskedPaths": [] if overrides.privileged else MASKED_PATHS + list(host_masked),
+        "readonlyPaths": [] if overrides.privileged else list(READONLY_PATHS),
+        "resources": {"devices": device_rules.cgroup_rules(overrides.devices,
+                                                           overrides.privileged)},
+    }
+    if overrides.devices:
+        linux["devices"] = [device.oci() for device in overrides.devices]
 
     document = {
         "ociVersion": OCI_VERSION,
@@ -188,11 +203,7 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
         "hostname": hostname,
         "mounts": copy.deepcopy(_MOUNTS_HEAD) + volumes + copy.deepcopy(_MOUNTS_TAIL),
         "annotations": annotations,
-        "linux": {
-            "namespaces": [{"type": t} for t in _NAMESPACES],
-            "maskedPaths": [] if overrides.privileged else MASKED_PATHS + list(host_masked),
-            "readonlyPaths": [] if overrides.privileged else list(READONLY_PATHS),
-        },
+        "linux": linux,
     }
     section = _seccomp(overrides, document["process"]["capabilities"]["bounding"])
     if section is not None:

@@ -85,7 +85,22 @@ EXPECTED = json.loads("""
                     "/proc/timer_list", "/proc/timer_stats", "/sys/devices/virtual/powercap",
                     "/sys/firmware"],
     "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/pressure", "/proc/sys",
-                      "/proc/sysrq-trigger"]
+                      "/proc/sysrq-trigger"],
+    "resources": {"devices": [
+      {"allow": false, "access": "rwm"},
+      {"allow": true, "type": "c", "access": "m"},
+      {"allow": true, "type": "b", "access": "m"},
+      {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+      {"allow": true, "type": "c", "major": 1, "minor": 5, "access": "rwm"},
+      {"allow": true, "type": "c", "major": 1, "minor": 7, "access": "rwm"},
+      {"allow": true, "type": "c", "major": 1, "minor": 8, "access": "rwm"},
+      {"allow": true, "type": "c", "major": 1, "minor": 9, "access": "rwm"},
+      {"allow": true, "type": "c", "major": 5, "minor": 0, "access": "rwm"},
+      {"allow": true, "type": "c", "major": 5, "minor": 1, "access": "rwm"},
+      {"allow": true, "type": "c", "major": 5, "minor": 2, "access": "rwm"},
+      {"allow": true, "type": "c", "major": 136, "access": "rwm"},
+      {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rwm"}
+    ]}
   }
 }
 """)
