@@ -303,8 +303,13 @@ def create_cgroup(name: str, config: dict):
     try:
         cgroup = cgroups.open_cgroup(name, {"devices": version})
     except cgroups.CgroupError as err:
+        # `ip netns exec` mounts a sysfs of its own over /sys, hiding the
+        # host's /sys/fs/cgroup: the likeliest reason none is found.
         raise DeviceError(f"devices cgroup: {err.message}",
-                          hint=f"{ENV_VERSION}=v1 or v2 chooses the version") from None
+                          hint="every container runs in a devices cgroup: mount the cgroup "
+                          "file systems under /sys/fs/cgroup (`ip netns exec` hides them; "
+                          f"`nsenter --net=/run/netns/NAME` does not), or set {ENV_VERSION}="
+                          "v1 or v2 to choose the version") from None
     cgroup.create()
     try:
         directory = cgroup.directory("devices")

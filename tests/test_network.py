@@ -108,7 +108,10 @@ class Netns:
         subprocess.run(["ip", "netns", "del", self.name], check=True)
 
     def argv(self, *args):
-        return ["ip", "netns", "exec", self.name, *map(str, args)]
+        # nsenter, not `ip netns exec`: that also mounts a sysfs of its own
+        # over /sys, which hides the host's cgroup hierarchies that minict
+        # puts every container in (devices.py); minict reads nothing of /sys.
+        return ["nsenter", f"--net=/run/netns/{self.name}", "--", *map(str, args)]
 
     def env(self):
         return dict(os.environ, MINICT_DIR=str(self.minict_dir), **ENV)
