@@ -22,7 +22,6 @@ HTTP client that lets one set a socket's timeout before each read.
 import math
 import os
 import time
-from dataclasses import dataclass
 
 from minict.errors import MinictError
 
@@ -64,14 +63,29 @@ def _number(environ, name: str, default: float, *, lowest: float, integer=False)
     return value
 
 
-@dataclass(frozen=True)
 class Limits:
-    """How long to wait for a registry; from_environment() reads the MINICT_* variables."""
+    """How long to wait for a registry; from_environment() reads the MINICT_* variables.
 
-    idle: float = IDLE_DEFAULT
-    deadline: float = DEADLINE_DEFAULT
-    speed_limit: int = SPEED_LIMIT_DEFAULT  # bytes/s; 0: no low-speed check
-    speed_time: float = SPEED_TIME_DEFAULT
+    A plain class: defining a dataclass costs a millisecond, on every pull.
+    """
+
+    __slots__ = ("deadline", "idle", "speed_limit", "speed_time")
+
+    def __init__(self, idle: float = IDLE_DEFAULT, deadline: float = DEADLINE_DEFAULT,
+                 speed_limit: int = SPEED_LIMIT_DEFAULT, speed_time: float = SPEED_TIME_DEFAULT):
+        self.idle = idle
+        self.deadline = deadline
+        self.speed_limit = speed_limit  # bytes/s; 0: no low-speed check
+        self.speed_time = speed_time
+
+    def _values(self) -> tuple:
+        return self.idle, self.deadline, self.speed_limit, self.speed_time
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Limits) and self._values() == other._values()
+
+    def __repr__(self) -> str:
+        return "Limits(idle={}, deadline={}, speed_limit={}, speed_time={})".format(*self._values())
 
     @classmethod
     def from_environment(cls, environ=os.environ) -> "Limits":

@@ -27,7 +27,7 @@ import threading
 import urllib.parse
 
 from minict import boundedjson
-from minict.timeouts import Clock, Limits
+from minict.timeouts import IDLE_DEFAULT, Clock, Limits
 
 CONNECT_TIMEOUT = 10  # seconds to connect and finish the TLS handshake
 
@@ -126,7 +126,7 @@ class _Clocked:
     """The part both connection classes share: timeouts and the clocked response reader."""
 
     clock: Clock | None = None  # the current exchange's, set by Pool.request
-    idle: float = Limits.idle
+    idle: float = IDLE_DEFAULT  # Pool._new sets the configured one
 
     def connect(self):
         super().connect()
