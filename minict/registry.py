@@ -189,7 +189,7 @@ def registry_error(response: Response) -> str:
         if code and message:
             return f"{message} ({code})"
         return message or code or f"HTTP {response.status_code}"
-    except (ValueError, AttributeError, IndexError, TypeError, KeyError, *NETWORK_ERRORS):
+    except (ValueError, AttributeError, IndexError, TypeError, *NETWORK_ERRORS):
         return f"HTTP {response.status_code} {shorten(response.reason or '', 60)}".strip()
 
 

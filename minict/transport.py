@@ -293,5 +293,3 @@ def _split_url(url: str) -> tuple[tuple[str, str, int], str]:
         raise http.client.InvalidURL(f"unsupported URL scheme {parts.scheme[:20]!r}")
     origin = (parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80))
     return origin, urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
-
-
