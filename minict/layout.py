@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from minict import boundedjson, store
-from minict.errors import MinictError
+from minict.errors import MinictError, shorten
 from minict.reference import Reference
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -50,7 +50,7 @@ WRITEBACK_STEP = 8 * 1024 * 1024
 def check_digest(digest: str) -> str:
     """Return `digest` if it is sha256:<64 hex>; raise MinictError otherwise."""
     if not isinstance(digest, str) or not _DIGEST.match(digest):
-        raise MinictError(f"unsupported or malformed digest {digest!r}")
+        raise MinictError(f"unsupported or malformed digest {shorten(digest, 80)!r}")
     return digest
 
 
