@@ -12,12 +12,11 @@ Username "<token>" means its Secret is an identity (OAuth2 refresh) token.
 """
 
 import base64
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minict import log
+from minict import boundedjson, log
 from minict.errors import MinictError
 
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
@@ -57,14 +56,14 @@ def lookup(domain: str) -> Credentials | None:
     path = config_path()
     try:
         with open(path, "rb") as f:
-            config = json.loads(f.read())
+            config = boundedjson.loads(f.read(boundedjson.SIZE_MAX + 1))
     except FileNotFoundError:
         log.debug(f"no Docker config at {path}: pulling anonymously")
         return None
     except OSError as err:
         raise MinictError(f"cannot read {path}: {err.strerror}") from None
-    except ValueError:
-        raise MinictError(f"{path} is not valid JSON") from None
+    except ValueError as err:
+        raise MinictError(f"{path} is {boundedjson.explain(err)}") from None
     if not isinstance(config, dict):
         raise MinictError(f"{path} is not a JSON object")
 
@@ -150,7 +149,7 @@ def _from_helper(name: str, server: str) -> Credentials | None:
             return None
         raise MinictError(f"credential helper {program} failed with exit status {done.returncode}")
     try:
-        answer = json.loads(done.stdout)
+        answer = boundedjson.loads(done.stdout)
         username, secret = str(answer.get("Username") or ""), str(answer.get("Secret") or "")
     except (ValueError, AttributeError):
         raise MinictError(f"credential helper {program} printed something that is not JSON") from None

@@ -22,7 +22,7 @@ import os
 import signal
 import time
 
-from minict import launch, linux, log, store, userns
+from minict import boundedjson, launch, linux, log, store, userns
 from minict.errors import ContainerError, LaunchError, MinictError
 
 # bundle.py's names, repeated so that `start` need not import the unpacker
@@ -291,7 +291,7 @@ def read_state(path) -> dict:
     """Return the bundle's state.json, or {} if it has none or it is unreadable."""
     try:
         with open(os.path.join(path, STATE_NAME), "rb") as f:
-            state = json.loads(f.read())
+            state = boundedjson.loads(f.read(boundedjson.SIZE_MAX + 1))
     except (OSError, ValueError):
         return {}
     return state if isinstance(state, dict) else {}
@@ -346,9 +346,11 @@ def _create_cgroup(name: str, config: dict):
 def _read_config(path) -> dict:
     try:
         with open(os.path.join(path, CONFIG_NAME), "rb") as f:
-            config = json.loads(f.read())
+            config = boundedjson.loads(f.read(boundedjson.SIZE_MAX + 1))
     except OSError as err:
         raise LaunchError(f"cannot read {path}/{CONFIG_NAME}: {err.strerror}") from None
+    except boundedjson.UnsafeJSON as err:
+        raise LaunchError(f"{path}/{CONFIG_NAME} is {err}") from None
     except ValueError as err:
         raise LaunchError(f"{path}/{CONFIG_NAME} is not valid JSON: {err}") from None
     if not isinstance(config, dict):

@@ -3,8 +3,19 @@
 Code anywhere raises MinictError (or a subclass naming its stage); cli.py
 prints it as a single `fatal` line and exits 1.  The message is what the
 user reads: short, lower-case context first (`pull layer sha256:ab12: ...`)
-so the one printed line says where and why.
+so the one printed line says where and why.  Messages quote what others
+wrote (names, registry answers); shorten() cuts such a quote, and every
+message is cut to MESSAGE_MAX, so no input makes the fatal line huge.
 """
+
+MESSAGE_MAX = 1000  # characters of a message (and of a hint)
+QUOTE_MAX = 200     # characters of one quoted name or answer inside a message
+
+
+def shorten(text, limit: int = QUOTE_MAX) -> str:
+    """Return `text` (as str) cut to `limit` characters, the cut marked by an ellipsis."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 class MinictError(Exception):
@@ -15,9 +26,10 @@ class MinictError(Exception):
     prefix = ""
 
     def __init__(self, message: str, hint: str | None = None):
+        message = shorten(message, MESSAGE_MAX)
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = None if hint is None else shorten(hint, MESSAGE_MAX)
 
     def __str__(self) -> str:
         text = self.prefix + self.message

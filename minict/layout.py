@@ -14,6 +14,7 @@ under a lock, so concurrent pulls into one repository both land
 """
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -22,8 +23,8 @@ import re
 import tempfile
 from pathlib import Path
 
-from minict import store
-from minict.errors import MinictError
+from minict import boundedjson, store
+from minict.errors import MinictError, shorten
 from minict.reference import Reference
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -49,7 +50,7 @@ WRITEBACK_STEP = 8 * 1024 * 1024
 def check_digest(digest: str) -> str:
     """Return `digest` if it is sha256:<64 hex>; raise MinictError otherwise."""
     if not isinstance(digest, str) or not _DIGEST.match(digest):
-        raise MinictError(f"unsupported or malformed digest {digest!r}")
+        raise MinictError(f"unsupported or malformed digest {shorten(digest, 80)!r}")
     return digest
 
 
@@ -109,9 +110,9 @@ class Layout:
 
     def read_json_blob(self, digest: str) -> dict:
         try:
-            value = json.loads(self.read_blob(digest))
-        except ValueError:
-            raise MinictError(f"blob {digest} is not valid JSON") from None
+            value = boundedjson.loads(self.read_blob(digest), JSON_BLOB_MAX)
+        except ValueError as err:
+            raise MinictError(f"blob {digest} is {boundedjson.explain(err)}") from None
         if not isinstance(value, dict):
             raise MinictError(f"blob {digest} is not a JSON object")
         return value
@@ -144,11 +145,11 @@ class Layout:
     def read_index(self) -> dict:
         try:
             with open(self.path / "index.json", "rb") as f:
-                index = json.loads(f.read(JSON_BLOB_MAX + 1))
+                index = boundedjson.loads(f.read(JSON_BLOB_MAX + 1), JSON_BLOB_MAX)
         except FileNotFoundError:
             return {"schemaVersion": 2, "manifests": []}
-        except ValueError:
-            raise MinictError(f"{self.path / 'index.json'} is not valid JSON") from None
+        except ValueError as err:
+            raise MinictError(f"{self.path / 'index.json'} is {boundedjson.explain(err)}") from None
         if not isinstance(index, dict) or not isinstance(index.get("manifests", []), list):
             raise MinictError(f"{self.path / 'index.json'} is not an OCI index")
         index.setdefault("manifests", [])
@@ -218,6 +219,10 @@ class BlobWriter:
     pull is hashed again on open and writing resumes at its end.  An
     exclusive flock on the partial file keeps two pulls from writing one
     blob; the second finds the blob present once the first committed it.
+
+    The partial file is removed, not kept for resuming, when the disk is
+    full (it would keep the disk full until a prune) or the body grows past
+    the declared size (no registry's bytes go beyond what was declared).
     """
 
     def __init__(self, layout: Layout, digest: str, size: int):
@@ -286,19 +291,24 @@ class BlobWriter:
         self.offset = self._flushed = 0
 
     def write(self, data) -> None:
-        """Append `data`; raise MinictError if the blob grows past its size."""
+        """Append `data`; raise MinictError if the blob grows past its size or the disk is full."""
         if self.offset + len(data) > self.size:
+            self.discard()
             raise MinictError(f"blob {self.digest} is longer than the {self.size} bytes "
-                              "its descriptor declares")
+                              "its descriptor declares; removed what was written of it")
         view = memoryview(data)
         try:
             while view:
                 done = self._file.write(view)
                 view = view[done:]
         except OSError as err:
-            # The partial file stays: once there is room again, a pull resumes it.
-            raise MinictError(f"cannot write blob {self.digest} under {self.layout.path}: "
-                              f"{err.strerror}") from None
+            what = f"cannot write blob {self.digest} under {self.layout.path}: {err.strerror}"
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                written = self.offset + (len(data) - len(view))
+                self.discard()
+                raise DiskFull(f"{what}; removed the {written} bytes written of it") from None
+            # Other failures keep the partial file: a later pull resumes it.
+            raise MinictError(what) from None
         self._hash.update(data)
         self.offset += len(data)
         if self.offset - self._flushed >= WRITEBACK_STEP:
@@ -307,6 +317,13 @@ class BlobWriter:
             os.posix_fadvise(self._file.fileno(), self._flushed, self.offset - self._flushed,
                              os.POSIX_FADV_DONTNEED)
             self._flushed = self.offset
+
+    def discard(self) -> None:
+        """Remove the partial file and forget it (the lock is kept until exit)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        self._hash = hashlib.sha256()
+        self.offset = self._flushed = 0
 
     def complete(self) -> bool:
         return self.offset == self.size
@@ -328,6 +345,10 @@ class BlobWriter:
 
 class DigestMismatch(MinictError):
     """Bytes that do not hash to the digest that named them."""
+
+
+class DiskFull(MinictError):
+    """The store's file system is full (ENOSPC, EDQUOT); the blob's partial file is gone."""
 
 
 def list_images() -> list[str]:

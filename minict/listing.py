@@ -4,11 +4,10 @@ The JSON arrays stay the default (cli.py prints them, as the original did);
 the tables are for people and import rich, so only this code path pays for it.
 """
 
-import json
 import os
 import shlex
 
-from minict import container, store
+from minict import boundedjson, container, store
 from minict import layout as layouts
 from minict.errors import ContainerError, MinictError
 
@@ -135,7 +134,7 @@ def _size(size: int | None) -> str:
 def _read_json(path) -> dict:
     try:
         with open(path, "rb") as f:
-            value = json.loads(f.read())
+            value = boundedjson.loads(f.read(boundedjson.SIZE_MAX + 1))
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}

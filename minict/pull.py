@@ -19,8 +19,8 @@ import sys
 import threading
 import time
 
-from minict import auth, log, registry
-from minict.errors import MinictError, PullError
+from minict import auth, boundedjson, log, registry
+from minict.errors import MinictError, PullError, shorten
 from minict.layout import (
     JSON_BLOB_MAX,
     OCI_CONFIG,
@@ -29,10 +29,12 @@ from minict.layout import (
     SOURCE_DIGEST,
     SOURCE_PLATFORM,
     DigestMismatch,
+    DiskFull,
     Layout,
     check_digest,
 )
 from minict.reference import Reference
+from minict.timeouts import TooSlow
 
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
@@ -48,6 +50,9 @@ DOCKER_LAYERS = {
 }
 CHUNK = 512 * 1024
 STREAM_ATTEMPTS = 5  # interruptions in a row without progress before a blob download gives up
+# No registry serves layers this big (the big public ones stop far below), and
+# a descriptor claiming more would only fill the disk: refused before downloading.
+BLOB_SIZE_MAX = 256 * 1024 ** 3
 
 
 def pull(ref: Reference, *, platform: str | None, insecure: bool, jobs: int) -> None:
@@ -160,12 +165,12 @@ def classify(data: bytes, media: str, what: str) -> tuple[str, dict]:
     without one, so then the header, then the shape decides.
     """
     try:
-        doc = json.loads(data)
-    except ValueError:
-        if media in SCHEMA1:
+        doc = boundedjson.loads(data, registry.MANIFEST_MAX)
+    except ValueError as err:
+        if media in SCHEMA1 and not isinstance(err, boundedjson.UnsafeJSON):
             doc = {}
         else:
-            raise PullError(f"{what}: the manifest is not valid JSON") from None
+            raise PullError(f"{what}: the manifest is {boundedjson.explain(err)}") from None
     if not isinstance(doc, dict):
         raise PullError(f"{what}: the manifest is not a JSON object")
     kind = doc.get("mediaType") if isinstance(doc.get("mediaType"), str) else media
@@ -179,7 +184,7 @@ def classify(data: bytes, media: str, what: str) -> tuple[str, dict]:
         return "docker", doc
     if kind == OCI_MANIFEST or "config" in doc:
         return "oci", doc
-    raise PullError(f"{what}: unsupported manifest media type {kind or 'unknown'!r}")
+    raise PullError(f"{what}: unsupported manifest media type {shorten(kind or 'unknown')!r}")
 
 
 def _descriptor(value, what: str) -> dict:
@@ -189,6 +194,9 @@ def _descriptor(value, what: str) -> dict:
     size = value.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise PullError(f"{what}: descriptor {value.get('digest')} has no valid size")
+    if size > BLOB_SIZE_MAX:
+        raise PullError(f"{what}: descriptor {value['digest']} declares {size} bytes, over the "
+                        f"{BLOB_SIZE_MAX}-byte limit")
     return value
 
 
@@ -365,6 +373,8 @@ class Puller:
             ref.endpoint, ref.path, insecure=insecure,
             credentials=lambda: auth.lookup(ref.domain))
         self.stop = threading.Event()
+        # Set when a download filled the disk: the others then drop their partial files too.
+        self.disk_full = threading.Event()
         self.progress = None
 
     def run(self) -> None:
@@ -433,7 +443,7 @@ class Puller:
             raise PullError(f"{what}: the registry sent a manifest with digest {source}")
         if header_digest and header_digest.startswith("sha256:") and header_digest != source:
             raise PullError(f"{what}: the manifest's digest is {source}, but the registry "
-                            f"says {header_digest}")
+                            f"says {shorten(header_digest, 80)}")
         kind, doc = classify(data, media, what)
         annotations = {SOURCE_DIGEST: source}
         if kind == "index":
@@ -508,14 +518,21 @@ class Puller:
             resumed = writer.offset > 0
             failures = 0
             while True:
-                if self.stop.is_set():
-                    raise Cancelled()
                 before = writer.offset
                 try:
+                    if self.stop.is_set():
+                        raise Cancelled()
                     if not writer.complete():
                         self._fetch(writer, task)
                     writer.commit()
                     break
+                except DiskFull:
+                    self.disk_full.set()
+                    raise
+                except Cancelled:
+                    if self.disk_full.is_set():
+                        writer.discard()  # resuming it later would need the room it takes
+                    raise
                 except DigestMismatch:
                     if not resumed:
                         raise
@@ -524,7 +541,9 @@ class Puller:
                     resumed = False
                     task.restart(0)
                 except _Interrupted as err:
-                    failures = 0 if writer.offset > before else failures + 1
+                    # A body below the speed limit counts as a failure though it brought
+                    # bytes: else a trickle would be resumed for ever.
+                    failures = 0 if writer.offset > before and not err.slow else failures + 1
                     if failures >= STREAM_ATTEMPTS:
                         raise PullError(f"fetching blob {digest}: {err}") from None
                     wait = min(0.5 * 2 ** failures, registry.BACKOFF_MAX) if failures else 0
@@ -555,13 +574,19 @@ class Puller:
                 task.restart(0)
                 if response.status_code == 416:
                     raise _Interrupted("the registry refused the range")
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > writer.size - writer.offset:
+                raise PullError(f"fetching blob {writer.digest}: the registry sends "
+                                f"{shorten(length, 40)} bytes for the {writer.size - writer.offset} "
+                                "its descriptor leaves")
             while True:
                 if self.stop.is_set():
                     raise Cancelled()
                 try:
                     chunk = response.read1(CHUNK)
                 except registry.STREAM_ERRORS as err:
-                    raise _Interrupted(registry.describe(err, self.registry.endpoint)) from None
+                    raise _Interrupted(registry.describe(err, self.registry.endpoint),
+                                       slow=isinstance(err, TooSlow)) from None
                 if not chunk:
                     break
                 writer.write(chunk)
@@ -571,7 +596,11 @@ class Puller:
 
 
 class _Interrupted(Exception):
-    """A blob's body broke off; the download resumes where it stopped."""
+    """A blob's body broke off (or crawled: `slow`); the download resumes where it stopped."""
+
+    def __init__(self, message: str, slow: bool = False):
+        super().__init__(message)
+        self.slow = slow
 
 
 def _fsync_dir(path) -> None:

@@ -8,7 +8,12 @@ Every request states the statuses it accepts; anything else becomes one
 clear PullError.  Authentication follows the `WWW-Authenticate` challenge
 (Bearer token or Basic) and is renewed on a 401.  Redirects are followed by
 hand so the Authorization header never reaches another host (blob storage).
-Connection errors, 5xx and 429 are retried with bounded backoff.
+Connection errors, 5xx and 429 are retried with bounded backoff; an
+answer that takes longer than its deadline (timeouts.py) is not.
+
+What a registry or token server sends is parsed within bounds: JSON by
+boundedjson, tokens only if they fit in a header, expires_in clamped, and
+quoted answers cut short in messages.
 
 Nothing secret is ever logged: Authorization headers are never printed,
 and query strings of URLs on other hosts (signed storage URLs) are cut.
@@ -16,6 +21,7 @@ and query strings of URLs on other hosts (signed storage URLs) are cut.
 
 import base64
 import http.client
+import math
 import re
 import socket
 import ssl
@@ -23,9 +29,10 @@ import threading
 import time
 import urllib.parse
 
-from minict import log
+from minict import boundedjson, log
 from minict.auth import Credentials
-from minict.errors import PullError
+from minict.errors import PullError, shorten
+from minict.timeouts import DeadlineExceeded, TooSlow
 from minict.transport import NETWORK_ERRORS, Pool, Response, is_loopback
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -39,6 +46,11 @@ ATTEMPTS = 5        # tries per request for connection errors, 5xx and 429
 BACKOFF_MAX = 10.0  # seconds; a Retry-After above this is cut to it
 MAX_REDIRECTS = 5
 TOKEN_DEFAULT_TTL = 60  # seconds, when the token server gives no expires_in
+TOKEN_MAX_TTL = 24 * 3600  # a longer expires_in is cut to this: the token is asked again
+TOKEN_MAX = 64 * 1024      # characters: tokens are a few KB; this is a header, not a body
+# What may follow "Bearer " in a header: visible ASCII, no space, no CR/LF
+# (RFC 9110 field-vchar; a token is RFC 6750's b64token, narrower still).
+_HEADER_SAFE = re.compile(r"[!-~]+\Z")
 
 # Errors of a connection or in the middle of a body.
 STREAM_ERRORS = NETWORK_ERRORS
@@ -128,10 +140,18 @@ def describe(err: BaseException, host: str) -> str:
         return f"cannot resolve registry host {split_host(host)!r} (DNS lookup failed)"
     if isinstance(err, ConnectionRefusedError):
         return f"cannot connect to {host}: connection refused"
+    if isinstance(err, DeadlineExceeded):
+        return (f"{host} did not finish answering within {err.seconds:g} s "
+                "(MINICT_REGISTRY_DEADLINE)")
+    if isinstance(err, TooSlow):
+        return (f"{host} sent less than {err.limit} bytes/s for {err.window:g} s "
+                "(MINICT_SPEED_LIMIT, MINICT_SPEED_TIME)")
     if isinstance(err, TimeoutError):
         return f"{host} did not answer in time"
     if isinstance(err, http.client.IncompleteRead):
         return f"connection to {host} broke off in the middle of a body"
+    if isinstance(err, http.client.InvalidURL):
+        return f"{host} named a URL that cannot be used ({shorten(err, 80)})"
     if isinstance(err, http.client.RemoteDisconnected):
         return f"{host} closed the connection without answering"
     if isinstance(err, http.client.HTTPException):
@@ -161,16 +181,38 @@ def retry_after(response: Response, attempt: int) -> float:
 
 
 def registry_error(response: Response) -> str:
-    """Return the registry's own words for a failed request (errors[0].message)."""
+    """Return the registry's own words for a failed request (errors[0].message), cut short."""
     try:
         errors = response.json().get("errors") or []
         first = errors[0]
-        code, message = str(first.get("code", "")), str(first.get("message", ""))
+        code, message = shorten(first.get("code", ""), 60), shorten(first.get("message", ""))
         if code and message:
             return f"{message} ({code})"
         return message or code or f"HTTP {response.status_code}"
     except (ValueError, AttributeError, IndexError, TypeError, *NETWORK_ERRORS):
-        return f"HTTP {response.status_code} {response.reason or ''}".strip()
+        return f"HTTP {response.status_code} {shorten(response.reason or '', 60)}".strip()
+
+
+def token_lifetime(expires_in) -> int:
+    """Return the seconds a token lives: expires_in clamped, or 60 when it is not a number.
+
+    The token spec's default is 60 s; an endless (`Infinity`, `1e400`) or
+    huge lifetime is cut to a day, after which the token is asked again.
+    """
+    if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)) \
+            or (isinstance(expires_in, float) and math.isnan(expires_in)) or expires_in <= 0:
+        return TOKEN_DEFAULT_TTL
+    return int(min(expires_in, TOKEN_MAX_TTL))
+
+
+def check_header_safe(token: str, source: str) -> str:
+    """Return `token` if it can follow "Bearer " in a header; raise PullError naming `source`."""
+    if len(token) > TOKEN_MAX:
+        raise PullError(f"the token {source} is {len(token)} characters long, over {TOKEN_MAX}")
+    if not _HEADER_SAFE.match(token):
+        raise PullError(f"the token {source} has characters a header cannot carry "
+                        "(white space, control characters or non-ASCII)")
+    return token
 
 
 class Registry:
@@ -194,7 +236,7 @@ class Registry:
     # -- low level ---------------------------------------------------------
 
     def _send(self, method: str, url: str, *, headers=None, authorization: str | None = None,
-              body: bytes | None = None) -> Response:
+              body: bytes | None = None, stream: bool = False) -> Response:
         """Send one request, following redirects by hand; raise NETWORK_ERRORS.
 
         `authorization` goes only to the origin of `url` as first given:
@@ -206,7 +248,7 @@ class Registry:
             sent = dict(headers)
             if authorization and _origin(url) == origin:
                 sent["Authorization"] = authorization
-            response = self.pool.request(method, url, sent, body)
+            response = self.pool.request(method, url, sent, body, stream=stream)
             log.debug(f"{method} {redact(url, self.endpoint)} {response.status_code}")
             location = response.headers.get("Location")
             if response.status_code in (301, 302, 303, 307, 308) and location:
@@ -214,18 +256,23 @@ class Registry:
                 response.close()
                 if response.status_code == 303:
                     method, body = "GET", None
-                url = urllib.parse.urljoin(url, location)
+                try:
+                    url = urllib.parse.urljoin(url, location)
+                    _origin(url)
+                except ValueError:  # urllib's "Invalid IPv6 URL", a port out of range
+                    raise http.client.InvalidURL("a URL with an invalid host or port") from None
                 continue
             return response
         raise PullError(f"too many redirects from {self.endpoint}")
 
     def request(self, method: str, path: str, *, statuses: set[int], what: str,
-                headers=None) -> Response:
+                headers=None, stream: bool = False) -> Response:
         """Send `method` to `path` on this registry; return a response with a status in `statuses`.
 
         Authenticate, retry connection errors, 5xx and 429 with bounded
         backoff, renew the token once on a 401.  Raise PullError otherwise,
-        its message starting with `what`.
+        its message starting with `what`.  A `stream`ed body (a blob) has
+        no deadline, only the low-speed limit (timeouts.py).
         """
         if self.base is None:
             self.ping()
@@ -235,10 +282,13 @@ class Registry:
         while True:
             authorization = self._current_authorization()
             try:
-                response = self._send(method, url, headers=headers, authorization=authorization)
+                response = self._send(method, url, headers=headers, authorization=authorization,
+                                      stream=stream)
             except NETWORK_ERRORS as err:
                 attempt += 1
-                if attempt >= ATTEMPTS or isinstance(err, (socket.gaierror, ssl.SSLError)):
+                # A peer too slow for a whole deadline would be as slow again: no retry.
+                final = (socket.gaierror, ssl.SSLError, DeadlineExceeded, http.client.InvalidURL)
+                if attempt >= ATTEMPTS or isinstance(err, final):
                     raise PullError(f"{what}: {describe(err, self.endpoint)}") from None
                 wait = min(0.5 * 2 ** attempt, BACKOFF_MAX)
                 log.debug(f"{what}: {describe(err, self.endpoint)}; retrying in {wait:.1f}s")
@@ -289,7 +339,8 @@ class Registry:
                 response = self._ping_once(base)
             except NETWORK_ERRORS as err:
                 text = describe(err, self.endpoint)
-                if not last and not isinstance(err, (ConnectionRefusedError, socket.gaierror)):
+                final = (ConnectionRefusedError, socket.gaierror, DeadlineExceeded)
+                if not last and not isinstance(err, final):
                     log.debug(f"ping {base}: {text}; trying {order[i + 1]}")
                     continue
                 hint = None
@@ -362,7 +413,8 @@ class Registry:
             log.debug(f"using basic authentication for {self.endpoint}")
             return
         if creds and creds.registry_token:
-            self._authorization = f"Bearer {creds.registry_token}"
+            token = check_header_safe(creds.registry_token, "in config.json (registrytoken)")
+            self._authorization = f"Bearer {token}"
             self._expires = float("inf")
             return
         token, ttl = self._fetch_token(params, creds)
@@ -380,7 +432,10 @@ class Registry:
         query = {"scope": scopes}
         if params.get("service"):
             query["service"] = params["service"]
-        realm_host = urllib.parse.urlsplit(realm).netloc
+        try:
+            realm_host = urllib.parse.urlsplit(realm).netloc
+        except ValueError:  # "Invalid IPv6 URL"
+            raise PullError(f"{self.endpoint} sent a Bearer challenge without a usable realm") from None
         headers, body, method, url = {}, None, "GET", realm
         if creds and creds.identity_token:
             # OAuth2 refresh-token grant (the distribution token spec's POST form).
@@ -414,12 +469,15 @@ class Registry:
             with response:
                 answer = response.json()
             token = answer.get("token") or answer.get("access_token")
-            ttl = int(answer.get("expires_in") or TOKEN_DEFAULT_TTL)
-        except (ValueError, AttributeError, TypeError, *NETWORK_ERRORS):
-            raise PullError(f"the token server {realm_host} sent no JSON token") from None
+            ttl = token_lifetime(answer.get("expires_in"))
+        except NETWORK_ERRORS as err:
+            raise PullError(f"getting a token: {describe(err, realm_host)}") from None
+        except (ValueError, AttributeError, TypeError) as err:
+            why = boundedjson.explain(err) if isinstance(err, ValueError) else "not an object"
+            raise PullError(f"the token server {realm_host} sent no JSON token ({why})") from None
         if not isinstance(token, str) or not token:
             raise PullError(f"the token server {realm_host} sent no token")
-        return token, ttl
+        return check_header_safe(token, f"from {realm_host}"), ttl
 
     # -- the API -------------------------------------------------------------
 
@@ -465,7 +523,7 @@ class Registry:
         statuses = {200, 206, 416} if offset else {200}
         what = f"fetching blob {digest}"
         return self.request("GET", f"/v2/{self.repository}/blobs/{digest}", statuses=statuses,
-                            what=what, headers=headers)
+                            what=what, headers=headers, stream=True)
 
     def close(self) -> None:
         self.pool.close()

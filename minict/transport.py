@@ -10,20 +10,26 @@ uses http.client directly:
   names (as requests honours them), or no verification (--insecure);
 - HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment, never for
   loopback hosts (Go's ProxyFromEnvironment rule);
-- no redirects, no content decoding: the caller decides both.
+- no redirects, no content decoding: the caller decides both;
+- every read of a response (status line, headers, body) waits at most what
+  its exchange's timeouts.Clock allows: the idle timeout, cut to the
+  deadline of a small answer or to the speed window of a streamed blob.
 
-Network failures surface as OSError (socket, ssl) or http.client.HTTPException.
+Network failures surface as OSError (socket, ssl; timeouts.DeadlineExceeded
+and timeouts.TooSlow are TimeoutErrors) or http.client.HTTPException.
 """
 
 import http.client
-import json
+import io
 import os
 import ssl
 import threading
 import urllib.parse
 
+from minict import boundedjson
+from minict.timeouts import IDLE_DEFAULT, Clock, Limits
+
 CONNECT_TIMEOUT = 10  # seconds to connect and finish the TLS handshake
-READ_TIMEOUT = 60     # seconds without a byte while reading
 
 SYSTEM_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
                   "/etc/ssl/cert.pem")
@@ -54,8 +60,8 @@ class Response:
         return b"".join(chunks)
 
     def json(self, limit: int = 1 << 20):
-        """Return the body parsed as JSON; raise ValueError."""
-        return json.loads(self.read(limit))
+        """Return the body parsed as JSON (at most `limit` bytes); raise ValueError."""
+        return boundedjson.loads(self.read(limit), limit)
 
     def close(self) -> None:
         """Give the connection back if the body was read to its end, else drop it."""
@@ -76,16 +82,67 @@ class Response:
         self.close()
 
 
-class _HTTPConnection(http.client.HTTPConnection):
-    def connect(self):
-        super().connect()
-        self.sock.settimeout(READ_TIMEOUT)
+class _ClockedReader(io.RawIOBase):
+    """A socket's byte stream whose every read waits only as long as `clock` allows."""
+
+    def __init__(self, sock, clock: Clock):
+        super().__init__()
+        self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)  # holds the socket open, as makefile() does
+        self._clock = clock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        self._sock.settimeout(self._clock.timeout())
+        try:
+            count = self._raw.readinto(buffer)
+        except TimeoutError:
+            self._clock.timed_out()  # the deadline or the speed window, if that is why
+            raise
+        self._clock.got(count or 0)
+        return count
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
 
 
-class _HTTPSConnection(http.client.HTTPSConnection):
+class _ClockedSocket:
+    """What http.client.HTTPResponse is given instead of the socket: only makefile() is used."""
+
+    def __init__(self, sock, clock: Clock | None):
+        self._sock, self._clock = sock, clock
+
+    def makefile(self, mode: str):
+        if self._clock is None:  # a proxy's CONNECT answer, read before any request
+            return self._sock.makefile(mode)
+        return io.BufferedReader(_ClockedReader(self._sock, self._clock))
+
+
+class _Clocked:
+    """The part both connection classes share: timeouts and the clocked response reader."""
+
+    clock: Clock | None = None  # the current exchange's, set by Pool.request
+    idle: float = IDLE_DEFAULT  # Pool._new sets the configured one
+
     def connect(self):
         super().connect()
-        self.sock.settimeout(READ_TIMEOUT)
+        self.sock.settimeout(self.idle)
+
+    # http.client calls self.response_class(sock, method=...) to read each response.
+    def response_class(self, sock, *args, **kwargs):
+        return http.client.HTTPResponse(_ClockedSocket(sock, self.clock), *args, **kwargs)
+
+
+class _HTTPConnection(_Clocked, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Clocked, http.client.HTTPSConnection):
+    pass
 
 
 def tls_context(insecure: bool) -> ssl.SSLContext:
@@ -137,8 +194,9 @@ def _proxy_for(scheme: str, host: str) -> tuple[str, int] | None:
 class Pool:
     """Keep-alive connections by origin (scheme, host, port), shared between threads."""
 
-    def __init__(self, insecure: bool):
+    def __init__(self, insecure: bool, limits: Limits | None = None):
         self.insecure = insecure
+        self.limits = limits or Limits.from_environment()
         self._idle: dict[tuple, list] = {}
         self._lock = threading.Lock()
         self._tls = None
@@ -171,15 +229,18 @@ class Pool:
         else:
             connection = _HTTPConnection(*(proxy or (host, port)), timeout=CONNECT_TIMEOUT)
         connection.via_proxy = bool(proxy) and scheme == "http"
+        connection.idle = self.limits.idle
         return connection
 
-    def request(self, method: str, url: str, headers: dict, body: bytes | None = None) -> Response:
-        """Send one request and return its response (headers read, body not)."""
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise http.client.InvalidURL(f"unsupported URL scheme {parts.scheme!r}")
-        origin = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
-        target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    def request(self, method: str, url: str, headers: dict, body: bytes | None = None, *,
+                stream: bool = False) -> Response:
+        """Send one request and return its response (headers read, body not).
+
+        The status line and headers must arrive within the deadline; so must
+        the body, unless `stream` (a blob): then it must keep up the speed limit.
+        """
+        clock = Clock(self.limits)
+        origin, target = _split_url(url)
         # http.client adds Host and `Accept-Encoding: identity` (no decoding of blobs).
         headers = {"User-Agent": "minict", **headers}
         while True:
@@ -187,6 +248,10 @@ class Pool:
             reused = connection is not None
             if connection is None:
                 connection = self._new(origin)
+                connection.timeout = min(CONNECT_TIMEOUT, clock.timeout())
+            elif connection.sock is not None:
+                connection.sock.settimeout(clock.timeout())  # for sending; reads set their own
+            connection.clock = clock
             try:
                 connection.request(method, url if connection.via_proxy else target, body=body,
                                    headers=headers)
@@ -199,6 +264,8 @@ class Pool:
             except BaseException:
                 connection.close()
                 raise
+            if stream:
+                clock.body()
             return Response(raw, connection, self, origin)
 
     def close(self) -> None:
@@ -209,3 +276,20 @@ class Pool:
                 connection.close()
 
 
+def _split_url(url: str) -> tuple[tuple[str, str, int], str]:
+    """Return ((scheme, host, port), request target) of `url`; raise http.client.InvalidURL.
+
+    URLs come from registries too (Location, a challenge's realm): a port
+    out of range or a host that is no host name is one clear error.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+        if parts.hostname:
+            parts.hostname.encode("idna")
+    except (ValueError, UnicodeError):
+        raise http.client.InvalidURL("a URL with an invalid host or port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise http.client.InvalidURL(f"unsupported URL scheme {parts.scheme[:20]!r}")
+    origin = (parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80))
+    return origin, urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))

@@ -21,8 +21,9 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
+
+from tests.support import loopback_http
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
               "proxy-authorization", "proxy-authenticate", "host"}
@@ -42,11 +43,6 @@ class Fault:
     stall_after: int | None = None     # forward N body bytes, then hang until release()
     redirect: bool = False             # 307 to the storage host
     used: int = 0
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
 
 
 class FaultProxy:
@@ -92,40 +88,14 @@ class FaultProxy:
     # -- life cycle ------------------------------------------------------------
 
     def start(self) -> "FaultProxy":
-        proxy = self
-
-        class ProxyHandler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):
-                proxy._handle(self)
-
-            do_HEAD = do_GET
-
-            def log_message(self, *args):
-                pass
-
-        class StorageHandler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self):
-                proxy._serve_stashed(self)
-
-            def log_message(self, *args):
-                pass
-
-        self._server = _Server(("127.0.0.1", 0), ProxyHandler)
-        self._storage = _Server(("127.0.0.2", 0), StorageHandler)
-        for server in (self._server, self._storage):
-            threading.Thread(target=server.serve_forever, daemon=True).start()
+        self._server = loopback_http.serve(self._handle, "127.0.0.1")
+        self._storage = loopback_http.serve(self._serve_stashed, "127.0.0.2")
         return self
 
     def stop(self) -> None:
         self._release.set()
         for server in (self._server, self._storage):
-            if server is not None:
-                server.shutdown()
-                server.server_close()
+            loopback_http.stop(server)
 
     def __enter__(self):
         return self.start()
