@@ -115,9 +115,12 @@ def pull(image, platform, insecure, jobs, quiet):
               "minict's bridge (minict0).")
 @click.option("--publish", "-p", multiple=True, metavar="HOSTPORT:PORT[/tcp|udp]",
               help="Publish a container port on the host (--network bridge). Repeatable.")
+@click.option("--no-new-keyring", is_flag=True,
+              help="Keep the container in minict's session keyring instead of a new empty one: "
+              "it can then use every key of the caller's session (as runc's flag).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- COMMAND [ARG]...]")
 def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull_policy,
-        network, publish, command):
+        network, publish, no_new_keyring, command):
     """Run a new container.
 
     A COMMAND after `--` replaces the image's Cmd.  Whatever is given here
@@ -131,7 +134,8 @@ def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull
     ports = [parse_publish(p) for p in publish]
     overrides = spec.Overrides(
         entrypoint=entrypoint, cmd=tuple(command) if command else None,
-        env=_env_options(env), workdir=workdir, user=user, hostname=hostname)
+        env=_env_options(env), workdir=workdir, user=user, hostname=hostname,
+        no_new_keyring=no_new_keyring)
     status = container.run(ref, name, overrides, auto_remove=auto_remove, pull=pull_policy,
                            network=network, publish=ports)
     entry.exit_now(status)

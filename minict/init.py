@@ -5,12 +5,14 @@ For run and start, two processes run this code, both forked from minict
 
     intermediate()   unshare the namespaces, wait for the uid/gid maps (and
                      the network), fork PID 1 of the new pid namespace, tell its pid, exit
-    container()      PID 1: mounts, pivot_root, host name, limits, user,
-                     capabilities, then execve of the container's command
+    container()      PID 1: a session keyring of its own, mounts, pivot_root,
+                     host name, limits, user, capabilities, then execve of the
+                     container's command
 
-`exec` replaces both: joiner() enters a running container's namespaces and
-root and forks the command, which then takes the same last steps as PID 1
-(_become_process: terminal, limits, user, capabilities, execve).
+`exec` replaces both: joiner() enters a running container's namespaces,
+session keyring and root and forks the command, which then takes the same
+last steps as PID 1 (_become_process: terminal, limits, user, capabilities,
+execve).
 
 None ever returns into minict's normal code: on success container()
 becomes the container's program; on any failure each reports one line on the
@@ -68,6 +70,10 @@ _PROPAGATION_OPTIONS = {
 # the host (CVE-2024-21626): refuse /proc/<pid>/fd/... and /proc/<pid>/task/<tid>/fd/...
 _FD_PATH = re.compile(r"/proc/[^/]+/(task/[^/]+/)?fd(/|\Z)")
 
+# The annotation of `run --no-new-keyring` (spec.NO_NEW_KEYRING; not imported
+# from there, so that `start` need not load spec.py).
+NO_NEW_KEYRING = "org.minict.no-new-keyring"
+
 # Exit statuses of a command that could not be run, as POSIX shells use them.
 NOT_EXECUTABLE = 126
 NOT_FOUND = 127
@@ -97,9 +103,9 @@ def container(channel, bundle: str, config: dict, terminal: bool):
     _never_return(channel, _setup_and_exec, channel, bundle, config, terminal)
 
 
-def joiner(channel, proc_fd: int, config: dict, terminal: bool):
+def joiner(channel, proc_fd: int, bundle: str, config: dict, terminal: bool):
     """Join the running container `proc_fd` (/proc/<pid>) names, fork the command; never return."""
-    _never_return(channel, _join_and_fork, channel, proc_fd, config, terminal)
+    _never_return(channel, _join_and_fork, channel, proc_fd, bundle, config, terminal)
 
 
 def _never_return(channel, work, *args):
@@ -163,7 +169,7 @@ _NS_FILES = {"mnt": linux.CLONE_NEWNS, "pid": linux.CLONE_NEWPID, "ipc": linux.C
              "cgroup": linux.CLONE_NEWCGROUP, "user": linux.CLONE_NEWUSER}
 
 
-def _join_and_fork(channel, proc_fd, config, terminal):
+def _join_and_fork(channel, proc_fd, bundle, config, terminal):
     _default_signals()
     # Until its execve the command is minict's Python, with the host's
     # binary behind /proc/<pid>/exe and host descriptors open, yet visible to
@@ -179,6 +185,11 @@ def _join_and_fork(channel, proc_fd, config, terminal):
     except OSError as err:
         raise _fail("open the container's namespaces (has it exited?)", err) from None
     _join_all(targets)
+    # The container's session keyring, found by its name in the container's
+    # user namespace (as runc's exec does); never minict's.
+    keyring = _keyring_name(bundle, config)
+    if keyring is not None:
+        _join_keyring(keyring)
     # setns(CLONE_NEWNS) puts us at the namespace's root, which need not be
     # the container's: enter the root its init sees (runc's nsexec does too).
     try:
@@ -242,6 +253,12 @@ def _setup_and_exec(channel, bundle, config, terminal):
     linux_config = config.get("linux") or {}
     mounts = config.get("mounts") or []
     rootfs = os.path.join(bundle, (config.get("root") or {}).get("path", "rootfs"))
+
+    # 0. A new, empty session keyring (keyrings(7)): the one inherited from
+    #    minict is the caller's, with whatever keys it holds.
+    keyring = _keyring_name(bundle, config)
+    if keyring is not None:
+        _new_keyring(keyring)
 
     # 1. Nothing mounted from here on may propagate back to the host: make
     #    every mount in our new mount namespace private, recursively.
@@ -648,6 +665,49 @@ def _attach_terminal(channel, user: dict) -> None:
 
 
 _SOL_SOCKET, _SCM_RIGHTS = 1, 1  # socket(7), unix(7)
+
+
+# -- session keyring -------------------------------------------------------------------
+
+def _keyring_name(bundle: str, config: dict) -> str | None:
+    """Return the container's session keyring name (runc's), or None with --no-new-keyring."""
+    if (config.get("annotations") or {}).get(NO_NEW_KEYRING) == "true":
+        return None
+    return "_ses." + os.path.basename(os.path.normpath(bundle))
+
+
+def _join_keyring(name: str) -> int | None:
+    """Make the keyring `name` our session keyring (a new one unless one is found); return it.
+
+    A kernel without keyrings (ENOSYS) has nothing to leak: go on, as runc does.
+    """
+    try:
+        return linux.join_session_keyring(name)
+    except OSError as err:
+        if err.errno == errno.ENOSYS:
+            return None
+        raise _fail("join a session keyring of its own", err) from None
+
+
+def _new_keyring(name: str) -> None:
+    """Join a new session keyring `name` that only its possessors and `exec` can use.
+
+    A keyring made by joining is also readable, linkable and viewable by its
+    owner's uid (KEY_USR_*): here that is host uid 0, and, as the user
+    namespace maps ids one to one, the root of every other container.  One
+    that linked this keyring into its own would possess it and read its keys.
+    So the owner keeps only search permission: `exec` (root, joining before
+    its user switch) finds the keyring by its name, which is looked up in
+    the caller's user namespace alone.  runc adds search to the defaults
+    (getSessionRingParams); its user namespaces map every container apart.
+    """
+    serial = _join_keyring(name)
+    if serial is None:
+        return
+    try:
+        linux.set_key_permissions(serial, linux.KEY_POS_ALL | linux.KEY_USR_SEARCH)
+    except OSError as err:
+        raise _fail("set the session keyring's permissions", err) from None
 
 
 def _set_rlimits(rlimits) -> None:

@@ -85,7 +85,7 @@ def launch(bundle: str, config: dict, on_start=None, on_netns=None, *,
         if intermediate == 0:
             ours.close()
             if join is not None:
-                init.joiner(theirs, join, config, terminal)
+                init.joiner(theirs, join, bundle, config, terminal)
             init.intermediate(theirs, bundle, config, terminal)
         theirs.close()
         started = _handshake(ours, intermediate, config, on_netns)

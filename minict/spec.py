@@ -50,6 +50,11 @@ _READONLY_PATHS = ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/
 _ID_MAX = 2**31 - 1  # moby/sys/user's range for numeric ids
 
 ANNOTATION = "org.opencontainers.image."
+# Annotations under this prefix are minict's own settings, which `start`
+# repeats: an image's labels must never set them.
+MINICT_ANNOTATION = "org.minict."
+# run --no-new-keyring, kept for start: the OCI spec has no field for it (runc's flag).
+NO_NEW_KEYRING = MINICT_ANNOTATION + "no-new-keyring"
 ZERO_TIME = "0001-01-01T00:00:00Z"  # how Go prints an image without `created`
 
 
@@ -64,6 +69,8 @@ class Overrides:
     `entrypoint` "" clears the image's Entrypoint; any other entrypoint also
     drops the image's Cmd (docker does: a Cmd is an Entrypoint's arguments).
     `cmd` replaces Cmd.  `env` entries (NAME=value) go over the image's Env.
+    `no_new_keyring` leaves the container in minict's session keyring
+    (runc's --no-new-keyring) instead of a new one of its own.
     """
 
     entrypoint: str | None = None
@@ -72,6 +79,7 @@ class Overrides:
     workdir: str | None = None
     user: str | None = None
     hostname: str | None = None
+    no_new_keyring: bool = False
 
 
 def override(image: dict, overrides: Overrides) -> dict:
@@ -129,7 +137,8 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
     annotations = {}
     labels = config.get("Labels") or {}
     if isinstance(labels, dict):
-        annotations.update({str(k): str(v) for k, v in labels.items()})
+        annotations.update({str(k): str(v) for k, v in labels.items()
+                            if not str(k).startswith(MINICT_ANNOTATION)})
     annotations.update({
         ANNOTATION + "architecture": _string(image, "architecture"),
         ANNOTATION + "author": _string(image, "author"),
@@ -138,6 +147,8 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
         ANNOTATION + "os": _string(image, "os"),
         ANNOTATION + "stopSignal": _string(config, "StopSignal"),
     })
+    if overrides is not None and overrides.no_new_keyring:
+        annotations[NO_NEW_KEYRING] = "true"
     volumes = [{"destination": v, "type": "tmpfs", "source": "none",
                 "options": list(_VOLUME_OPTIONS)} for v in sorted(_keys(config, "Volumes"))]
 
