@@ -3,16 +3,22 @@
 For run and start, two processes run this code, both forked from minict
 (launch.py is the parent side and documents the messages on the channel):
 
-    intermediate()   unshare the namespaces, wait for the uid/gid maps (and
-                     the network), fork PID 1 of the new pid namespace, tell its pid, exit
+    intermediate()   leave minict's session, unshare the namespaces, wait for
+                     the uid/gid maps (and the network), fork PID 1 of the new
+                     pid namespace, tell its pid, exit
     container()      PID 1: a session keyring of its own, mounts, pivot_root,
-                     host name, limits, user, capabilities, then execve of the
-                     container's command
+                     host name, then (_become_process) a session of its own,
+                     terminal, limits, user, capabilities, execve of the command
 
-`exec` replaces both: joiner() enters a running container's namespaces,
-session keyring and root and forks the command, which then takes the same
-last steps as PID 1 (_become_process: terminal, limits, user, capabilities,
-execve).
+`exec` replaces both: joiner() leaves minict's session, enters a running
+container's namespaces, session keyring and root, and forks the command,
+which then takes the same last steps as PID 1 (_become_process).
+
+Neither the container's processes nor these children before them are ever
+in minict's session or process group: a `kill 0` inside must not reach the
+caller's shell, and a Ctrl-C on the host's terminal must reach the container
+only as minict passes it on (launch.py).  The streams they get are never
+the host's terminal (launch.py, streams.py).
 
 None ever returns into minict's normal code: on success container()
 becomes the container's program; on any failure each reports one line on the
@@ -124,6 +130,7 @@ def _never_return(channel, work, *args):
 
 
 def _unshare_and_fork(channel, bundle, config, terminal):
+    _leave_session()
     _default_signals()
     flags = 0
     for ns in config.get("linux", {}).get("namespaces", []):
@@ -170,6 +177,7 @@ _NS_FILES = {"mnt": linux.CLONE_NEWNS, "pid": linux.CLONE_NEWPID, "ipc": linux.C
 
 
 def _join_and_fork(channel, proc_fd, bundle, config, terminal):
+    _leave_session()
     _default_signals()
     # Until its execve the command is minict's Python, with the host's
     # binary behind /proc/<pid>/exe and host descriptors open, yet visible to
@@ -313,8 +321,12 @@ def _become_process(channel, process: dict, terminal: bool) -> None:
     The steps the container's init and `exec` share (exec has joined the
     namespaces and entered the root instead of building them).
     """
-    # 8. The terminal comes from the container's own devpts (/dev/ptmx ->
-    #    pts/ptmx), so the container sees its tty under /dev/pts.
+    # 8. A session and process group of its own, without a controlling
+    #    terminal: `kill 0` inside reaches only the container, and /dev/tty
+    #    is not the host's terminal.  Then the terminal, if any, comes from
+    #    the container's own devpts (/dev/ptmx -> pts/ptmx), so the
+    #    container sees its tty under /dev/pts.
+    os.setsid()
     user = process.get("user") or {}
     if terminal:
         _attach_terminal(channel, user)
@@ -392,6 +404,14 @@ def _default_signals() -> None:
     for signo in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
         signal.signal(signo, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _leave_session() -> None:
+    """Leave minict's session and process group (setsid(2)), first thing after fork.
+
+    A child of minict is never a process group leader, so this cannot fail.
+    """
+    os.setsid()
 
 
 def _join(path: str, kind: str) -> None:
@@ -652,9 +672,7 @@ def _attach_terminal(channel, user: dict) -> None:
         os.fchown(slave, user.get("uid", 0), user.get("gid", 0))
         channel.sendmsg([b"pty"], [(_SOL_SOCKET, _SCM_RIGHTS, master.to_bytes(4, "little"))])
         os.close(master)
-        # A new session whose controlling terminal is the pty: job control
-        # works, and the host terminal's signals no longer reach us directly.
-        os.setsid()
+        # The pty becomes the controlling terminal of our new session: job control works.
         fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
         for target in (0, 1, 2):
             os.dup2(slave, target)

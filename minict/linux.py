@@ -278,7 +278,6 @@ def set_key_permissions(serial: int, permissions: int) -> None:
 # -- signals ------------------------------------------------------------------
 
 SIGINFO_SIZE = 128  # struct signalfd_siginfo, signalfd(2)
-SI_USER = 0
 
 
 def signalfd(signals) -> int:

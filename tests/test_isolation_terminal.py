@@ -1,17 +1,28 @@
-"""A container must not reach the caller's kernel keyring.
+"""A container must not reach the caller's terminal, session or kernel keyring.
 
-Real containers, as root.  A small static C probe (tests.support.probes)
-tries what busybox cannot: keyctl(2).
+Real containers, as root, started from a host shell the way a user starts
+them.  The host shells that need a real terminal run in tmux, so what
+arrives at their input (an injected command) and what they print can be
+seen; tests that need exact bytes drive minict on a pty of their own.
+Small static C probes (tests.support.probes) try what busybox cannot:
+ioctl(TIOCSTI) and keyctl(2).
 """
 
+import fcntl
 import json
 import os
+import re
 import secrets
+import select
 import shlex
 import shutil
+import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
+import tty
 
 import pytest
 
@@ -23,6 +34,56 @@ pytest_plugins = ["tests.support.bundles"]  # the box and busybox_rootfs fixture
 pytestmark = pytest.mark.root
 
 MINICT = f"{shlex.quote(sys.executable)} -m minict"
+
+# Push argv[2] into the input of every terminal the probe can reach: fds
+# 0-2, /dev/tty (the controlling terminal) and fresh opens of /proc/self/fd/N.
+# One line per attempt goes to the report file argv[1]: "<what> INJECTED" or
+# "<what> errno=<n>".
+TIOCSTI_SOURCE = r"""
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+static FILE *report;
+
+static void push(const char *what, int fd, const char *text) {
+    for (const char *p = text; *p; p++) {
+        if (ioctl(fd, TIOCSTI, p) != 0) {
+            fprintf(report, "%s errno=%d\n", what, errno);
+            return;
+        }
+    }
+    fprintf(report, "%s INJECTED\n", what);
+}
+
+static void push_path(const char *path, const char *text) {
+    int fd = open(path, O_RDWR | O_NOCTTY);
+    if (fd < 0) {
+        fprintf(report, "%s errno=%d\n", path, errno);
+        return;
+    }
+    push(path, fd, text);
+    close(fd);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) return 2;
+    report = fopen(argv[1], "w");
+    if (!report) return 3;
+    push("fd0", 0, argv[2]);
+    push("fd1", 1, argv[2]);
+    push("fd2", 2, argv[2]);
+    push_path("/dev/tty", argv[2]);
+    push_path("/proc/self/fd/0", argv[2]);
+    push_path("/proc/self/fd/1", argv[2]);
+    push_path("/proc/self/fd/2", argv[2]);
+    fclose(report);
+    return 0;
+}
+"""
 
 # What a process can do with keys, three ways:
 #   keyprobe look SERIAL DESC   name its session keyring, read the key SERIAL,
@@ -100,6 +161,13 @@ int main(int argc, char **argv) {
 }
 """
 
+ENOTTY, ENXIO = 25, 6
+
+
+@pytest.fixture(scope="module")
+def tiocsti():
+    return compile_probe("tiocsti", TIOCSTI_SOURCE)
+
 
 @pytest.fixture(scope="module")
 def keyprobe():
@@ -134,6 +202,390 @@ def wait_for(predicate, timeout=20.0, what="condition"):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_running(bundle, timeout=20.0):
+    def running():
+        try:
+            state = json.loads((bundle / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return state.get("pid") if state.get("status") == "running" else None
+
+    return wait_for(running, timeout, "the container to run")
+
+
+# -- a host shell on a real terminal: tmux ---------------------------------------------------
+
+class HostShell:
+    """An interactive `sh` in a tmux pane: type into it and read its screen."""
+
+    def __init__(self, tmux: str, workdir, env):
+        self.tmux = tmux
+        self.socket = str(workdir / "tmux.sock")
+        # Its own directory: `python -m minict` would import a ./minict (MINICT_DIR) instead.
+        self.cwd = workdir / "pane"
+        self.cwd.mkdir(exist_ok=True)
+        # A wide pane, so that long command lines do not wrap.
+        self._tmux("-f", "/dev/null", "new-session", "-d", "-s", "host", "-x", "250", "-y", "50",
+                   "-c", str(self.cwd), "sh", env=env)
+        wait_for(lambda: self.screen().rstrip().endswith("#"), what="the host shell's prompt")
+
+    def _tmux(self, *args, env=None):
+        return subprocess.run([self.tmux, "-S", self.socket, *args], check=True,
+                              capture_output=True, text=True, env=env, timeout=30,
+                              stdin=subprocess.DEVNULL)
+
+    def type(self, text: str, enter=True):
+        self._tmux("send-keys", "-t", "host", "-l", text)
+        if enter:
+            self._tmux("send-keys", "-t", "host", "Enter")
+
+    def key(self, name: str):
+        self._tmux("send-keys", "-t", "host", name)
+
+    def screen(self) -> str:
+        return self._tmux("capture-pane", "-p", "-J", "-S", "-", "-t", "host").stdout
+
+    def run(self, command: str, timeout=30.0) -> int:
+        """Type `command`, wait for it to finish; return its exit status."""
+        marker = secrets.token_hex(4)
+        # The marker is built by the shell, so the typed line does not contain it.
+        self.type(f'{command}; echo "$?-{marker[:4]}""{marker[4:]}"')
+        found = wait_for(lambda: re.search(rf"(\d+)-{marker}", self.screen()), timeout,
+                         f"{command!r} to finish")
+        return int(found.group(1))
+
+    def settle(self):
+        """Let the shell read whatever is in its input now: one more command runs after it."""
+        assert self.run("true") == 0
+
+    def close(self):
+        subprocess.run([self.tmux, "-S", self.socket, "kill-server"], check=False,
+                       capture_output=True, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def host_shell(require_tool, tmp_path, minict_dir):
+    tmux = require_tool("tmux")
+    shells = []
+
+    def make():
+        shell = HostShell(tmux, tmp_path, minict_env(minict_dir, PS1="# ", ENV="", HISTFILE=""))
+        shells.append(shell)
+        return shell
+
+    yield make
+    for shell in shells:
+        shell.close()
+
+
+def injection(tmp_path):
+    """Return (the line a container tries to push into the host shell, the file it would make)."""
+    target = tmp_path / f"INJECTED-{secrets.token_hex(6)}"
+    return f"touch {target}\n", target
+
+
+def start_injecting(box, tiocsti, host_shell, tmp_path, redirect=""):
+    """From a host shell on a terminal, start a container that pushes a line at every terminal.
+
+    Return (the probe's report, the host shell, the file the line would make).
+    """
+    line, target = injection(tmp_path)
+    bundle = box(["/usr/local/bin/tiocsti", "/tmp/report", line])
+    install_probe(bundle / "rootfs", tiocsti)
+    shell = host_shell()
+    assert shell.run(f"{MINICT} start --name box {redirect}") == 0
+    shell.settle()  # a pushed line would run now
+    assert not target.exists(), "the container's line ran in the host shell"
+    return read_report(bundle), shell, target
+
+
+def read_report(bundle, name="report"):
+    lines = (bundle / "rootfs" / "tmp" / name).read_text().splitlines()
+    return dict(line.split(" ", 1) for line in lines)
+
+
+# -- terminal injection ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("redirect", ["> out.txt", "< /dev/null", "2> err.txt < /dev/null"])
+def test_a_container_cannot_push_input_into_the_host_terminal(minict_dir, box, tiocsti,
+                                                               host_shell, tmp_path, redirect):
+    report, shell, _ = start_injecting(box, tiocsti, host_shell, tmp_path, redirect)
+    assert "INJECTED-" not in shell.screen()
+    assert "INJECTED" not in report.values(), report
+    # Every stream is a pipe, a file or /dev/null; there is no controlling terminal.
+    assert {report[f"fd{n}"] for n in range(3)} == {f"errno={ENOTTY}"}, report
+    assert report["/dev/tty"] == f"errno={ENXIO}", report
+
+
+def test_on_the_pty_path_a_push_lands_in_the_containers_own_terminal(minict_dir, box, tiocsti,
+                                                                      host_shell, tmp_path):
+    report, _, _ = start_injecting(box, tiocsti, host_shell, tmp_path)
+    # Its own pty takes the push (and the container's echo shows it); the host's input never.
+    assert report["fd0"] == "INJECTED" and report["/dev/tty"] == "INJECTED", report
+
+
+def test_exec_cannot_push_input_into_the_host_terminal(minict_dir, box, tiocsti, host_shell,
+                                                       tmp_path):
+    line, target = injection(tmp_path)
+    bundle = box(["sleep", "60"])
+    install_probe(bundle / "rootfs", tiocsti)
+    runner = subprocess.Popen([sys.executable, "-m", "minict", "start", "--name", "box"],
+                              env=minict_env(minict_dir), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_running(bundle)
+        shell = host_shell()
+        # A script holds the line: typed into the shell, its newline would end the command.
+        (bundle / "rootfs/tmp/inject.sh").write_text(
+            shlex.join(["/usr/local/bin/tiocsti", "/tmp/report", line]) + "\n")
+        status = shell.run(f"{MINICT} exec --name box -- sh /tmp/inject.sh "
+                           "> out.txt")
+        assert status == 0, shell.screen()
+        shell.settle()
+        assert not target.exists(), "the exec'd process's line ran in the host shell"
+        report = read_report(bundle)
+        assert "INJECTED" not in report.values(), report
+        assert report["/dev/tty"] == f"errno={ENXIO}", report
+    finally:
+        runner.kill()
+        runner.communicate(timeout=30)
+
+
+# -- sessions and process groups ---------------------------------------------------------------
+
+KILL_GROUP = ("kill -TERM 0; pgid=$(cat /tmp/pgid); kill -TERM -$pgid 2>/dev/null; "
+              "kill -HUP 0; sleep 0.3; exit 3")
+
+
+def test_kill_0_inside_leaves_the_calling_script_alive(minict_dir, box):
+    bundle = box(sh(KILL_GROUP))
+    script = (f"echo $$ > {bundle}/rootfs/tmp/pgid; {MINICT} start --name box; "
+              "echo \"script alive after status $?\"")
+    # Its own process group, so that the test runner is never in the line of fire.
+    done = subprocess.run(["sh", "-c", script], check=False, env=minict_env(minict_dir),
+                          stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=60, start_new_session=True)
+    assert done.returncode == 0, done
+    assert done.stdout.endswith("script alive after status 3\n"), done
+
+
+def test_exec_kill_0_leaves_the_calling_script_alive(minict_dir, box):
+    bundle = box(["sleep", "60"])
+    runner = subprocess.Popen([sys.executable, "-m", "minict", "start", "--name", "box"],
+                              env=minict_env(minict_dir), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_running(bundle)
+        # Not PID 1, the exec'd shell gets its own `kill 0`: it traps it.
+        script = (f"{MINICT} exec --name box -- sh -c 'trap \"exit 4\" TERM; kill -TERM 0; "
+                  "sleep 1; exit 5'; "
+                  "echo \"script alive after status $?\"")
+        done = subprocess.run(["sh", "-c", script], check=False, env=minict_env(minict_dir),
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=60, start_new_session=True)
+        assert done.returncode == 0, done
+        assert done.stdout.endswith("script alive after status 4\n"), done
+        assert runner.poll() is None  # the container's minict, too
+    finally:
+        runner.kill()
+        runner.communicate(timeout=30)
+
+
+def test_the_container_is_a_session_of_its_own_without_a_terminal(minict, box):
+    # Fields 5-7 of /proc/<pid>/stat: process group, session, controlling terminal.
+    box(sh("set -- $(cut -d' ' -f5-7 /proc/$$/stat); echo pid=$$ pgrp=$1 session=$2 tty=$3"),
+        edit=no_terminal)
+    done = minict("start", "--name", "box")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "pid=1 pgrp=1 session=1 tty=0\n"
+
+
+# -- the relay: the container's streams are pipes minict copies ------------------------------
+
+RELAY = sh('read -r first; echo "got:$first"; cat; echo "end of input"; exit 7')
+
+
+def test_typed_input_reaches_the_container_and_output_comes_back(minict_dir, box, host_shell,
+                                                                 tmp_path):
+    box(RELAY, edit=no_terminal)
+    shell = host_shell()
+    out = shell.cwd / "out.txt"
+    shell.type(f"{MINICT} start --name box > out.txt; echo \"status-$((40+2)):$?\"")
+    wait_for(out.exists, what="minict to start")
+    time.sleep(0.5)
+    shell.type("hello there")
+    wait_for(lambda: "got:hello there" in out.read_text(),
+             what="the first line to come back")
+    shell.type("second line")
+    shell.key("C-d")  # end of input: cat ends, the container exits
+    wait_for(lambda: re.search(r"status-42:(\d+)", shell.screen()), what="minict to exit")
+    assert "status-42:7" in shell.screen()
+    assert out.read_text() == "got:hello there\nsecond line\nend of input\n"
+    # Output on the terminal (and no pty asked for): it comes back there.
+    shell.type(f"{MINICT} start --name box 2> err.txt; echo \"again-$((40+2)):$?\"")
+    time.sleep(1)
+    shell.type("from the pane")
+    wait_for(lambda: "got:from the pane" in shell.screen(), what="output on the terminal")
+    shell.key("C-d")
+    wait_for(lambda: re.search(r"again-42:(\d+)", shell.screen()), what="minict to exit again")
+    assert "again-42:7" in shell.screen() and "end of input" in shell.screen()
+
+
+def test_minict_in_the_background_does_not_stop_for_terminal_input(minict_dir, box, host_shell,
+                                                                   tmp_path):
+    box(sh("sleep 2; echo finished"), edit=no_terminal)
+    shell = host_shell()
+    shell.type(f"{MINICT} start --name box > out.txt 2>&1 &")
+    time.sleep(0.5)
+    # Input typed meanwhile is the shell's: minict must neither take it nor be stopped by it.
+    assert shell.run("echo typed-while-in-background") == 0
+    assert shell.run("wait", timeout=20) == 0
+    assert "finished" in (shell.cwd / "out.txt").read_text()
+    assert "Stopped" not in shell.screen()
+
+
+class Pty:
+    """A pty whose slave is the controlling terminal of a minict we start on it."""
+
+    def __init__(self, raw=False):
+        self.master, self.slave = os.openpty()
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        if raw:
+            tty.setraw(self.slave)
+        self.pid = None
+
+    def start(self, minict_dir, *args, stdin=None, stdout=None, stderr=None):
+        """Fork `minict ARGS`; each stream is the slave unless a descriptor is given."""
+        env = minict_env(minict_dir)
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                os.setsid()
+                fcntl.ioctl(self.slave, termios.TIOCSCTTY, 0)
+                for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
+                    os.dup2(self.slave if fd is None else fd, target)
+                os.execve(sys.executable, [sys.executable, "-m", "minict", *args], env)
+            finally:
+                os._exit(127)
+
+    def read_until(self, size: int, timeout=20.0) -> bytes:
+        data = b""
+        deadline = time.monotonic() + timeout
+        while len(data) < size and time.monotonic() < deadline:
+            if select.select([self.master], [], [], 0.1)[0]:
+                data += os.read(self.master, 65536)
+        return data
+
+    def wait(self, timeout=30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid, raw = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.pid = None
+                return os.waitstatus_to_exitcode(raw)
+            time.sleep(0.05)
+        raise AssertionError("minict did not exit")
+
+    def close(self):
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGKILL)
+            self.wait()
+        for fd in (self.master, self.slave):
+            os.close(fd)
+
+
+@pytest.fixture
+def pty_term():
+    terms = []
+
+    def make(**kw):
+        terms.append(Pty(**kw))
+        return terms[-1]
+
+    yield make
+    for term in terms:
+        term.close()
+
+
+ALL_BYTES = bytes(range(256)) * 64
+
+
+def test_binary_data_passes_the_relay_unchanged_both_ways(minict_dir, box, pty_term, tmp_path):
+    bundle = box(sh(f"head -c {len(ALL_BYTES)} > /tmp/got; echo done"), edit=no_terminal)
+    out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o644)
+    term = pty_term(raw=True)
+    term.start(minict_dir, "start", "--name", "box", stdout=out)
+    os.close(out)
+    for start in range(0, len(ALL_BYTES), 4096):
+        os.write(term.master, ALL_BYTES[start:start + 4096])
+    assert term.wait() == 0
+    assert (bundle / "rootfs/tmp/got").read_bytes() == ALL_BYTES
+    assert (tmp_path / "out").read_text() == "done\n"
+
+    (bundle / "rootfs/tmp/send").write_bytes(ALL_BYTES)
+    (bundle / "config.json").write_text(json.dumps(
+        {**json.loads((bundle / "config.json").read_text()),
+         "process": {**json.loads((bundle / "config.json").read_text())["process"],
+                     "args": ["cat", "/tmp/send"]}}))
+    null = os.open(os.devnull, os.O_RDONLY)
+    err = os.open(tmp_path / "err", os.O_WRONLY | os.O_CREAT, 0o644)
+    term = pty_term(raw=True)
+    term.start(minict_dir, "start", "--name", "box", stdin=null, stderr=err)
+    os.close(null)
+    os.close(err)
+    assert term.read_until(len(ALL_BYTES)) == ALL_BYTES
+    assert term.wait() == 0
+
+
+def test_a_flood_of_output_is_held_back_not_buffered(minict_dir, box, pty_term):
+    # Nobody reads the terminal: the container must block, not minict grow.
+    box(sh('trap "exit 3" TERM; yes 0123456789abcdef & wait'), edit=no_terminal)
+    null = os.open(os.devnull, os.O_RDONLY)
+    term = pty_term(raw=True)
+    term.start(minict_dir, "start", "--name", "box", stdin=null)
+    os.close(null)
+    assert term.read_until(1000)  # it runs and writes
+    time.sleep(2)
+
+    def rss_kib():
+        with open(f"/proc/{term.pid}/status") as f:
+            return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+    first = rss_kib()
+    time.sleep(1)
+    assert rss_kib() - first < 1024 and first < 100 * 1024
+    # Held back, minict still hears signals and passes them on.
+    os.kill(term.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while term.pid is not None and time.monotonic() < deadline:
+        term.read_until(1 << 20, timeout=0.2)  # let the container's last writes through
+        pid, raw = os.waitpid(term.pid, os.WNOHANG)
+        if pid:
+            term.pid = None
+            assert os.waitstatus_to_exitcode(raw) == 3
+
+
+def test_ctrl_c_on_the_host_terminal_reaches_the_container(minict_dir, box, pty_term, tmp_path):
+    box(sh('trap "echo interrupted; exit 5" INT; echo ready; while :; do sleep 0.1; done'),
+        edit=no_terminal)
+    term = pty_term()
+    term.start(minict_dir, "start", "--name", "box")
+    assert b"ready" in term.read_until(100, timeout=10)
+    os.write(term.master, termios.tcgetattr(term.slave)[6][termios.VINTR])
+    assert b"interrupted" in term.read_until(1000, timeout=10)
+    assert term.wait() == 5
+
+
+def test_a_container_that_never_reads_its_input_still_exits(minict_dir, box, pty_term, tmp_path):
+    box(sh("sleep 0.5; exit 6"), edit=no_terminal)
+    out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o644)
+    term = pty_term(raw=True)
+    term.start(minict_dir, "start", "--name", "box", stdout=out)
+    os.close(out)
+    os.write(term.master, b"x" * 4096)
+    assert term.wait() == 6
 
 
 # -- the kernel keyring ------------------------------------------------------------------------
