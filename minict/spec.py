@@ -10,8 +10,9 @@ after which runc and crun stopped doing it.
 The conversion follows image-spec conversion.md and umoci's
 oci/config/convert: args = Entrypoint + Cmd, Env over the default PATH and
 TERM, cwd = WorkingDir or "/", the user resolved through the rootfs's
-/etc/passwd and /etc/group (moby/sys/user's rules), labels and a few config
-fields as annotations, and each Volume as a tmpfs mount.
+/etc/passwd and /etc/group (moby/sys/user's rules), labels (but none under
+minict's own org.minict.) and a few config fields as annotations, and each
+Volume as a tmpfs mount.
 """
 
 import copy
