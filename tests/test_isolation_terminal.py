@@ -8,6 +8,7 @@ Small static C probes (tests.support.probes) try what busybox cannot:
 ioctl(TIOCSTI) and keyctl(2).
 """
 
+import contextlib
 import fcntl
 import json
 import os
@@ -224,6 +225,20 @@ def wait_running(bundle, timeout=20.0):
     return wait_for(running, timeout, "the container to run")
 
 
+@contextlib.contextmanager
+def started(minict_dir, bundle):
+    """Keep the container of `bundle` running (`minict start` in the background) for the block."""
+    runner = subprocess.Popen([sys.executable, "-m", "minict", "start", "--name", bundle.name],
+                              env=minict_env(minict_dir), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_running(bundle)
+        yield runner
+    finally:
+        runner.kill()  # its container dies with it (PDEATHSIG)
+        runner.communicate(timeout=30)
+
+
 # -- a host shell on a real terminal: tmux ---------------------------------------------------
 
 class HostShell:
@@ -342,11 +357,7 @@ def test_exec_cannot_push_input_into_the_host_terminal(minict_dir, box, tiocsti,
     line, target = injection(tmp_path)
     bundle = box(["sleep", "60"])
     install_probe(bundle / "rootfs", tiocsti)
-    runner = subprocess.Popen([sys.executable, "-m", "minict", "start", "--name", "box"],
-                              env=minict_env(minict_dir), stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_running(bundle)
+    with started(minict_dir, bundle):
         shell = host_shell()
         # A script holds the line: typed into the shell, its newline would end the command.
         (bundle / "rootfs/tmp/inject.sh").write_text(
@@ -359,9 +370,6 @@ def test_exec_cannot_push_input_into_the_host_terminal(minict_dir, box, tiocsti,
         report = read_report(bundle)
         assert "INJECTED" not in report.values(), report
         assert report["/dev/tty"] == f"errno={ENXIO}", report
-    finally:
-        runner.kill()
-        runner.communicate(timeout=30)
 
 
 # -- sessions and process groups ---------------------------------------------------------------
@@ -384,11 +392,7 @@ def test_kill_0_inside_leaves_the_calling_script_alive(minict_dir, box):
 
 def test_exec_kill_0_leaves_the_calling_script_alive(minict_dir, box):
     bundle = box(["sleep", "60"])
-    runner = subprocess.Popen([sys.executable, "-m", "minict", "start", "--name", "box"],
-                              env=minict_env(minict_dir), stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_running(bundle)
+    with started(minict_dir, bundle) as runner:
         # Not PID 1, the exec'd shell gets its own `kill 0`: it traps it.
         script = (f"{MINICT} exec --name box -- sh -c 'trap \"exit 4\" TERM; kill -TERM 0; "
                   "sleep 1; exit 5'; "
@@ -399,9 +403,6 @@ def test_exec_kill_0_leaves_the_calling_script_alive(minict_dir, box):
         assert done.returncode == 0, done
         assert done.stdout.endswith("script alive after status 4\n"), done
         assert runner.poll() is None  # the container's minict, too
-    finally:
-        runner.kill()
-        runner.communicate(timeout=30)
 
 
 def test_the_container_is_a_session_of_its_own_without_a_terminal(minict, box):
@@ -599,6 +600,28 @@ def test_a_container_that_never_reads_its_input_still_exits(minict_dir, box, pty
     assert term.wait() == 6
 
 
+def test_exec_relays_the_terminal_too(minict_dir, box, pty_term):
+    bundle = box(["sleep", "60"])
+    with started(minict_dir, bundle):
+        term = pty_term()
+        null = os.open(os.devnull, os.O_WRONLY)
+        # No pty for exec either (stderr is not the terminal): pipes, and a session of its own.
+        term.start(minict_dir, "exec", "--name", "box", "--", "sh", "-c",
+                   'read -r line; echo "got:$line"; ls -l /proc/self/fd/0 /proc/self/fd/1; '
+                   "echo \"session:$(cut -d' ' -f6 /proc/$$/stat) of:$$\"; exit 3", stderr=null)
+        os.close(null)
+        os.write(term.master, b"typed\n")
+        seen = b""
+        deadline = time.monotonic() + 20
+        while b"of:" not in seen and time.monotonic() < deadline:
+            seen += term.read_until(1, timeout=0.5)
+        assert term.wait() == 3
+        text = seen.decode()
+        assert "got:typed" in text and text.count("pipe:[") == 2, text
+        session, pid = re.search(r"session:(\d+) of:(\d+)", text).groups()
+        assert session == pid, text
+
+
 # -- the kernel keyring ------------------------------------------------------------------------
 
 def in_key_session(require_tool, minict_dir, bundle, inner: str):
@@ -689,10 +712,7 @@ def test_another_container_cannot_take_a_containers_keyring(minict_dir, box, key
     thief = box(sh("/usr/local/bin/keyprobe steal $(cat /tmp/ring) its-secret"), name="thief",
                 edit=edit)
     install_probe(thief / "rootfs", keyprobe)
-    runner = subprocess.Popen([sys.executable, "-m", "minict", "start", "--name", "holder"],
-                              env=minict_env(minict_dir), stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
+    with started(minict_dir, holder):
         added = wait_for(lambda: probe_lines((holder / "rootfs/tmp/added").read_text())
                          if (holder / "rootfs/tmp/added").exists() else None)
         assert not added["added"].startswith("errno="), added
@@ -704,9 +724,6 @@ def test_another_container_cannot_take_a_containers_keyring(minict_dir, box, key
         assert seen["link"].startswith("errno="), seen
         assert seen["list"].startswith("errno="), seen
         assert seen["search"].startswith("errno=") and "read" not in seen, seen
-    finally:
-        runner.kill()
-        runner.communicate(timeout=30)
 
 
 def test_no_new_keyring_is_an_annotation_start_repeats():
