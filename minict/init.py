@@ -266,7 +266,7 @@ def _setup_and_exec(channel, bundle, config, terminal):
     #    minict is the caller's, with whatever keys it holds.
     keyring = _keyring_name(bundle, config)
     if keyring is not None:
-        _new_keyring(keyring)
+        _new_keyring(keyring, config)
 
     # 1. Nothing mounted from here on may propagate back to the host: make
     #    every mount in our new mount namespace private, recursively.
@@ -707,23 +707,27 @@ def _join_keyring(name: str) -> int | None:
         raise _fail("join a session keyring of its own", err) from None
 
 
-def _new_keyring(name: str) -> None:
+def _new_keyring(name: str, config: dict) -> None:
     """Join a new session keyring `name` that only its possessors and `exec` can use.
 
     A keyring made by joining is also readable, linkable and viewable by its
     owner's uid (KEY_USR_*): here that is host uid 0, and, as the user
     namespace maps ids one to one, the root of every other container.  One
     that linked this keyring into its own would possess it and read its keys.
-    So the owner keeps only search permission: `exec` (root, joining before
-    its user switch) finds the keyring by its name, which is looked up in
-    the caller's user namespace alone.  runc adds search to the defaults
-    (getSessionRingParams); its user namespaces map every container apart.
+    So the owner keeps only search permission, which is what `exec` needs to
+    find the keyring by name (it joins as host root, before its user switch).
+    With a user namespace, names are looked up in the caller's user
+    namespace alone, so "other" may search too, as runc allows
+    (getSessionRingParams): exec then finds the keyring even where the
+    container's root is mapped to another host uid than exec's.
     """
     serial = _join_keyring(name)
     if serial is None:
         return
+    kinds = {ns.get("type") for ns in (config.get("linux") or {}).get("namespaces") or []}
+    search = linux.KEY_USR_SEARCH | (linux.KEY_OTH_SEARCH if "user" in kinds else 0)
     try:
-        linux.set_key_permissions(serial, linux.KEY_POS_ALL | linux.KEY_USR_SEARCH)
+        linux.set_key_permissions(serial, linux.KEY_POS_ALL | search)
     except OSError as err:
         raise _fail("set the session keyring's permissions", err) from None
 

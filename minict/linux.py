@@ -252,6 +252,7 @@ KEYCTL_SETPERM = 5
 # A key's permission mask: possessor, owner (user), group, other; 8 bits each.
 KEY_POS_ALL = 0x3F000000
 KEY_USR_SEARCH = 0x00080000
+KEY_OTH_SEARCH = 0x00000008
 
 
 def _keyctl(operation: int, *args, name: str) -> int:
