@@ -688,7 +688,7 @@ def test_exec_joins_the_containers_keyring_not_the_callers(minict_dir, box, keyp
         f"while [ ! -s {bundle}/rootfs/tmp/init-keys ]; do sleep 0.05; done; "
         f"{MINICT} exec --name box -- sh -c '{KEYPROBE}'; "
         f"{MINICT} exec --name box -u app -- sh -c '{KEYPROBE}' | sed 's/^/app-/'; "
-        "kill $!"))
+        "kill -KILL $!; wait $!; exit 0"))
     init_keys = probe_lines((bundle / "rootfs/tmp/init-keys").read_text())
     assert init_keys["read"].startswith("errno="), init_keys
     assert seen["read"].startswith("errno="), seen
