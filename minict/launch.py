@@ -79,7 +79,10 @@ def launch(bundle: str, config: dict, on_start=None, on_netns=None, *,
 
     process = config.get("process") or {}
     terminal = bool(process.get("terminal")) and all(os.isatty(fd) for fd in (0, 1, 2))
-    pipes = None if terminal else streams.Relay.for_terminals()
+    try:
+        pipes = None if terminal else streams.Relay.for_terminals()
+    except OSError as err:
+        raise LaunchError(f"make pipes for the terminal's streams: {err.strerror}") from None
     ours, theirs = socketpair(AF_UNIX, SOCK_SEQPACKET)
     sys.stdout.flush()
     sys.stderr.flush()
