@@ -141,9 +141,13 @@ def pull(image, platform, insecure, jobs, quiet):
 @click.option("--device", multiple=True, metavar="/dev/HOSTDEV[:CONTAINERPATH][:rwm]",
               help="Give the container a host device, with these permissions (default rwm). "
               "Repeatable.")
+@click.option("--no-new-keyring", is_flag=True,
+              help="Keep the container in minict's session keyring instead of a new empty one: "
+              "it can then use every key of the caller's session (as runc's flag).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- COMMAND [ARG]...]")
 def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull_policy,
-        network, publish, cap_add, cap_drop, privileged, userns, security_opts, device, command):
+        network, publish, cap_add, cap_drop, privileged, userns, security_opts, device,
+        no_new_keyring, command):
     """Run a new container.
 
     A COMMAND after `--` replaces the image's Cmd.  Whatever is given here
@@ -160,7 +164,7 @@ def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull
         env=_env_options(env), workdir=workdir, user=user, hostname=hostname,
         cap_add=capabilities.normalize(cap_add), cap_drop=capabilities.normalize(cap_drop),
         privileged=privileged, userns=userns, devices=devices.from_options(device, privileged),
-        **_security_options(security_opts))
+        no_new_keyring=no_new_keyring, **_security_options(security_opts))
     status = container.run(ref, name, overrides, auto_remove=auto_remove, pull=pull_policy,
                            network=network, publish=ports)
     entry.exit_now(status)

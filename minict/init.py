@@ -3,17 +3,24 @@
 For run and start, two processes run this code, both forked from minict
 (launch.py is the parent side and documents the messages on the channel):
 
-    intermediate()   get put in the container's cgroup, unshare the namespaces,
-                     wait for the uid/gid maps (and the network), fork PID 1 of
-                     the new pid namespace, tell its pid, exit
-    container()      PID 1: mounts, pivot_root, host name, limits, user,
-                     capabilities, the seccomp filter, then execve of the
-                     container's command
+    intermediate()   leave minict's session, get put in the container's cgroup,
+                     unshare the namespaces, wait for the uid/gid maps (and the
+                     network), fork PID 1 of the new pid namespace, tell its pid, exit
+    container()      PID 1: a session keyring of its own, mounts, pivot_root,
+                     host name, then (_become_process) a session of its own,
+                     terminal, limits, user, capabilities, the seccomp filter,
+                     execve of the command
 
-`exec` replaces both: joiner() gets put in the container's cgroup, enters
-its namespaces and root and forks the command, which then takes the same
-last steps as PID 1 (_become_process: terminal, limits, user, capabilities,
-seccomp, execve).
+`exec` replaces both: joiner() leaves minict's session, gets put in the
+container's cgroup, enters a running container's namespaces, session keyring
+and root, and forks the command, which then takes the same last steps as
+PID 1 (_become_process).
+
+Neither the container's processes nor these children before them are ever
+in minict's session or process group: a `kill 0` inside must not reach the
+caller's shell, and a Ctrl-C on the host's terminal must reach the container
+only as minict passes it on (launch.py).  The streams they get are never
+the host's terminal (launch.py, streams.py).
 
 None ever returns into minict's normal code: on success container()
 becomes the container's program; on any failure each reports one line on the
@@ -71,6 +78,10 @@ _PROPAGATION_OPTIONS = {
 # the host (CVE-2024-21626): refuse /proc/<pid>/fd/... and /proc/<pid>/task/<tid>/fd/...
 _FD_PATH = re.compile(r"/proc/[^/]+/(task/[^/]+/)?fd(/|\Z)")
 
+# The annotation of `run --no-new-keyring` (spec.NO_NEW_KEYRING; not imported
+# from there, so that `start` need not load spec.py).
+NO_NEW_KEYRING = "org.minict.no-new-keyring"
+
 # Exit statuses of a command that could not be run, as POSIX shells use them.
 NOT_EXECUTABLE = 126
 NOT_FOUND = 127
@@ -109,9 +120,11 @@ def container(channel, bundle: str, config: dict, terminal: bool, rootfs_fd: int
                   syscall_filter)
 
 
-def joiner(channel, proc_fd: int, config: dict, terminal: bool, syscall_filter=None):
+def joiner(channel, proc_fd: int, bundle: str, config: dict, terminal: bool,
+           syscall_filter=None):
     """Join the running container `proc_fd` (/proc/<pid>) names, fork the command; never return."""
-    _never_return(channel, _join_and_fork, channel, proc_fd, config, terminal, syscall_filter)
+    _never_return(channel, _join_and_fork, channel, proc_fd, bundle, config, terminal,
+                  syscall_filter)
 
 
 def _never_return(channel, work, *args):
@@ -130,6 +143,7 @@ def _never_return(channel, work, *args):
 
 
 def _unshare_and_fork(channel, bundle, config, terminal, syscall_filter):
+    _leave_session()
     _default_signals()
     _enter_cgroup(channel)
     flags = 0
@@ -180,7 +194,8 @@ _NS_FILES = {"mnt": linux.CLONE_NEWNS, "pid": linux.CLONE_NEWPID, "ipc": linux.C
              "cgroup": linux.CLONE_NEWCGROUP, "user": linux.CLONE_NEWUSER}
 
 
-def _join_and_fork(channel, proc_fd, config, terminal, syscall_filter):
+def _join_and_fork(channel, proc_fd, bundle, config, terminal, syscall_filter):
+    _leave_session()
     _default_signals()
     # Until its execve the command is minict's Python, with the host's
     # binary behind /proc/<pid>/exe and host descriptors open, yet visible to
@@ -198,6 +213,11 @@ def _join_and_fork(channel, proc_fd, config, terminal, syscall_filter):
         raise _fail("open the container's namespaces (has it exited?)", err) from None
     _join_all(targets)
     _become_namespace_root()
+    # The container's session keyring, found by its name in the container's
+    # user namespace (as runc's exec does); never minict's.
+    keyring = _keyring_name(bundle, config)
+    if keyring is not None:
+        _join_keyring(keyring)
     # setns(CLONE_NEWNS) puts us at the namespace's root, which need not be
     # the container's: enter the root its init sees (runc's nsexec does too).
     try:
@@ -273,6 +293,12 @@ def _setup_and_exec(channel, bundle, config, terminal, rootfs_fd, syscall_filter
     mounts = config.get("mounts") or []
     rootfs = os.path.join(bundle, (config.get("root") or {}).get("path", "rootfs"))
 
+    # 0. A new, empty session keyring (keyrings(7)): the one inherited from
+    #    minict is the caller's, with whatever keys it holds.
+    keyring = _keyring_name(bundle, config)
+    if keyring is not None:
+        _new_keyring(keyring, config)
+
     # 1. Nothing mounted from here on may propagate back to the host: make
     #    every mount in our new mount namespace private, recursively.
     _mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE, step="make / rprivate")
@@ -346,8 +372,12 @@ def _become_process(channel, process: dict, terminal: bool, syscall_filter=None)
     The steps the container's init and `exec` share (exec has joined the
     namespaces and entered the root instead of building them).
     """
-    # 8. The terminal comes from the container's own devpts (/dev/ptmx ->
-    #    pts/ptmx), so the container sees its tty under /dev/pts.
+    # 8. A session and process group of its own, without a controlling
+    #    terminal: `kill 0` inside reaches only the container, and /dev/tty
+    #    is not the host's terminal.  Then the terminal, if any, comes from
+    #    the container's own devpts (/dev/ptmx -> pts/ptmx), so the
+    #    container sees its tty under /dev/pts.
+    os.setsid()
     user = process.get("user") or {}
     if terminal:
         _attach_terminal(channel, user)
@@ -444,6 +474,14 @@ def _default_signals() -> None:
     for signo in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
         signal.signal(signo, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _leave_session() -> None:
+    """Leave minict's session and process group (setsid(2)), first thing after fork.
+
+    A child of minict is never a process group leader, so this cannot fail.
+    """
+    os.setsid()
 
 
 def _join(path: str, kind: str) -> None:
@@ -757,9 +795,7 @@ def _attach_terminal(channel, user: dict) -> None:
         os.fchown(slave, user.get("uid", 0), user.get("gid", 0))
         channel.sendmsg([b"pty"], [(_SOL_SOCKET, _SCM_RIGHTS, master.to_bytes(4, "little"))])
         os.close(master)
-        # A new session whose controlling terminal is the pty: job control
-        # works, and the host terminal's signals no longer reach us directly.
-        os.setsid()
+        # The pty becomes the controlling terminal of our new session: job control works.
         fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
         for target in (0, 1, 2):
             os.dup2(slave, target)
@@ -770,6 +806,53 @@ def _attach_terminal(channel, user: dict) -> None:
 
 
 _SOL_SOCKET, _SCM_RIGHTS = 1, 1  # socket(7), unix(7)
+
+
+# -- session keyring -------------------------------------------------------------------
+
+def _keyring_name(bundle: str, config: dict) -> str | None:
+    """Return the container's session keyring name (runc's), or None with --no-new-keyring."""
+    if (config.get("annotations") or {}).get(NO_NEW_KEYRING) == "true":
+        return None
+    return "_ses." + os.path.basename(os.path.normpath(bundle))
+
+
+def _join_keyring(name: str) -> int | None:
+    """Make the keyring `name` our session keyring (a new one unless one is found); return it.
+
+    A kernel without keyrings (ENOSYS) has nothing to leak: go on, as runc does.
+    """
+    try:
+        return linux.join_session_keyring(name)
+    except OSError as err:
+        if err.errno == errno.ENOSYS:
+            return None
+        raise _fail("join a session keyring of its own", err) from None
+
+
+def _new_keyring(name: str, config: dict) -> None:
+    """Join a new session keyring `name` that only its possessors and `exec` can use.
+
+    A keyring made by joining is also readable, linkable and viewable by its
+    owner's uid (KEY_USR_*): here that is host uid 0, and, as the user
+    namespace maps ids one to one, the root of every other container.  One
+    that linked this keyring into its own would possess it and read its keys.
+    So the owner keeps only search permission, which is what `exec` needs to
+    find the keyring by name (it joins as host root, before its user switch).
+    With a user namespace, names are looked up in the caller's user
+    namespace alone, so "other" may search too, as runc allows
+    (getSessionRingParams): exec then finds the keyring even where the
+    container's root is mapped to another host uid than exec's.
+    """
+    serial = _join_keyring(name)
+    if serial is None:
+        return
+    kinds = {ns.get("type") for ns in (config.get("linux") or {}).get("namespaces") or []}
+    search = linux.KEY_USR_SEARCH | (linux.KEY_OTH_SEARCH if "user" in kinds else 0)
+    try:
+        linux.set_key_permissions(serial, linux.KEY_POS_ALL | search)
+    except OSError as err:
+        raise _fail("set the session keyring's permissions", err) from None
 
 
 def _set_rlimits(rlimits) -> None:

@@ -31,14 +31,20 @@ so its end-of-file tells P that C's execve succeeded.
     | I, C | `error <status> <text>` | a step failed; the sender exits with <status>       |
     | C    | end of file           | execve succeeded (or every child is gone)            |
 
-Streams: with `process.terminal` and a terminal on minict's standard input
-and output, the container gets a pty from its own devpts and minict relays
-bytes between it and the host terminal (raw while the container runs,
-restored after).  Otherwise the container inherits minict's descriptors 0-2,
-so pipes, redirections and `$(...)` work as for any command.
+Streams: the container never gets a descriptor of the host's terminal, and
+its processes start in a session of their own (init.py), without the host's
+terminal as their controlling terminal.  With `process.terminal` and a
+terminal on all of minict's descriptors 0-2, the container gets a pty from
+its own devpts and minict relays bytes between it and the host terminal (raw
+while the container runs, restored after).  Otherwise each of 0-2 that is a
+terminal becomes a pipe minict copies (streams.py); the rest (files, pipes,
+/dev/null) the container inherits, so redirections and `$(...)` work as for
+any command.
 
 While the container runs, SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to
-minict are passed on to it; with a terminal, SIGWINCH passes the window size.
+minict, by kill(2) or by its terminal (Ctrl-C), are passed on to it: being in
+another session, it gets none of them from the terminal itself.  With a pty,
+SIGWINCH passes the window size.
 """
 
 import fcntl
@@ -48,7 +54,7 @@ import signal
 import sys
 import termios
 
-from minict import init, linux, log, seccomp, userns
+from minict import init, linux, log, seccomp, streams, userns
 from minict.errors import LaunchError, MinictError
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -78,8 +84,12 @@ def launch(bundle: str, config: dict, on_start=None, on_netns=None, *,
     from _socket import AF_UNIX, SOCK_SEQPACKET, socketpair  # socket.py's enums cost ~3 ms
 
     process = config.get("process") or {}
-    terminal = bool(process.get("terminal")) and os.isatty(0) and os.isatty(1)
+    terminal = bool(process.get("terminal")) and all(os.isatty(fd) for fd in (0, 1, 2))
     syscall_filter = _syscall_filter(bundle, config)
+    try:
+        pipes = None if terminal else streams.Relay.for_terminals()
+    except OSError as err:
+        raise LaunchError(f"make pipes for the terminal's streams: {err.strerror}") from None
     ours, theirs = socketpair(AF_UNIX, SOCK_SEQPACKET)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -91,22 +101,28 @@ def launch(bundle: str, config: dict, on_start=None, on_netns=None, *,
         intermediate = os.fork()
         if intermediate == 0:
             ours.close()
+            if pipes is not None:
+                _give_pipes(pipes)
             if join is not None:
-                init.joiner(theirs, join, config, terminal, syscall_filter)
+                init.joiner(theirs, join, bundle, config, terminal, syscall_filter)
             init.intermediate(theirs, bundle, config, terminal, syscall_filter)
         theirs.close()
+        if pipes is not None:
+            pipes.close_child_ends()
         started = _handshake(ours, intermediate, bundle, config, on_netns, cgroup)
         if started.error is not None:
             return _failed(started)
         try:
             if on_start is not None:
                 on_start(started.pid)
-            return _supervise(started.pid, started.master)
+            return _supervise(started.pid, started.master, pipes)
         except BaseException:
             _kill_and_reap(started.pid)
             raise
     finally:
         ours.close()
+        if pipes is not None:
+            pipes.close()
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
@@ -124,6 +140,14 @@ def _syscall_filter(bundle: str, config: dict):
         return seccomp.program(section, os.path.join(bundle, seccomp.CACHE_NAME))
     except seccomp.SeccompError as err:
         raise LaunchError(f"config.json's linux.seccomp: {err.message}") from None
+
+
+def _give_pipes(pipes) -> None:
+    """In the intermediate child: take the pipes' ends in place of the host's terminal."""
+    try:
+        pipes.give_to_child()
+    except BaseException:  # noqa: BLE001 - a forked child must never return into minict
+        os._exit(1)
 
 
 class _Started:
@@ -262,22 +286,31 @@ def _failed(started: _Started) -> int:
     raise LaunchError(text)
 
 
-def _supervise(pid: int, master: int | None) -> int:
-    """Relay signals (and the terminal) until the container exits; return its status."""
+def _supervise(pid: int, master: int | None, pipes) -> int:
+    """Relay signals (and the terminal or the pipes) until the container exits; return its status."""
     sigfd = linux.signalfd(WATCHED)
     poller = select.poll()
     poller.register(sigfd, select.POLLIN)
     relay = _TerminalRelay(master, poller) if master is not None else None
+    if pipes is not None:
+        pipes.attach(poller)
     status = None
     try:
         while status is None or (relay is not None and relay.open):
-            for fd, events in poller.poll():
+            ready = poller.poll(pipes.timeout if pipes is not None else None)
+            if not ready and pipes is not None:
+                pipes.on_timeout()
+            for fd, events in ready:
                 if fd == sigfd:
                     signals = linux.read_signals(sigfd)
                     if status is None:
                         status = _on_signals(signals, pid, relay)
                 elif relay is not None:
                     relay.on_event(fd, events)
+                elif pipes is not None:
+                    pipes.on_event(fd, events)
+        if pipes is not None:
+            pipes.finish()
     finally:
         if relay is not None:
             relay.close()
@@ -296,7 +329,7 @@ def _supervise(pid: int, master: int | None) -> int:
 def _on_signals(signals, pid: int, relay) -> int | None:
     """Act on (signal, si_code) pairs; return the container's exit status once it is reaped."""
     status = None
-    for signo, code in signals:
+    for signo, _ in signals:
         if signo == signal.SIGCHLD:
             done, raw = os.waitpid(pid, os.WNOHANG)
             if done:
@@ -304,9 +337,9 @@ def _on_signals(signals, pid: int, relay) -> int | None:
         elif signo == signal.SIGWINCH:
             if relay is not None:
                 relay.copy_window_size()
-        elif relay is not None or code <= linux.SI_USER:
-            # Without a pty the container shares our terminal's process
-            # group: a Ctrl-C there (si_code SI_KERNEL) reached it already.
+        else:
+            # The container is in a session of its own: what the terminal
+            # sends (a Ctrl-C, si_code SI_KERNEL) reaches it only through us.
             try:
                 os.kill(pid, signo)
             except ProcessLookupError:

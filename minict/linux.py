@@ -116,8 +116,8 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 # see syscalls(2).  close_range and mount_setattr have one number everywhere
 # (the unified table from 424 on), as do open_tree and move_mount.
 _SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "seccomp": 317, "bpf": 321},
-    "aarch64": {"pivot_root": 41, "seccomp": 277, "bpf": 280},
+    "x86_64": {"pivot_root": 155, "seccomp": 317, "bpf": 321, "keyctl": 250},
+    "aarch64": {"pivot_root": 41, "seccomp": 277, "bpf": 280, "keyctl": 219},
 }
 SYS_OPEN_TREE = 428
 SYS_MOVE_MOUNT = 429
@@ -310,10 +310,39 @@ def seccomp_set_filter(code: bytes, flags: int = 0) -> None:
                "prctl(PR_SET_SECCOMP)")
 
 
+# -- keyrings: keyctl(2), keyrings(7) ---------------------------------------
+KEYCTL_JOIN_SESSION_KEYRING = 1
+KEYCTL_SETPERM = 5
+# A key's permission mask: possessor, owner (user), group, other; 8 bits each.
+KEY_POS_ALL = 0x3F000000
+KEY_USR_SEARCH = 0x00080000
+KEY_OTH_SEARCH = 0x00000008
+
+
+def _keyctl(operation: int, *args, name: str) -> int:
+    """Call keyctl(2) (glibc has no wrapper: it is libkeyutils'); raise OSError naming `name`."""
+    return _check(_libc.syscall(ctypes.c_long(_syscall_number("keyctl")),
+                                ctypes.c_long(operation), *args), name)
+
+
+def join_session_keyring(name: str) -> int:
+    """Make the keyring `name` (one we may search, else a new one) our session keyring.
+
+    Return its serial (KEYCTL_JOIN_SESSION_KEYRING, keyctl_join_session_keyring(3)).
+    """
+    return _keyctl(KEYCTL_JOIN_SESSION_KEYRING, ctypes.c_char_p(name.encode()),
+                   name="keyctl(KEYCTL_JOIN_SESSION_KEYRING)")
+
+
+def set_key_permissions(serial: int, permissions: int) -> None:
+    """Set the permission mask of key `serial` (KEYCTL_SETPERM, keyctl_setperm(3))."""
+    _keyctl(KEYCTL_SETPERM, ctypes.c_long(serial), ctypes.c_uint(permissions),
+            name="keyctl(KEYCTL_SETPERM)")
+
+
 # -- signals ------------------------------------------------------------------
 
 SIGINFO_SIZE = 128  # struct signalfd_siginfo, signalfd(2)
-SI_USER = 0
 
 
 def signalfd(signals) -> int:

@@ -13,10 +13,11 @@ in an image work.
 The conversion follows image-spec conversion.md and umoci's
 oci/config/convert: args = Entrypoint + Cmd, Env over the default PATH and
 TERM, cwd = WorkingDir or "/", the user resolved through the rootfs's
-/etc/passwd and /etc/group (moby/sys/user's rules), labels and a few config
-fields as annotations, and each Volume as a tmpfs mount.  The device rules
-(linux.resources.devices) are runc's and docker's default allow list, plus
-run's --device and --privileged (devices.py owns them).
+/etc/passwd and /etc/group (moby/sys/user's rules), labels (but none under
+minict's own org.minict.) and a few config fields as annotations, and each
+Volume as a tmpfs mount.  The device rules (linux.resources.devices) are
+runc's and docker's default allow list, plus run's --device and --privileged
+(devices.py owns them).
 """
 
 import copy
@@ -64,6 +65,11 @@ READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/pressure", "/proc
 _ID_MAX = 2**31 - 1  # moby/sys/user's range for numeric ids
 
 ANNOTATION = "org.opencontainers.image."
+# Annotations under this prefix are minict's own settings, which `start`
+# repeats: an image's labels must never set them.
+MINICT_ANNOTATION = "org.minict."
+# run --no-new-keyring, kept for start: the OCI spec has no field for it (runc's flag).
+NO_NEW_KEYRING = MINICT_ANNOTATION + "no-new-keyring"
 ZERO_TIME = "0001-01-01T00:00:00Z"  # how Go prints an image without `created`
 
 
@@ -83,6 +89,8 @@ class Overrides:
     paths (other parts of the config read it too).
     `devices` (devices.Device, from --device) become `linux.devices` and
     allow rules; `privileged` allows every device.
+    `no_new_keyring` leaves the container in minict's session keyring
+    (runc's --no-new-keyring) instead of a new one of its own.
     """
 
     entrypoint: str | None = None
@@ -104,6 +112,7 @@ class Overrides:
     seccomp_unconfined: bool = False
     seccomp_profile: dict | None = None
     devices: tuple[device_rules.Device, ...] = ()
+    no_new_keyring: bool = False
 
 
 def override(image: dict, overrides: Overrides) -> dict:
@@ -165,7 +174,8 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
     annotations = {}
     labels = config.get("Labels") or {}
     if isinstance(labels, dict):
-        annotations.update({str(k): str(v) for k, v in labels.items()})
+        annotations.update({str(k): str(v) for k, v in labels.items()
+                            if not str(k).startswith(MINICT_ANNOTATION)})
     annotations.update({
         ANNOTATION + "architecture": _string(image, "architecture"),
         ANNOTATION + "author": _string(image, "author"),
@@ -174,6 +184,8 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
         ANNOTATION + "os": _string(image, "os"),
         ANNOTATION + "stopSignal": _string(config, "StopSignal"),
     })
+    if overrides.no_new_keyring:
+        annotations[NO_NEW_KEYRING] = "true"
     volumes = [{"destination": v, "type": "tmpfs", "source": "none",
                 "options": list(_VOLUME_OPTIONS)} for v in sorted(_keys(config, "Volumes"))]
     linux = {
