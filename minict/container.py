@@ -141,7 +141,7 @@ def remove(name: str, force: bool) -> None:
         # and port rules; drop them (and any other container's stale ones).
         from minict import network
 
-        network.cleanup(name, is_running)
+        network.cleanup(name)
     finally:
         _unlock(name, lock)
 
@@ -285,7 +285,7 @@ def _launch(path) -> int:
 
     config = _read_config(path)
     # Its network (network.json): a namespace, an address, published ports.
-    attachment = network.prepare(path.name, path, config, is_running)
+    attachment = network.prepare(path.name, path, config)
 
     def started(pid: int) -> None:
         _write_state(path, {"status": "running", "pid": pid, "owner": os.getpid()})
