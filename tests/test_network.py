@@ -23,7 +23,7 @@ import pytest
 from minict import network
 from minict.errors import NetworkError
 from tests.support import ci
-from tests.support.procs import state_and_start
+from tests.support.procs import is_gone, state_and_start
 
 pytest_plugins = ["tests.support.bundles"]  # the box and busybox_rootfs fixtures
 
@@ -600,3 +600,34 @@ def test_a_lease_whose_owner_pid_now_names_another_process_is_stale(ns, bridged)
     finally:
         ns.minict("rm", "--force", "--name", "next")
         proc.communicate(timeout=30)
+
+
+@pytest.mark.root
+def test_rm_force_of_a_stopped_minicts_container_takes_its_network_too(ns, bridged):
+    path = bridged("sleep 1000", "hung", "18086:80")
+    proc = ns.spawn("start", "--name", "hung")
+    try:
+        wait_for(lambda: running(path) and len(leftovers(ns, "hung")[2]) == 2, "the port rules")
+        pid = json.loads((path / "state.json").read_text())["pid"]
+        start = state_and_start(pid)[1]
+        os.kill(proc.pid, signal.SIGSTOP)  # ip netns exec execs minict: this pid is minict's
+        began = time.monotonic()
+        done = ns.minict("rm", "--force", "--name", "hung", timeout=30)
+        assert time.monotonic() - began < 15
+        assert done.returncode == 0, done.stderr
+        assert "Container removed successfully." in done.stderr
+        assert is_gone(pid, start)  # a zombie at most: only its stopped parent can reap it
+        assert not path.exists()
+        assert leftovers(ns, "hung") == ([], None, [])
+        os.kill(proc.pid, signal.SIGCONT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 137, err
+        assert "was removed while it ran" in err and "Traceback" not in err
+        # It went on without writing anything back.
+        assert os.listdir(ns.minict_dir / "containers") == []
+        assert leftovers(ns, "hung") == ([], None, []) and ns.all_leases() == []
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+            proc.communicate()
