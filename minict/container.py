@@ -26,7 +26,7 @@ import signal
 import time
 
 from minict import launch, linux, log, store
-from minict.errors import ContainerError, LaunchError, MinictError
+from minict.errors import ContainerError, LaunchError, MinictError, NetworkError
 
 # bundle.py's names, repeated so that `start` need not import the unpacker
 # (tests check they agree): the completion mark and the config's name.
@@ -473,7 +473,11 @@ def _remove_unowned(name: str, path) -> None:
     except OSError as err:
         raise ContainerError(f"cannot move {path} aside to remove it: {err.strerror}") from None
     bundles.remove_tree(aside)
-    network.cleanup(name)
+    try:
+        # Bounded too: the stopped minict may be the one holding the leases' lock.
+        network.cleanup(name, wait=OWNER_GRACE)
+    except NetworkError as err:
+        log.warn(f"the network of container {name} is left to its minict: {err.message}")
 
 
 def _parent(pid: int, proc_fd: int | None = None) -> int | None:

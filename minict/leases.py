@@ -55,6 +55,7 @@ import errno
 import fcntl
 import json
 import os
+import time
 
 from minict import linux, store
 from minict.errors import NetworkError
@@ -63,6 +64,10 @@ LEASES_NAME = "leases.json"
 LOCK_NAME = "lock"
 # Only the wildcard: a bind there conflicts with a listener on any address.
 _HOST_ADDRESS = "0.0.0.0"
+# How long a command waits for the leases' lock.  Its holders keep it for a
+# few nft and netlink calls; one stopped while holding it (SIGSTOP, Ctrl-Z)
+# would otherwise hold up every bridge container on the host for good.
+LOCK_WAIT = 10.0
 
 
 def directory():
@@ -99,7 +104,13 @@ def _pid_namespace() -> int:
 
 
 class Registry:
-    """The host-wide leases, locked: `with Registry() as leases:`; changes are written on exit."""
+    """The host-wide leases, locked: `with Registry() as leases:`; changes are written on exit.
+
+    Entering raises NetworkError if the lock cannot be had within `wait` seconds.
+    """
+
+    def __init__(self, wait: float = LOCK_WAIT):
+        self.wait = wait
 
     def __enter__(self):
         path = directory()
@@ -111,7 +122,7 @@ class Registry:
         except OSError as err:
             raise NetworkError(f"cannot lock {path}: {err.strerror}") from None
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            _flock_within(self.fd, self.wait, path / LOCK_NAME)
             self.leases = _read(path / LEASES_NAME)
             self.netns = current_netns()
         except BaseException:
@@ -165,6 +176,25 @@ class Registry:
     def remove(self, lease: dict) -> None:
         self.leases = [other for other in self.leases if other is not lease]
         self.changed = True
+
+
+def _flock_within(fd: int, seconds: float, path) -> None:
+    """Take the flock of `fd` (the file `path`) within `seconds`; raise NetworkError."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
+    holder = linux.flock_holder(path)
+    stat = linux.process_stat(holder) if holder is not None else None
+    who = ("another process" if holder is None else f"pid {holder}"
+           + (" (stopped)" if stat is not None and stat.state in ("T", "t") else ""))
+    raise NetworkError(f"the host-wide network lock {path} is held by {who} and was not "
+                       f"released in {seconds:g} s; if it hangs, continue or kill it")
 
 
 def _read(path) -> list[dict]:

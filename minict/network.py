@@ -166,15 +166,16 @@ def prepare(name: str, bundle, config: dict) -> Attachment:
     return attachment
 
 
-def cleanup(name: str) -> None:
+def cleanup(name: str, wait: float = leases.LOCK_WAIT) -> None:
     """Drop container `name`'s lease and the stale ones a killed minict left (`rm`).
 
     Call it only when nothing runs the container any more: its lock is held,
-    or its container was killed (`rm --force` of a stopped minict's).
+    or its container was killed (`rm --force` of a stopped minict's).  Wait
+    at most `wait` seconds for the leases' lock; raise NetworkError.
     """
     if not os.path.exists(leases.directory() / leases.LEASES_NAME):
         return  # nothing leased: spare `rm` the lock, netlink and nft work
-    with _netlink("clean up the network"), leases.Registry() as registry:
+    with _netlink("clean up the network"), leases.Registry(wait) as registry:
         lease = registry.find(name)
         if lease is not None:
             _drop(registry, lease)

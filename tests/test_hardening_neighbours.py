@@ -6,7 +6,6 @@ it recorded, and leave nothing that minict could trip over when it goes on.
 The bridge half of the same story (leases, port rules) is in test_network.py.
 """
 
-import fcntl
 import json
 import os
 import signal
@@ -17,7 +16,7 @@ import time
 import pytest
 
 from minict import container
-from tests.support.procs import is_gone, state_and_start
+from tests.support.procs import hold_lock, is_gone, state_and_start
 
 pytest_plugins = ["tests.support.bundles"]  # the box and busybox_rootfs fixtures
 
@@ -147,22 +146,3 @@ def test_rm_force_of_a_container_held_before_it_runs_is_bounded_and_says_why(
         "started or stopped. Nothing was removed; if that minict hangs, continue or kill it "
         "first")
     assert container.is_complete(path)
-
-
-HOLD = """
-import fcntl, os, sys
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
-fcntl.flock(fd, fcntl.LOCK_EX)
-print("held", flush=True)
-sys.stdin.read()
-"""
-
-
-def hold_lock(path):
-    """Start a process that holds the flock of `path` (as a minict holds its container's)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline() == "held\n"
-    with open(path) as f, pytest.raises(BlockingIOError):  # it is really held
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return proc

@@ -23,7 +23,7 @@ import pytest
 from minict import network
 from minict.errors import NetworkError
 from tests.support import ci
-from tests.support.procs import is_gone, state_and_start
+from tests.support.procs import hold_lock, is_gone, state_and_start
 
 pytest_plugins = ["tests.support.bundles"]  # the box and busybox_rootfs fixtures
 
@@ -631,3 +631,57 @@ def test_rm_force_of_a_stopped_minicts_container_takes_its_network_too(ns, bridg
             os.kill(proc.pid, signal.SIGCONT)
             proc.kill()
             proc.communicate()
+
+
+@pytest.mark.root
+def test_a_stopped_holder_of_the_leases_lock_holds_nothing_up_for_long(ns, bridged):
+    bridged("true", "waits")
+    lock = ns.run_dir / "network" / "lock"
+    lock.parent.mkdir(parents=True)
+    holder = hold_lock(lock)
+    os.kill(holder.pid, signal.SIGSTOP)  # as a minict stopped (Ctrl-Z) while it holds the lock
+    try:
+        began = time.monotonic()
+        done = ns.minict("start", "--name", "waits", timeout=60)
+        assert time.monotonic() - began < 15
+        assert done.returncode == 1
+        assert done.stderr.rstrip().endswith(
+            f"fatal the host-wide network lock {lock} is held by pid {holder.pid} (stopped) and "
+            "was not released in 10 s; if it hangs, continue or kill it")
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+        holder.kill()
+        holder.communicate()
+
+
+@pytest.mark.root
+def test_rm_force_is_bounded_even_when_the_leases_lock_is_held_too(ns, bridged):
+    path = bridged("sleep 1000", "stuck", "18093:80")
+    proc = ns.spawn("start", "--name", "stuck")
+    holder = None
+    try:
+        wait_for(lambda: running(path) and len(leftovers(ns, "stuck")[2]) == 2, "the port rules")
+        os.kill(proc.pid, signal.SIGSTOP)
+        holder = hold_lock(ns.run_dir / "network" / "lock")
+        os.kill(holder.pid, signal.SIGSTOP)
+        began = time.monotonic()
+        done = ns.minict("rm", "--force", "--name", "stuck", timeout=60)
+        assert time.monotonic() - began < 15
+        assert done.returncode == 0, done.stderr
+        assert "the network of container stuck is left to its minict" in done.stderr
+        assert not path.exists()
+        # Once both go on, the container's own minict takes its network down.
+        os.kill(holder.pid, signal.SIGCONT)
+        holder.kill()
+        holder.communicate()
+        os.kill(proc.pid, signal.SIGCONT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 137, err
+        assert leftovers(ns, "stuck") == ([], None, []) and ns.all_leases() == []
+        assert os.listdir(ns.minict_dir / "containers") == []
+    finally:
+        for stopped in (holder, proc):
+            if stopped is not None and stopped.poll() is None:
+                os.kill(stopped.pid, signal.SIGCONT)
+                stopped.kill()
+                stopped.communicate()

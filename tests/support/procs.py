@@ -1,4 +1,10 @@
-"""Processes as /proc shows them, read by the tests themselves (not through minict.linux)."""
+"""Processes for the tests: /proc read directly (not through minict.linux), a lock holder."""
+
+import fcntl
+import subprocess
+import sys
+
+import pytest
 
 
 def state_and_start(pid: int) -> tuple[str, int] | None:
@@ -20,3 +26,22 @@ def is_gone(pid: int, start_time: int) -> bool:
     """
     found = state_and_start(pid)
     return found is None or found[1] != start_time or found[0] == "Z"
+
+
+_HOLD = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def hold_lock(path):
+    """Start a process that holds the flock of `path` (as a minict holds its container's)."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "held\n"
+    with open(path) as f, pytest.raises(BlockingIOError):  # it is really held
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return proc
