@@ -379,6 +379,7 @@ def _kill_and_wait(name: str, path) -> int | None:
     does not die.
     """
     deadline = time.monotonic() + OWNER_GRACE
+    pause = 0.005  # a working minict lets go within milliseconds: look often at first
     while True:
         state = read_state(path)
         # SIGKILL until it is dead: a `start` may have made it only now.
@@ -388,7 +389,8 @@ def _kill_and_wait(name: str, path) -> int | None:
             return lock
         if time.monotonic() >= deadline:
             break
-        time.sleep(0.05)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
     holder = linux.flock_holder(_lock_path(name))
     who = "another minict" if holder is None else f"minict (pid {holder}{_stopped(holder)})"
     if state.get("status") != "running":
