@@ -502,9 +502,9 @@ def _lock_path(name: str):
     return store.containers_dir() / f".{store.check_container_name(name)}.lock"
 
 
-# is_running() probes other containers' locks (network.py reclaims leases
-# with it) and holds them for microseconds; a command that finds a lock taken
-# looks again for this long before it believes a minict really holds it.
+# A probe of a lock (is_running(), rm --force waiting for a minict to let go)
+# holds it for microseconds; a command that finds a lock taken looks again
+# for this long before it believes a minict really holds it.
 _PROBE_GRACE = (0.005, 0.02, 0.05)
 
 
