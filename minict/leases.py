@@ -143,9 +143,13 @@ class Registry:
         return [lease for lease in self.leases if lease.get("netns") == self.netns]
 
     def find(self, name: str) -> dict | None:
-        """Return the lease of container `name` of this MINICT_DIR, wherever it was made."""
+        """Return the lease of container `name` of this MINICT_DIR in this network namespace.
+
+        One made in another namespace can be undone only there, so it is left
+        to that namespace's next minict (it is stale once its owner is gone).
+        """
         root = str(store.root())
-        return next((lease for lease in self.leases
+        return next((lease for lease in self.here()
                      if (lease.get("minictDir"), lease.get("name")) == (root, name)), None)
 
     def stale(self) -> list[dict]:
