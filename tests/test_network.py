@@ -662,6 +662,7 @@ def test_rm_force_is_bounded_even_when_the_leases_lock_is_held_too(ns, bridged):
     try:
         wait_for(lambda: running(path) and len(leftovers(ns, "stuck")[2]) == 2, "the port rules")
         os.kill(proc.pid, signal.SIGSTOP)
+        (ns.run_dir / "network").mkdir(parents=True, exist_ok=True)
         holder = hold_lock(ns.run_dir / "network" / "lock")
         os.kill(holder.pid, signal.SIGSTOP)
         began = time.monotonic()
@@ -685,3 +686,30 @@ def test_rm_force_is_bounded_even_when_the_leases_lock_is_held_too(ns, bridged):
                 os.kill(stopped.pid, signal.SIGCONT)
                 stopped.kill()
                 stopped.communicate()
+
+
+@pytest.mark.root
+def test_leases_count_and_are_reclaimed_only_in_their_own_network_namespace(ns, bridged):
+    other = Netns(ns.minict_dir, ns.run_dir)  # another host, as far as the network goes
+    try:
+        first = bridged(ADDRESS, "a", "18094:80")
+        second = bridged(ADDRESS, "b", "18094:80")
+        proc_a = ns.spawn("start", "--name", "a")
+        wait_for(lambda: running(first) and len(leftovers(ns, "a")[2]) == 2, "container a")
+        proc_b = other.spawn("start", "--name", "b")
+        # Its own bridge, addresses and ports: the same address, the same host port.
+        assert eth0_address(second) == eth0_address(first) == str(SUBNET[2])
+        wait_for(lambda: len(leftovers(other, "b")[2]) == 2, "b's port rules")
+        for proc in (proc_a, proc_b):
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=30)
+        # Reclaiming in one namespace leaves the other's stale lease and rules alone...
+        bridged("true", "c", "18094:80")
+        assert ns.minict("start", "--name", "c").returncode == 0
+        assert leftovers(ns, "a") == ([], None, [])
+        assert len(leftovers(other, "b")[2]) == 2 and "b" in ns.leases()
+        # ...until a minict runs there.
+        assert other.minict("rm", "--name", "c").returncode == 0
+        assert leftovers(other, "b") == ([], None, []) and ns.all_leases() == []
+    finally:
+        other.delete()
