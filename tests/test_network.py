@@ -544,6 +544,9 @@ def test_a_published_port_stays_reserved_while_the_container_runs(ns, bridged):
     proc = ns.spawn("start", "--name", "holder")
     try:
         wait_for(lambda: running(path) and len(leftovers(ns, "holder")[2]) == 4, "the port rules")
+        # minict holds the sockets; the container never got them.
+        pid = json.loads((path / "state.json").read_text())["pid"]
+        assert sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd")) == [0, 1, 2]
         # A program that starts now cannot bind the port the container publishes.
         for kind, port in (("tcp", 18090), ("udp", 18091)):
             done = subprocess.run(ns.argv(sys.executable, "-c", LISTENER, "127.0.0.1", port, kind),
