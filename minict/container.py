@@ -2,7 +2,8 @@
 
     containers/<name>/              the bundle (bundle.py): rootfs/, config.json
     containers/<name>/state.json    {"status": "created"|"running"|"exited", "pid", "exitStatus",
-                                     "autoRemove" (run --rm)}
+                                     "autoRemove" (run --rm), "owner" (minict's pid),
+                                     "startTime" (the init's, /proc/<pid>/stat field 22)}
     containers/.<name>.lock         held (flock) by the minict that creates, runs or
                                     removes it; deleted whenever the container is not there
 
@@ -14,6 +15,12 @@ The lock is the truth about "running": the minict that holds it is the
 parent of the container's init, and that init dies with it (PDEATHSIG), so a
 free lock means nothing runs, whatever state.json says after a crash.
 state.json tells the rest: the pid while running, the status after.
+
+A minict can hold the lock and not answer (stopped by SIGSTOP, hung): `rm
+--force` then kills the container itself, through a pidfd of the init that
+state.json names, checked by its start time, and removes the bundle without
+the lock (_remove_unowned).  That minict, when it goes on, finds its bundle
+gone and only reports it (_record).
 """
 
 import fcntl
@@ -23,7 +30,7 @@ import signal
 import time
 
 from minict import boundedjson, launch, linux, log, store, userns
-from minict.errors import ContainerError, LaunchError, MinictError
+from minict.errors import ContainerError, LaunchError, MinictError, NetworkError
 
 # bundle.py's names, repeated so that `start` need not import the unpacker
 # (tests check they agree): the completion mark and the config's name.
@@ -31,6 +38,10 @@ COMPLETE_MARK = ".minict-complete"
 CONFIG_NAME = "config.json"
 STATE_NAME = "state.json"
 EXITED_MESSAGE = "Container process exited. It can be started again using the 'start' option."
+# How long `rm --force` waits for the minict that runs a container to let go
+# of it after the kill: a working one does within milliseconds; one that is
+# stopped or hung never does.
+OWNER_GRACE = 5.0
 
 
 def run(ref, name: str, overrides=None, *, auto_remove: bool = False,
@@ -130,7 +141,9 @@ def remove(name: str, force: bool) -> None:
     """Delete container `name`: unmount what is left, then its bundle.
 
     A running container is refused unless `force`, which kills it (SIGKILL)
-    and waits for its minict to record the exit.  Raise ContainerError.
+    and waits up to OWNER_GRACE seconds for its minict to record the exit;
+    a minict that does not (stopped, hung) is done without.  Raise
+    ContainerError.
     """
     from minict import bundle as bundles
 
@@ -142,8 +155,10 @@ def remove(name: str, force: bool) -> None:
         if not force:
             raise ContainerError(f"Container with name {name} is running; "
                                  "stop it first or use 'rm --force'")
-        _kill(name, path)
-        lock = _lock(name, wait=True)
+        lock = _kill_and_wait(name, path)
+        if lock is None:
+            _remove_unowned(name, path)
+            return
     try:
         if not os.path.lexists(path):  # a concurrent rm was first
             raise ContainerError(f"Container with name {name} does not exist.")
@@ -157,7 +172,7 @@ def remove(name: str, force: bool) -> None:
         # and port rules; drop them (and any other container's stale ones).
         from minict import network
 
-        network.cleanup(name, is_running)
+        network.cleanup(name)
     finally:
         _unlock(name, lock)
 
@@ -306,11 +321,15 @@ def _launch(path) -> int:
     config = _read_config(path)
     if userns.idmapped(config):  # --userns auto: its host ids are still its own
         userns.confirm(store.root(), path.name, config)
+    identity = _identity(path)
     # Its network (network.json): a namespace, an address, published ports.
-    attachment = network.prepare(path.name, path, config, is_running)
+    attachment = network.prepare(path.name, path, config)
 
     def started(pid: int) -> None:
-        _write_state(path, {"status": "running", "pid": pid, "owner": os.getpid()})
+        # The start time tells this init from a later process given its pid (rm --force).
+        stat = linux.process_stat(pid)
+        _write_state(path, {"status": "running", "pid": pid, "owner": os.getpid(),
+                            "startTime": stat.start_time if stat else None})
 
     cgroup = None
     try:
@@ -318,7 +337,7 @@ def _launch(path) -> int:
         status = launch.launch(str(path), config, on_start=started, on_netns=attachment.attach,
                                cgroup=cgroup)
     except LaunchError as err:
-        _write_state(path, {"status": "exited", "exitStatus": None, "error": err.message})
+        _record(path, identity, {"status": "exited", "exitStatus": None, "error": err.message})
         raise
     finally:
         attachment.release()
@@ -327,7 +346,9 @@ def _launch(path) -> int:
                 cgroup.remove()
             except MinictError as err:
                 log.warn(err.message)
-    _write_state(path, {"status": "exited", "exitStatus": status})
+    if not _record(path, identity, {"status": "exited", "exitStatus": status}):
+        log.warn(f"Container with name {path.name} was removed while it ran (rm --force).")
+        return status
     if not read_state(path).get("autoRemove"):  # run --rm: it cannot be started again
         log.info(EXITED_MESSAGE)
     return status
@@ -358,6 +379,27 @@ def _read_config(path) -> dict:
     return config
 
 
+def _identity(path) -> tuple:
+    """Return what tells this bundle directory from one made later at the same path."""
+    st = os.stat(path, follow_symlinks=False)
+    return st.st_dev, st.st_ino
+
+
+def _record(path, identity: tuple, state: dict) -> bool:
+    """Write `state` if the bundle `_identity` named is still there; return whether it was.
+
+    `rm --force` may have removed it while this minict was stopped; then
+    nothing may be written, least of all a state.json into a new directory.
+    """
+    try:
+        if _identity(path) != identity:
+            return False
+        _write_state(path, state)
+    except FileNotFoundError:  # renamed away by rm (_remove_unowned) meanwhile
+        return False
+    return True
+
+
 def _write_state(path, state: dict) -> None:
     # Replaced by rename, so a reader never sees half a document; no fsync:
     # after a crash the lock, not this file, says whether anything runs.
@@ -369,17 +411,121 @@ def _write_state(path, state: dict) -> None:
     os.replace(tmp, os.path.join(path, STATE_NAME))
 
 
-def _kill(name: str, path) -> None:
-    """SIGKILL the running container `name` (its minict then records the exit)."""
-    state = read_state(path)
-    pid, owner = state.get("pid"), state.get("owner")
-    if state.get("status") != "running" or not isinstance(pid, int) or _parent(pid) != owner:
-        raise ContainerError(f"Container with name {name} is being created or stopped; "
-                             "try again in a moment")
+def _kill_and_wait(name: str, path) -> int | None:
+    """Kill the running container `name`; return its lock once its minict lets go.
+
+    Return None if after OWNER_GRACE seconds that minict still holds the
+    lock though its container is dead (the minict is stopped or hung).
+    Raise ContainerError if no running container could be found to kill in
+    that time (the minict is creating, starting or stopping it) or its init
+    does not die.
+    """
+    deadline = time.monotonic() + OWNER_GRACE
+    pause = 0.005  # a working minict lets go within milliseconds: look often at first
+    while True:
+        state = read_state(path)
+        # SIGKILL until it is dead: a `start` may have made it only now.
+        alive = _kill_init(state)
+        lock = _lock(name, wait=False, probe=True)
+        if lock is not None:
+            return lock
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+    holder = linux.flock_holder(_lock_path(name))
+    who = "another minict" if holder is None else f"minict (pid {holder}{_stopped(holder)})"
+    if state.get("status") != "running":
+        raise ContainerError(
+            f"Container with name {name} is held by {who}, which has not let go of it in "
+            f"{OWNER_GRACE:g} s, and has no process to kill: it is being created, started or "
+            f"stopped. Nothing was removed; if that minict hangs, continue or kill it first")
+    if alive:
+        raise ContainerError(f"Container with name {name}: its init (pid {state.get('pid')}) "
+                             f"did not die of SIGKILL in {OWNER_GRACE:g} s; nothing was removed")
+    return None
+
+
+def _kill_init(state: dict) -> bool:
+    """SIGKILL the container init `state` names if it still lives; return whether it did.
+
+    The pid alone could name another process by now: the init is reached
+    through a pidfd, and signalled only if that process has the recorded
+    start time and parent (a zombie counts as dead).  Killing PID 1 of the
+    container's pid namespace kills every process in it
+    (pid_namespaces(7)).
+    """
+    pid = state.get("pid")
+    if state.get("status") != "running" or not isinstance(pid, int) or pid <= 0:
+        return False
     try:
-        os.kill(pid, signal.SIGKILL)
+        pidfd = linux.pidfd_open(pid)
     except ProcessLookupError:
-        pass
+        return False
+    try:
+        # Read after pidfd_open: while the pidfd's process lives, the pid is
+        # its, so the stat read here is that process's if the signal below
+        # finds it alive.
+        stat = linux.process_stat(pid)
+        if stat is None or stat.state in ("Z", "X") or not _is_recorded(stat, state):
+            return False
+        linux.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(pidfd)
+
+
+def _is_recorded(stat, state: dict) -> bool:
+    """Return whether `stat` (linux.process_stat) fits the init state.json records.
+
+    While that init lives its pid is its own, so a misfit means it is gone.
+    """
+    if isinstance(state.get("startTime"), int) and stat.start_time != state["startTime"]:
+        return False
+    return "owner" not in state or stat.ppid == state["owner"]
+
+
+def _stopped(pid: int) -> str:
+    stat = linux.process_stat(pid)
+    return ", stopped" if stat is not None and stat.state in ("T", "t") else ""
+
+
+def _remove_unowned(name: str, path) -> None:
+    """Remove container `name`, killed, whose minict holds its lock and does not answer.
+
+    The bundle is first renamed aside, in one step, so that the minict, if
+    it goes on while the tree is deleted, cannot write into it (_record).
+    The lock file stays: that minict unlinks it when it exits, and until
+    then no `run` or `start` of the name can begin under its feet.
+    """
+    from minict import bundle as bundles
+    from minict import network
+
+    holder = linux.flock_holder(_lock_path(name))
+    log.warn(f"the minict that runs container {name}"
+             + (f" (pid {holder}{_stopped(holder)})" if holder is not None else "")
+             + " does not answer; removing the killed container without it")
+    unmount_below(path)
+    aside = path.with_name(bundles.PARTIAL_PREFIX + name)
+    bundles.remove_tree(aside)  # no run of this name can be building it: the lock is held
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:  # a concurrent rm --force was first
+        raise ContainerError(f"Container with name {name} does not exist.") from None
+    except OSError as err:
+        raise ContainerError(f"cannot move {path} aside to remove it: {err.strerror}") from None
+    bundles.remove_tree(aside)
+    from minict import cgroups
+
+    cgroups.remove_leftovers(name)  # its init is dead: nothing of it runs in there
+    userns.release(store.root(), name)  # its host ids, with --userns auto
+    try:
+        # Bounded too: the stopped minict may be the one holding the leases' lock.
+        network.cleanup(name, wait=OWNER_GRACE)
+    except NetworkError as err:
+        log.warn(f"the network of container {name} is left to its minict: {err.message}")
 
 
 def _parent(pid: int, proc_fd: int | None = None) -> int | None:
@@ -402,9 +548,9 @@ def _lock_path(name: str):
     return store.containers_dir() / f".{store.check_container_name(name)}.lock"
 
 
-# is_running() probes other containers' locks (network.py reclaims leases
-# with it) and holds them for microseconds; a command that finds a lock taken
-# looks again for this long before it believes a minict really holds it.
+# A probe of a lock (is_running(), rm --force waiting for a minict to let go)
+# holds it for microseconds; a command that finds a lock taken looks again
+# for this long before it believes a minict really holds it.
 _PROBE_GRACE = (0.005, 0.02, 0.05)
 
 

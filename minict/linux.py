@@ -8,6 +8,7 @@ come from; their values are the kernel's UAPI ones (the same on x86_64 and
 aarch64 unless noted).
 """
 
+import collections
 import ctypes
 import os
 import platform
@@ -441,3 +442,67 @@ def mounts_below(base: str) -> list[str]:
     """Return the mount points at or below `base` in /proc/self/mountinfo; raise OSError."""
     prefix = base.rstrip("/") + "/"
     return [m.point for m in mount_table() if m.point == base or m.point.startswith(prefix)]
+
+
+# -- processes by pid: proc(5) /proc/<pid>/stat and /proc/locks, pidfds ---------
+
+# Field 3 (R, S, D, T stopped, Z zombie...), field 4 and field 22 (clock ticks after boot).
+ProcessStat = collections.namedtuple("ProcessStat", "state ppid start_time")
+
+
+def process_stat(pid: int) -> ProcessStat | None:
+    """Return the state, parent and start time of process `pid`, or None if there is none.
+
+    A pid names a process only until it is reaped; the pair (pid, start time)
+    names one for good, which is how runc recognises its container's init
+    (libcontainer's initProcessStartTime) and how minict does.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return ProcessStat(fields[0].decode(), int(fields[1]), int(fields[19]))
+
+
+def flock_holder(path) -> int | None:
+    """Return the pid that holds a flock(2) on the file `path`, or None (proc(5), /proc/locks).
+
+    The kernel shows the pid of the process that took the lock (in our pid
+    namespace), even if children inherited the descriptor since.
+    """
+    try:
+        st = os.stat(path)
+        with open("/proc/locks", "rb") as f:
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        # "1: FLOCK  ADVISORY  WRITE 4242 00:1d:393 0 EOF"; waiters show "->" after the number.
+        words = line.split()
+        if len(words) >= 6 and words[1] == "FLOCK" and words[5] == wanted:
+            pid = int(words[4])
+            return pid if pid > 0 else None  # 0: a process of a pid namespace we cannot see
+    return None
+
+
+def pidfd_open(pid: int) -> int:
+    """Return a pidfd for process `pid` (pidfd_open(2)); raise ProcessLookupError if none.
+
+    The descriptor keeps naming that process even after it exits and its
+    pid is handed to another; it is close-on-exec.
+    """
+    return os.pidfd_open(pid)
+
+
+def pidfd_send_signal(pidfd: int, signo: int) -> None:
+    """Send `signo` to the process of `pidfd` (pidfd_send_signal(2)); never to a pid's new owner.
+
+    Raise ProcessLookupError if that process has exited.
+    """
+    import signal
+
+    signal.pidfd_send_signal(pidfd, signo)

@@ -20,12 +20,13 @@ the bridge to 127.0.0.0/8 (what route_localnet would otherwise let in);
 per published port, a DNAT rule in prerouting and one in output.  Each rule
 carries a comment naming its owner (`bridge <name>` or the veth).  Per
 container: a veth pair `mct<hash>` (the hash of $MINICT_DIR and the name),
-an address lease in $MINICT_DIR/network/leases.json and its DNAT rules; all
-three go when the container exits, and whatever a crashed minict left is
-reclaimed by the next bridge `run`/`start` or by `rm` (a lease whose
-container's lock is free is stale).  Every lease change happens under the
-flock of $MINICT_DIR/network/lock, and every nftables change is one `nft -f`
-transaction, so neither is seen half done.
+an address lease and its DNAT rules; all three go when the container exits,
+and whatever a killed minict left is reclaimed by the next bridge
+`run`/`start` or by `rm`.  Leases, and the host ports they publish, are
+host-wide, shared by every $MINICT_DIR (leases.py, under $MINICT_RUN_DIR);
+a host port some program listens on is refused, not taken over.  Every lease
+and bridge change happens under the leases' flock, and every nftables change
+is one `nft -f` transaction, so none is seen half done.
 
 The bundle records the choice in network.json, so `start` does the same
 again; /etc/hosts (and, with bridge, /etc/resolv.conf) come from files
@@ -33,12 +34,11 @@ written beside it at each launch and bound read-only over the rootfs's own.
 """
 
 import contextlib
-import fcntl
 import json
 import os
 import re
 
-from minict import linux, log, store
+from minict import leases, linux, log, store
 from minict.errors import NetworkError
 
 MODES = ("host", "none", "bridge")
@@ -104,8 +104,9 @@ def load(bundle) -> dict:
 class Attachment:
     """The network of one launch: `config` adjusted, `attach(pid)` once, `release()` always."""
 
-    def __init__(self, name: str, mode: str, lease: dict | None = None):
-        self.name, self.mode, self.lease = name, mode, lease
+    def __init__(self, name: str, mode: str, lease: dict | None = None, sockets=()):
+        # `sockets` hold the published host ports (leases.reserve_ports) while it runs.
+        self.name, self.mode, self.lease, self.sockets = name, mode, lease, list(sockets)
 
     def attach(self, pid: int) -> None:
         """Configure the new network namespace of process `pid` (it has unshared)."""
@@ -119,21 +120,28 @@ class Attachment:
             _nft(_dnat_rules(self.lease))
 
     def release(self) -> None:
-        """Remove the veth, the DNAT rules and the lease (bridge); safe to call twice."""
+        """Remove the veth, the DNAT rules and the lease (bridge), free the ports; safe twice."""
         if self.mode == "bridge" and self.lease is not None:
-            with _netlink("release the container's network"), _Lock():
-                _drop(self.name)
+            with _netlink("release the container's network"), leases.Registry() as registry:
+                current = registry.find(self.name)
+                # `rm --force` removes a container (and its lease) whose minict
+                # is stopped; when that minict goes on, nothing there is its own.
+                if current is not None and current.get("owner") == self.lease.get("owner"):
+                    _drop(registry, current)
             self.lease = None
+        for sock in self.sockets:
+            sock.close()
+        self.sockets = []
 
 
-def prepare(name: str, bundle, config: dict, is_running) -> Attachment:
+def prepare(name: str, bundle, config: dict) -> Attachment:
     """Set up the host side of container `name`'s network and adjust `config` for it.
 
     `config` (the parsed config.json) gets a network namespace, its own
     sysfs and the /etc/hosts (and resolv.conf) binds; config.json itself is
     not changed.
-    For bridge, leases of containers for which `is_running(name)` is false
-    are reclaimed first, then an address is leased.  Raise NetworkError.
+    For bridge, stale leases are reclaimed first, then the published host
+    ports are reserved and an address is leased.  Raise NetworkError.
     """
     settings = load(bundle)
     mode = settings["mode"]
@@ -142,29 +150,36 @@ def prepare(name: str, bundle, config: dict, is_running) -> Attachment:
     namespaces = config.setdefault("linux", {}).setdefault("namespaces", [])
     if not any(ns.get("type") == "network" for ns in namespaces):
         namespaces.append({"type": "network"})
-    lease = None
+    lease, sockets = None, []
     if mode == "bridge":
-        with _netlink("set up the bridge"), _Lock():
+        with _netlink("set up the bridge"), leases.Registry() as registry:
             bridge = _ensure_bridge()
-            _reclaim(is_running, keep=name)
-            lease = _allocate(name, bridge, settings["publish"])
+            _reclaim(registry)
+            lease, sockets = _allocate(registry, name, bridge, settings["publish"])
+    attachment = Attachment(name, mode, lease, sockets)
     hostname = config.get("hostname") or name
     try:
         _adjust_mounts(bundle, config, hostname, lease)
     except BaseException:
-        Attachment(name, mode, lease).release()
+        attachment.release()
         raise
-    return Attachment(name, mode, lease)
+    return attachment
 
 
-def cleanup(name: str, is_running) -> None:
-    """Drop container `name`'s lease and whatever else a crash left (its lock held)."""
-    if not _read_leases():
-        return  # nothing leased: spare `rm` the netlink and nft work
-    with _netlink("clean up the network"), _Lock():
-        if name in _read_leases():
-            _drop(name)
-        _reclaim(is_running, keep=name)
+def cleanup(name: str, wait: float = leases.LOCK_WAIT) -> None:
+    """Drop container `name`'s lease and the stale ones a killed minict left (`rm`).
+
+    Call it only when nothing runs the container any more: its lock is held,
+    or its container was killed (`rm --force` of a stopped minict's).  Wait
+    at most `wait` seconds for the leases' lock; raise NetworkError.
+    """
+    if not os.path.exists(leases.directory() / leases.LEASES_NAME):
+        return  # nothing leased: spare `rm` the lock, netlink and nft work
+    with _netlink("clean up the network"), leases.Registry(wait) as registry:
+        lease = registry.find(name)
+        if lease is not None:
+            _drop(registry, lease)
+        _reclaim(registry)
 
 
 # -- bridge, addresses, leases ---------------------------------------------------------
@@ -232,58 +247,58 @@ def _sysctl_on(name: str) -> None:
         raise NetworkError(f"set {name.replace('/', '.')}=1: {err.strerror}") from None
 
 
-def _allocate(name: str, bridge: dict, publish: list) -> dict:
-    """Lease the lowest free address of the bridge's subnet to `name`; return the lease."""
+def _allocate(registry, name: str, bridge: dict, publish: list) -> tuple[dict, list]:
+    """Reserve the host ports and lease the lowest free address to `name`.
+
+    Return the lease and the sockets that hold the ports (leases.py).  Raise
+    NetworkError ("address already in use") if another container or a
+    program on the host has one of the ports.
+    """
     import ipaddress
 
-    leases = _read_leases()
-    for other, lease in leases.items():
-        for port in lease.get("publish", []):
-            for mine in publish:
-                if other != name and (port["host"], port["protocol"]) == (mine["host"],
-                                                                          mine["protocol"]):
-                    raise NetworkError(f"host port {mine['host']}/{mine['protocol']} is "
-                                       f"already published by container {other}")
-    _drop(name, leases)  # a stale lease of our own (crash before release)
+    for port in publish:
+        other = registry.publisher(port)
+        if other is not None:  # live, so not ours: we hold our container's lock
+            where = ("" if other.get("minictDir") == str(store.root())
+                     else f" of MINICT_DIR {other.get('minictDir')}")
+            raise NetworkError(f"host port {port['host']}/{port['protocol']} is already "
+                               f"published by container {other.get('name')}{where}: "
+                               "address already in use")
+    own = registry.find(name)
+    if own is not None:  # a stale lease of our own (a killed minict's)
+        _drop(registry, own)
     subnet = ipaddress.IPv4Network(bridge["subnet"])
-    taken = {lease["address"] for lease in leases.values()} | _host_addresses()
+    taken = registry.addresses() | _host_addresses()
     address = next((str(a) for a in subnet.hosts() if str(a) not in taken
                     and a != subnet[1]), None)
     if address is None:
         raise NetworkError(f"no free address left in {subnet} on bridge {bridge['name']}")
-    veth = veth_name(name)
-    lease = {"address": address, "prefixlen": subnet.prefixlen, "gateway": bridge["gateway"],
-             "bridge": bridge["name"], "veth": veth, "publish": publish}
-    leases[name] = lease
-    _write_leases(leases)
-    return lease
+    sockets = leases.reserve_ports(publish)  # last: a refusal leaves nothing to undo
+    lease = registry.add(name, {"address": address, "prefixlen": subnet.prefixlen,
+                                "gateway": bridge["gateway"], "bridge": bridge["name"],
+                                "veth": veth_name(name), "publish": publish})
+    return lease, sockets
 
 
-def _drop(name: str, leases: dict | None = None) -> None:
-    """Delete `name`'s veth and DNAT rules, then its lease (the network lock held)."""
-    if leases is None:
-        leases = _read_leases()
-    veth = veth_name(name)
-    lease = leases.get(name)
-    if lease is not None and lease.get("veth"):
-        veth = lease["veth"]
-    ipr = _route()
-    with ipr:
-        for index in ipr.link_lookup(ifname=veth):
-            with _tolerate(_ENODEV):  # its namespace died and took it along
-                ipr.link("del", index=index)  # deleting one end deletes the pair
-    _delete_tagged(veth)
-    if name in leases:
-        del leases[name]
-        _write_leases(leases)
+def _drop(registry, lease: dict) -> None:
+    """Delete `lease`'s veth and DNAT rules, then the lease (the registry locked, its netns)."""
+    veth = lease.get("veth")
+    if isinstance(veth, str) and _IFNAME.match(veth):
+        ipr = _route()
+        with ipr:
+            for index in ipr.link_lookup(ifname=veth):
+                with _tolerate(_ENODEV):  # its namespace died and took it along
+                    ipr.link("del", index=index)  # deleting one end deletes the pair
+        _delete_tagged(veth)
+    registry.remove(lease)
 
 
-def _reclaim(is_running, keep: str) -> None:
-    """Drop the leases of containers that no minict runs (left by a crash)."""
-    for other in list(_read_leases()):
-        if other != keep and not is_running(other):
-            log.debug(f"network: reclaiming the stale lease of container {other}")
-            _drop(other)
+def _reclaim(registry) -> None:
+    """Drop the leases of this network namespace whose minict is gone (killed)."""
+    for lease in registry.stale():
+        log.debug(f"network: reclaiming the stale lease of container {lease.get('name')} "
+                  f"of {lease.get('minictDir')}")
+        _drop(registry, lease)
 
 
 def veth_name(name: str) -> str:
@@ -298,46 +313,6 @@ def _host_addresses() -> set[str]:
     ipr = _route()
     with ipr:
         return {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=_AF_INET)}
-
-
-def _network_dir():
-    return store.root() / "network"
-
-
-def _leases_path():
-    return _network_dir() / "leases.json"
-
-
-def _read_leases() -> dict:
-    try:
-        with open(_leases_path(), "rb") as f:
-            leases = json.loads(f.read())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as err:
-        raise NetworkError(f"cannot read {_leases_path()}: {err}") from None
-    return leases if isinstance(leases, dict) else {}
-
-
-def _write_leases(leases: dict) -> None:
-    _write_file(_leases_path(), json.dumps(leases, indent=1, sort_keys=True) + "\n")
-
-
-class _Lock:
-    """The flock of $MINICT_DIR/network/lock: one lease or nftables change at a time."""
-
-    def __enter__(self):
-        try:
-            _network_dir().mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(_network_dir() / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-                              | os.O_NOFOLLOW, 0o600)
-        except OSError as err:
-            raise NetworkError(f"cannot lock {_network_dir()}: {err.strerror}") from None
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        os.close(self.fd)
 
 
 # -- inside the container's namespace ------------------------------------------------------

@@ -1,8 +1,13 @@
-"""The only place that turns names into paths under $MINICT_DIR.
+"""The only place that turns names into paths under $MINICT_DIR and $MINICT_RUN_DIR.
 
     $MINICT_DIR/                      (default /var/lib/minict)
       images/<repository>/            an OCI image layout per repository
       containers/<name>/              an OCI runtime bundle per container
+
+and, shared by every $MINICT_DIR on the host (leases.py):
+
+    $MINICT_RUN_DIR/                  (default /run/minict)
+      network/                        bridge address and host port leases
 
 Container names are checked before any path is built from them, and image
 repositories come only from a parsed Reference, so nothing here can point
@@ -22,6 +27,7 @@ if TYPE_CHECKING:  # `start` and `rm` never parse a reference: keep its import o
     from minict.reference import Reference
 
 DEFAULT_ROOT = "/var/lib/minict"
+DEFAULT_RUN_DIR = "/run/minict"
 _CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 # Names an OCI image layout uses for itself; a repository path component
 # with one of these names would land inside another repository's layout.
@@ -31,6 +37,11 @@ _LAYOUT_ENTRIES = frozenset({"blobs", "index.json", "oci-layout"})
 def root() -> Path:
     """Return $MINICT_DIR (default /var/lib/minict) as an absolute path."""
     return Path(os.path.abspath(os.environ.get("MINICT_DIR") or DEFAULT_ROOT))
+
+
+def run_dir() -> Path:
+    """Return $MINICT_RUN_DIR (default /run/minict): host state every MINICT_DIR shares."""
+    return Path(os.path.abspath(os.environ.get("MINICT_RUN_DIR") or DEFAULT_RUN_DIR))
 
 
 def images_dir() -> Path:
