@@ -331,6 +331,10 @@ def _on_signals(signals, pid: int, relay) -> int | None:
     status = None
     for signo, _ in signals:
         if signo == signal.SIGCHLD:
+            # One read may hold two SIGCHLDs (the intermediate's, still
+            # pending, and the container's): once reaped, never wait again.
+            if status is not None:
+                continue
             done, raw = os.waitpid(pid, os.WNOHANG)
             if done:
                 status = _exit_status(raw)
