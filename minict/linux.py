@@ -268,6 +268,26 @@ def read_signals(fd: int) -> list[tuple[int, int]]:
             for offset in range(0, len(data), SIGINFO_SIZE)]
 
 
+# -- statx(2) ----------------------------------------------------------------
+AT_EMPTY_PATH = 0x1000
+STATX_MNT_ID = 0x1000
+_STATX_SIZE = 256  # struct statx
+_STATX_MNT_ID_OFFSET = 144  # __u64 stx_mnt_id, after the dev_major/minor pairs
+
+
+def mount_id(fd: int) -> int | None:
+    """Return the id of the mount `fd` is on (statx(2) stx_mnt_id), or None if unknown.
+
+    Unlike st_dev, it tells two bind mounts of one file system apart (Linux
+    5.8 and later; None on older kernels).
+    """
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    _check(_libc.statx(ctypes.c_int(fd), b"", ctypes.c_int(AT_EMPTY_PATH),
+                       ctypes.c_uint(STATX_MNT_ID), buf), "statx")
+    mask = struct.unpack_from("I", buf, 0)[0]
+    return struct.unpack_from("Q", buf, _STATX_MNT_ID_OFFSET)[0] if mask & STATX_MNT_ID else None
+
+
 # -- the mount table: proc(5) /proc/self/mountinfo ----------------------------
 
 

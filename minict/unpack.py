@@ -34,6 +34,7 @@ import threading
 
 from minict import log
 from minict.errors import UnpackError
+from minict.rmtree import remove_at
 
 # Layer media types and their compression (image-spec media-types.md, and
 # Docker's, which skopeo keeps when it copies schema 2 images).
@@ -377,7 +378,7 @@ def _entries(reader: _Reader):
         yield e
 
 
-# -- removing trees without following symlinks or leaving the file system ---------
+# -- opening directories without following symlinks or leaving the file system ----
 
 
 def open_dir_at(dir_fd: int, name, dev: int | None = None) -> int:
@@ -390,42 +391,6 @@ def open_dir_at(dir_fd: int, name, dev: int | None = None) -> int:
         os.close(fd)
         raise OSError(errno.EXDEV, "is a mount point of another file system", name)
     return fd
-
-
-def remove_at(dir_fd: int, name, dev: int) -> None:
-    """Remove `name` under `dir_fd` and, if it is a directory, everything below it.
-
-    Symlinks are removed, never followed; directories on a device other than
-    `dev` are not entered (OSError EXDEV).  A missing `name` is fine.  The walk
-    uses an explicit stack: hostile layers can nest deeper than Python recurses.
-    """
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=dir_fd)
-        return
-    stack = [(dir_fd, name, open_dir_at(dir_fd, name, dev))]
-    try:
-        while stack:
-            parent_fd, dir_name, fd = stack[-1]
-            child = None
-            with os.scandir(fd) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        child = entry.name
-                        break
-                    os.unlink(entry.name, dir_fd=fd)
-            if child is not None:
-                stack.append((fd, child, open_dir_at(fd, child, dev)))
-                continue
-            stack.pop()
-            os.close(fd)
-            os.rmdir(dir_name, dir_fd=parent_fd)
-    finally:
-        for _, _, fd in stack:
-            os.close(fd)
 
 
 # -- applying one layer --------------------------------------------------------------
