@@ -15,6 +15,12 @@ error naming the layer and the entry.  Hardlink targets
 may be absolute (real images have them): they are taken relative to the
 rootfs, like everything else.
 
+Bounds (a layer is a few hundred kilobytes that may inflate to gigabytes):
+pax and GNU long name/link headers larger than 1 MiB are refused before
+they are read (Go's archive/tar has the same cap), names and link names
+longer than PATH_MAX too, and the numbers pax records carry must fit what
+the system calls take.  Messages cut long names with an ellipsis.
+
 Whiteouts (layer.md "Whiteouts"): `.wh.<name>` removes `<name>` from the
 layers below, `.wh..wh..opq` empties its directory of the layers below; a
 whiteout never removes what the same layer wrote (umoci tracks the same).
@@ -243,6 +249,15 @@ class _Reader:
 
 # -- tar headers (POSIX ustar, pax and GNU extensions) ---------------------------
 
+# Go's archive/tar refuses pax and GNU long name/link headers past 1 MiB
+# (maxSpecialFileSize); a name is a path on Linux: at most PATH_MAX bytes.
+SPECIAL_MAX = 1 << 20
+PATH_MAX = 4096
+_SPECIAL = {b"x": "pax extended header", b"g": "pax global header",
+            b"L": "GNU long name", b"K": "GNU long link name"}
+_ID_MAX = 2**32 - 2  # (uid_t)-1 means "no change" to chown(2)
+_SIZE_MAX = 2**63 - 1  # off_t
+_TIME_NS_MAX = 2**63 - 1  # what utimensat(2) takes, as Python passes it
 _ZERO_BLOCK = bytes(512)
 # name mode uid gid size mtime chksum typeflag linkname magic(6) [version uname gname
 # devmajor devminor] prefix [pad]; devmajor/devminor are read from the block when needed.
@@ -272,6 +287,12 @@ def _cstring(field: bytes) -> bytes:
     return field.split(b"\0", 1)[0]
 
 
+def _header_name(name: bytes, prefix: bytes, magic: bytes) -> bytes:
+    """Return the name a header block itself carries (a special header's, say)."""
+    name = _cstring(name)
+    return _cstring(prefix) + b"/" + name if magic == b"ustar\0" and prefix[0] else name
+
+
 def _pax_records(data: bytes) -> dict[bytes, bytes]:
     """Parse `<length> <key>=<value>\\n` records (pax extended header)."""
     records = {}
@@ -290,10 +311,25 @@ def _pax_records(data: bytes) -> dict[bytes, bytes]:
     return records
 
 
+def _pax_int(records: dict[bytes, bytes], key: bytes, limit: int) -> int:
+    """Return pax record `key` as an integer from 0 to `limit`; raise ValueError otherwise."""
+    value = records[key]
+    if not value.isdigit() or len(value) > 20 or int(value) > limit:
+        raise ValueError(f"pax record {key.decode()} is not a number from 0 to {limit}")
+    return int(value)
+
+
 def _pax_time_ns(value: bytes) -> int:
     whole, _, frac = value.partition(b".")
+    if not whole.lstrip(b"-").isdigit() or not (frac.isdigit() or not frac):
+        raise ValueError("pax record mtime is not a number")
+    if len(whole) > 12:  # past the year 30000
+        raise ValueError("pax record mtime is out of range")
     sign = -1 if whole.startswith(b"-") else 1
-    return int(whole) * 1_000_000_000 + sign * int((frac + b"000000000")[:9] or b"0")
+    ns = int(whole) * 1_000_000_000 + sign * int((frac + b"000000000")[:9] or b"0")
+    if not -_TIME_NS_MAX <= ns <= _TIME_NS_MAX:
+        raise ValueError("pax record mtime is out of range")
+    return ns
 
 
 class Entry:
@@ -332,29 +368,35 @@ def _entries(reader: _Reader):
         if _number(checksum) != sum(block) - sum(checksum) + 256:
             raise ValueError("tar header checksum mismatch (not a tar stream?)")
         size = _number(size)
-        if kind in (b"x", b"g", b"L", b"K"):
-            data = reader.read(size)[:size]
+        if kind in _SPECIAL:
+            # Bounded before anything is read: a few hundred kilobytes of gzip
+            # can declare a header of gigabytes (Go's archive/tar caps it too).
+            if size > SPECIAL_MAX:
+                raise _Refused(f"{_SPECIAL[kind]} of {size} bytes is larger than "
+                               f"{SPECIAL_MAX} bytes", _header_name(name, prefix, magic))
+            data = reader.read(size)
             reader.skip(-size % 512)
             if kind == b"x":
                 pax = _pax_records(data)
             elif kind == b"g":
                 global_pax.update(_pax_records(data))
+                if sum(len(k) + len(v) for k, v in global_pax.items()) > SPECIAL_MAX:
+                    raise _Refused(f"global pax headers of more than {SPECIAL_MAX} bytes",
+                                   _header_name(name, prefix, magic))
             elif kind == b"L":
                 long_name = _cstring(data)
             else:
                 long_link = _cstring(data)
             continue
         e = Entry()
-        name = _cstring(name)
-        if magic == b"ustar\0" and prefix[0]:  # POSIX: a prefix field extends the name
-            name = _cstring(prefix) + b"/" + name
+        name = _header_name(name, prefix, magic)  # POSIX: a prefix field extends the name
         records = {**global_pax, **pax} if global_pax else pax
         if records:
             e.name = records.get(b"path", long_name or name)
             e.linkname = records.get(b"linkpath", long_link or _cstring(linkname))
-            e.uid = int(records[b"uid"]) if b"uid" in records else _number(uid)
-            e.gid = int(records[b"gid"]) if b"gid" in records else _number(gid)
-            e.size = int(records[b"size"]) if b"size" in records else size
+            e.uid = _pax_int(records, b"uid", _ID_MAX) if b"uid" in records else _number(uid)
+            e.gid = _pax_int(records, b"gid", _ID_MAX) if b"gid" in records else _number(gid)
+            e.size = _pax_int(records, b"size", _SIZE_MAX) if b"size" in records else size
             e.mtime_ns = (_pax_time_ns(records[b"mtime"]) if b"mtime" in records
                           else _number(mtime) * 1_000_000_000)
         else:
@@ -362,6 +404,10 @@ def _entries(reader: _Reader):
             e.linkname = long_link or _cstring(linkname)
             e.uid, e.gid, e.size = _number(uid), _number(gid), size
             e.mtime_ns = _number(mtime) * 1_000_000_000
+        for what, value in (("name", e.name), ("link name", e.linkname)):
+            if len(value) > PATH_MAX:
+                raise _Refused(f"its {what} is {len(value)} bytes long, more than PATH_MAX "
+                               f"({PATH_MAX})", e.name)
         e.type = kind
         e.mode = _number(mode) & 0o7777
         if kind in (b"3", b"4"):
@@ -397,7 +443,14 @@ def open_dir_at(dir_fd: int, name, dev: int | None = None) -> int:
 
 
 class _Refused(Exception):
-    """An entry that would reach outside the rootfs or is otherwise not allowed."""
+    """An entry that would reach outside the rootfs or is otherwise not allowed.
+
+    `name` is the entry's, when the header reader refuses it before there is an Entry.
+    """
+
+    def __init__(self, message: str, name: bytes | None = None):
+        super().__init__(message)
+        self.name = name
 
 
 def _split(name: bytes, what: str = "name") -> tuple[bytes, bytes]:
@@ -761,11 +814,12 @@ def apply_layer(root_fd: int, stream: LayerStream, layer: str) -> None:
         name = None
         applier.set_dir_times()
     except _Refused as err:
+        name = err.name if err.name is not None else name
         raise UnpackError(f"layer {layer}: entry {_show(name)}: refused: {err}") from None
     except OSError as err:
         where = f"entry {_show(name)}: " if name is not None else ""
         raise UnpackError(f"layer {layer}: {where}{err.strerror or err}") from None
-    except ValueError as err:
+    except (ValueError, OverflowError) as err:  # overflow: a base-256 number past what C takes
         where = f"entry {_show(name)}: " if name is not None else ""
         raise UnpackError(f"layer {layer}: {where}invalid tar: {err}") from None
     finally:
@@ -773,5 +827,12 @@ def apply_layer(root_fd: int, stream: LayerStream, layer: str) -> None:
     reader.drain()
 
 
+_SHOWN_MAX = 200  # characters of an entry name in a message; more is cut with an ellipsis
+
+
 def _show(name: bytes | None) -> str:
-    return repr(name.decode(errors="backslashreplace")) if name is not None else "?"
+    """Return an entry name for a message: quoted, escaped, and cut if long."""
+    if name is None:
+        return "?"
+    shown = repr(name[:_SHOWN_MAX].decode(errors="backslashreplace"))
+    return shown if len(name) <= _SHOWN_MAX else f"{shown[:-1]}…{shown[-1]} ({len(name)} bytes)"
