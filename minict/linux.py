@@ -9,6 +9,7 @@ aarch64 unless noted).
 """
 
 import ctypes
+import errno
 import os
 import platform
 import re
@@ -281,9 +282,17 @@ def mount_id(fd: int) -> int | None:
     Unlike st_dev, it tells two bind mounts of one file system apart (Linux
     5.8 and later; None on older kernels).
     """
+    statx = getattr(_libc, "statx", None)  # glibc 2.28 and later
+    if statx is None:
+        return None
     buf = ctypes.create_string_buffer(_STATX_SIZE)
-    _check(_libc.statx(ctypes.c_int(fd), b"", ctypes.c_int(AT_EMPTY_PATH),
-                       ctypes.c_uint(STATX_MNT_ID), buf), "statx")
+    try:
+        _check(statx(ctypes.c_int(fd), b"", ctypes.c_int(AT_EMPTY_PATH),
+                     ctypes.c_uint(STATX_MNT_ID), buf), "statx")
+    except OSError as err:
+        if err.errno != errno.ENOSYS:  # a kernel before 4.11
+            raise
+        return None
     mask = struct.unpack_from("I", buf, 0)[0]
     return struct.unpack_from("Q", buf, _STATX_MNT_ID_OFFSET)[0] if mask & STATX_MNT_ID else None
 

@@ -13,11 +13,12 @@ are handed to it as `rich.text.Text`, which it never parses (`cell`).
 This module imports nothing heavy: log.py uses it on `start`'s fast path.
 """
 
-# C0 controls, DEL and C1 controls (Unicode category Cc), and the characters
-# that change the display order of what follows (Unicode bidi controls,
-# UAX #9: LRM, RLM, ALM, the embeddings, overrides and isolates).
+# C0 controls, DEL and C1 controls (Unicode category Cc); the characters that
+# change the display order of what follows (Unicode bidi controls, UAX #9:
+# LRM, RLM, ALM, the embeddings, overrides and isolates); and the line and
+# paragraph separators, which some terminals and viewers break lines at.
 _CONTROLS = [*range(0x20), 0x7F, *range(0x80, 0xA0)]
-_BIDI = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_BIDI = [0x061C, 0x200E, 0x200F, 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
 _ESCAPES = {c: f"\\x{c:02x}" for c in _CONTROLS} | {c: f"\\u{c:04x}" for c in _BIDI}
 
 # Longest line a log line may be; a hostile name cannot make one of megabytes.

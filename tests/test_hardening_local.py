@@ -139,6 +139,21 @@ def test_a_long_name_under_one_mib_is_refused_past_path_max_with_a_cut_name(mini
     assert "…" in err
 
 
+@pytest.mark.parametrize("pax, message", [
+    ({"mtime": "9" * 30}, "pax record mtime is out of range"),
+    ({"uid": "-1"}, "pax record uid is not a number from 0 to 4294967294"),
+    ({"size": "-1"}, "pax record size is not a number"),
+    ({"gid": "1" * 5000}, "pax record gid is not a number"),
+])
+def test_pax_numbers_the_system_calls_cannot_take_are_one_line_errors(tmp_path, pax, message):
+    from minict.errors import UnpackError
+    from tests.support.layers import unpack_layers
+
+    with pytest.raises(UnpackError) as refused:
+        unpack_layers(tmp_path / "rootfs", [[File("f", b"x", pax=pax)]])
+    assert message in refused.value.message
+
+
 # -- deep trees ------------------------------------------------------------------------
 
 
@@ -279,6 +294,14 @@ def test_markup_and_escapes_from_an_image_are_listed_escaped(minict, minict_dir)
     assert images.returncode == 0 and containers.returncode == 0
     assert "[/x]\\x1b[2J\\u202e" in images.stdout
     assert "/nonexistent '[/x]' '[bold]loud' '\\x1b]…" in containers.stdout  # cut at 40
+
+
+def test_printable_escapes_controls_bidi_and_separators_only():
+    from minict import text
+
+    shown = text.printable("ok é ü\t\n\x1b[2J\x07\x7f\x9b\u202e\u2066\u2028 [/x]")
+    assert shown == "ok é ü\\x09\\x0a\\x1b[2J\\x07\\x7f\\x9b\\u202e\\u2066\\u2028 [/x]"
+    assert text.line("a" * 10_000) == "a" * 4095 + "…"
 
 
 # -- leftovers of killed runs and pulls ------------------------------------------------
