@@ -19,7 +19,10 @@ Bounds (a layer is a few hundred kilobytes that may inflate to gigabytes):
 pax and GNU long name/link headers larger than 1 MiB are refused before
 they are read (Go's archive/tar has the same cap), names and link names
 longer than PATH_MAX too, and the numbers pax records carry must fit what
-the system calls take.  Messages cut long names with an ellipsis.
+the system calls take.  Messages cut long names with an ellipsis.  What
+the applier remembers per entry is a 16-byte digest of its path; only the
+paths of directories whose times are set at the end are kept, up to
+DIR_NAMES_MAX bytes (a hostile layer of long names is refused there).
 
 Whiteouts (layer.md "Whiteouts"): `.wh.<name>` removes `<name>` from the
 layers below, `.wh..wh..opq` empties its directory of the layers below; a
@@ -255,6 +258,9 @@ SPECIAL_MAX = 1 << 20
 PATH_MAX = 4096
 _SPECIAL = {b"x": "pax extended header", b"g": "pax global header",
             b"L": "GNU long name", b"K": "GNU long link name"}
+# The paths of directories whose times are set at the layer's end are kept
+# until then: real layers keep a few megabytes, a hostile one is refused here.
+DIR_NAMES_MAX = 64 << 20
 _ID_MAX = 2**32 - 2  # (uid_t)-1 means "no change" to chown(2)
 _SIZE_MAX = 2**63 - 1  # off_t
 _TIME_NS_MAX = 2**63 - 1  # what utimensat(2) takes, as Python passes it
@@ -474,6 +480,25 @@ def _split(name: bytes, what: str = "name") -> tuple[bytes, bytes]:
     return parent, base
 
 
+class _PathSet:
+    """A set of paths kept as 16-byte digests.
+
+    A layer of many entries with names near PATH_MAX would otherwise hold
+    all of them (kilobytes each) in memory: a megabyte of gzip made 230 MB.
+    """
+
+    __slots__ = ("_digests",)
+
+    def __init__(self):
+        self._digests: set[bytes] = set()
+
+    def add(self, path: bytes) -> None:
+        self._digests.add(hashlib.blake2b(path, digest_size=16).digest())
+
+    def __contains__(self, path: bytes) -> bool:
+        return hashlib.blake2b(path, digest_size=16).digest() in self._digests
+
+
 class _Applier:
     """The state of applying one layer: open parent directories, what it wrote."""
 
@@ -482,9 +507,10 @@ class _Applier:
         self.dev = os.fstat(root_fd).st_dev
         self.layer = layer
         self.dirs: dict[bytes, int] = {}  # resolved parent path -> open fd, in LRU order
-        self.written: set[bytes] = set()  # paths this layer created (whiteouts spare them)
-        self.written_below: set[bytes] = set()  # directories with a written path below
+        self.written = _PathSet()  # paths this layer created (whiteouts spare them)
+        self.written_below = _PathSet()  # directories with a written path below
         self.dir_times: list[tuple[bytes, int, int]] = []  # directories' mtimes, set last
+        self.dir_names = 0  # bytes of the paths dir_times and kept_times hold
         # (atime, mtime) of directories this layer changed but does not list,
         # as they were before it: restored at the end, as umoci does.
         self.kept_times: dict[bytes, tuple[int, int]] = {}
@@ -568,7 +594,15 @@ class _Applier:
         """
         if path not in self.written and path not in self.kept_times:
             st = os.fstat(fd)
+            self.count_dir_name(path)
             self.kept_times[path] = (st.st_atime_ns, st.st_mtime_ns)
+
+    def count_dir_name(self, path: bytes) -> None:
+        """Count a directory path kept until the layer's end; refuse past DIR_NAMES_MAX bytes."""
+        self.dir_names += len(path) + 64  # and the tuple around it
+        if self.dir_names > DIR_NAMES_MAX:
+            raise _Refused(f"the layer's directories need more than {DIR_NAMES_MAX} bytes "
+                           "of names kept in memory")
 
     def forget(self, path: bytes) -> None:
         """Drop cached fds of `path` and below: it is being removed or replaced."""
@@ -673,6 +707,7 @@ class _Applier:
         if e.xattrs:
             self.set_xattrs(e, fd)
         # Writing members into a directory changes its mtime: set it after the layer.
+        self.count_dir_name(path)
         self.dir_times.append((path, e.mtime_ns, e.mtime_ns))
 
     def hardlink(self, e: Entry, parent_fd: int, base: bytes, path: bytes):
