@@ -12,11 +12,11 @@ rename, so a bundle without it was cut short (an error, Ctrl-C, kill -9).
 `create` removes its half-made bundle on any error; one left by a killed
 process is removed by the next `create` of that name.
 
-`remove_tree` is the one recursive delete of a bundle: it stays on one file
-system and never follows a symlink (container.remove uses it too).
+`remove_tree` (minict.rmtree's) is the one recursive delete of a bundle: it
+stays on one mount, never follows a symlink and works at any depth
+(container.remove uses it too).
 """
 
-import contextlib
 import json
 import os
 import platform
@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 
 from minict import layout as layouts
-from minict import linux, log, spec, store, unpack
+from minict import log, spec, store, unpack
 from minict.errors import MinictError, UnpackError
 from minict.reference import Reference
+from minict.rmtree import remove_tree  # the bundle's delete; callers use bundle.remove_tree
 
 COMPLETE_MARK = ".minict-complete"
 PARTIAL_PREFIX = ".partial-"
@@ -240,43 +241,3 @@ def _write_json_atomic(path: Path, document: dict, indent=None) -> None:
         json.dump(document, f, indent=indent)
         f.write("\n")
     os.replace(tmp, path)
-
-
-# -- removal ----------------------------------------------------------------------
-
-
-def remove_tree(path) -> None:
-    """Delete `path` and everything below it; a missing path is fine.
-
-    Never follows a symlink (one inside the tree is removed, not its target)
-    and never enters another mount: any mount point at or below `path`
-    (from /proc/self/mountinfo, which also catches bind mounts of the same
-    file system) or a directory on another device makes it raise MinictError
-    before or instead of deleting there.
-    """
-    path = Path(os.path.abspath(path))
-    mounted = _mounts_at_or_below(path)
-    if mounted:
-        raise MinictError(f"cannot remove {path}: {mounted[0]} is still mounted")
-    try:
-        parent_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
-    try:
-        try:
-            st = os.stat(path.name, dir_fd=parent_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        unpack.remove_at(parent_fd, path.name, st.st_dev)
-    except OSError as err:
-        raise MinictError(f"cannot remove {path}: {err.strerror or err}"
-                          + (f" ({os.fsdecode(err.filename)})" if err.filename else "")) from None
-    finally:
-        os.close(parent_fd)
-
-
-def _mounts_at_or_below(path: Path) -> list[str]:
-    base = os.path.realpath(path) if os.path.lexists(path) else str(path)
-    with contextlib.suppress(OSError):
-        return linux.mounts_below(base)
-    return []

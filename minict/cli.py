@@ -290,20 +290,30 @@ def rmi(image):
         click.echo(f"Deleted: {digest}")
 
 
-@group.command(short_help="Remove stopped containers and unreferenced blobs.")
-@click.option("--force", "-f", is_flag=True, help="Do not ask for confirmation.")
+@group.command(short_help="Remove stopped containers, unreferenced blobs and leftovers.")
+@click.option("--force", "-f", is_flag=True,
+              help="Do not ask for confirmation, and take leftovers however recent.")
 def prune(force):
-    """Remove every container that is not running, and every blob no image references."""
+    """Remove every container that is not running, and every blob no image references.
+
+    Also what killed runs and pulls left: half-made bundles and partial
+    downloads an hour old, or all of them with --force (never one that a
+    run or pull is still writing).
+    """
     from minict import container, images
 
     if not force:
-        click.confirm("This removes all stopped containers and all unreferenced image blobs. "
-                      "Continue?", abort=True, err=True)
+        click.confirm("This removes all stopped containers, all unreferenced image blobs "
+                      "and leftovers of interrupted runs and pulls. Continue?", abort=True, err=True)
     for name in container.prune():
         click.echo(f"Deleted container: {name}")
+    for name in container.prune_partial_bundles(force):
+        click.echo(f"Deleted partial bundle: {name}")
     deleted = images.prune()
     for digest in deleted:
         click.echo(f"Deleted: {digest}")
+    for digest in images.prune_partial_downloads(force):
+        click.echo(f"Deleted partial download: {digest}")
 
 
 @group.command(short_help="Show a container's state and config as JSON.")

@@ -270,6 +270,40 @@ def prune() -> list[str]:
     return removed
 
 
+def prune_partial_bundles(force: bool) -> list[str]:
+    """Remove the half-made bundles of runs that were killed; return their container names.
+
+    A `.partial-<name>` bundle is taken only when no minict holds `name`'s
+    lock (a `run` building it does) and, unless `force`, when it is an hour
+    old (store.LEFTOVER_AGE).  One that cannot be removed is warned about.
+    """
+    from minict import bundle as bundles
+
+    removed = []
+    try:
+        entries = sorted(os.listdir(store.containers_dir()))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        name = entry.removeprefix(bundles.PARTIAL_PREFIX)
+        path = store.containers_dir() / entry
+        if name == entry or not store.CONTAINER_NAME.match(name):
+            continue
+        if not force and not store.is_leftover_old(path):
+            continue
+        lock = _lock(name, wait=False)
+        if lock is None:
+            continue  # a run is building it
+        try:
+            bundles.remove_tree(path)
+            removed.append(name)
+        except MinictError as err:
+            log.warn(err.message)
+        finally:
+            _unlock(name, lock)
+    return removed
+
+
 def list_names() -> list[str]:
     """Return the names of all containers, sorted (the `list-containers` array)."""
     return store.list_container_names()

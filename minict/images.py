@@ -10,13 +10,15 @@ unpack reads layers a manifest named when it started.  A sweep in between
 would delete what they count on.  With the lock, a sweep runs only when no
 pull or unpack is under way, so every blob it sees either is referenced by
 index.json or belongs to nobody; `.partial/` downloads are kept (a later pull
-resumes them) unless their repository goes as a whole.
+resumes them) unless their repository goes as a whole, or `prune` finds them
+an hour old (or is forced: prune_partial_downloads).
 """
 
 import contextlib
 import fcntl
 import os
 import re
+import stat
 from pathlib import Path
 
 from minict import layout as layouts
@@ -86,6 +88,48 @@ def prune() -> list[str]:
         for _, path in store.list_image_dirs():
             deleted += _sweep(layouts.Layout(path))
     return deleted
+
+
+def prune_partial_downloads(force: bool) -> list[str]:
+    """Delete what killed pulls left in the layouts' .partial/; return the blobs' digests.
+
+    A partial download is taken only when no pull writes it (the sweep lock
+    keeps pulls out, and a writer's flock on the file is checked too) and,
+    unless `force`, when it is an hour old: a pull tried again soon resumes it.
+    """
+    deleted = []
+    with sweeping():
+        for _, path in store.list_image_dirs():
+            partial = layouts.Layout(path).path / layouts.PARTIAL_DIR
+            try:
+                names = sorted(os.listdir(partial))
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if _HEX.fullmatch(name) and (force or store.is_leftover_old(partial / name)) \
+                        and _unlink_unlocked(partial / name):
+                    deleted.append("sha256:" + name)
+            with contextlib.suppress(OSError):
+                os.rmdir(partial)  # if nothing is left in it
+    return deleted
+
+
+def _unlink_unlocked(path: Path) -> bool:
+    """Unlink the regular file `path` unless a writer holds its flock; return whether it went."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False  # gone, or a symlink (which no pull makes)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.unlink(path)
+        return True
+    except (BlockingIOError, FileNotFoundError):
+        return False
+    finally:
+        os.close(fd)
 
 
 def referenced(layout: layouts.Layout) -> set[str]:

@@ -45,6 +45,9 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 # Resumable downloads live here; a dot directory, so layout readers skip it.
 PARTIAL_DIR = ".partial"
 WRITEBACK_STEP = 8 * 1024 * 1024
+# Blobs and index.json are root's alone, like the directories above them
+# (store.ensure_dirs), even under a $MINICT_DIR that others can search.
+BLOB_MODE = 0o600
 
 
 def check_digest(digest: str) -> str:
@@ -240,7 +243,7 @@ class BlobWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.layout.blobs_dir.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, BLOB_MODE)
             fcntl.flock(fd, fcntl.LOCK_EX)
             if self.layout.has_blob(self.digest, self.size):
                 self.present = True
@@ -338,7 +341,7 @@ class BlobWriter:
                 f"blob {self.digest} does not match its digest: got {got} from {found} "
                 f"of {self.size} bytes")
         os.fsync(self._file.fileno())
-        os.chmod(self.path, 0o644)
+        os.chmod(self.path, BLOB_MODE)
         os.replace(self.path, self.layout.blob_path(self.digest))
         self.present = True
 
@@ -381,7 +384,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, BLOB_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

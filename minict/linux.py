@@ -10,6 +10,7 @@ aarch64 unless noted).
 
 import collections
 import ctypes
+import errno
 import os
 import platform
 import re
@@ -405,6 +406,34 @@ def bpf_prog_attach(target_fd: int, prog_fd: int, attach_type: int, flags: int =
     attr = struct.pack("IIIII", target_fd, prog_fd, attach_type, flags, 0)
     _check(_libc.syscall(ctypes.c_long(_syscall_number("bpf")), ctypes.c_int(BPF_PROG_ATTACH),
                          attr, ctypes.c_uint(len(attr))), "bpf(BPF_PROG_ATTACH)")
+
+
+# -- statx(2) ----------------------------------------------------------------
+AT_EMPTY_PATH = 0x1000
+STATX_MNT_ID = 0x1000
+_STATX_SIZE = 256  # struct statx
+_STATX_MNT_ID_OFFSET = 144  # __u64 stx_mnt_id, after the dev_major/minor pairs
+
+
+def mount_id(fd: int) -> int | None:
+    """Return the id of the mount `fd` is on (statx(2) stx_mnt_id), or None if unknown.
+
+    Unlike st_dev, it tells two bind mounts of one file system apart (Linux
+    5.8 and later; None on older kernels).
+    """
+    statx = getattr(_libc, "statx", None)  # glibc 2.28 and later
+    if statx is None:
+        return None
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    try:
+        _check(statx(ctypes.c_int(fd), b"", ctypes.c_int(AT_EMPTY_PATH),
+                     ctypes.c_uint(STATX_MNT_ID), buf), "statx")
+    except OSError as err:
+        if err.errno != errno.ENOSYS:  # a kernel before 4.11
+            raise
+        return None
+    mask = struct.unpack_from("I", buf, 0)[0]
+    return struct.unpack_from("Q", buf, _STATX_MNT_ID_OFFSET)[0] if mask & STATX_MNT_ID else None
 
 
 # -- the mount table: proc(5) /proc/self/mountinfo ----------------------------

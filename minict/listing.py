@@ -2,12 +2,15 @@
 
 The JSON arrays stay the default (cli.py prints them, as the original did);
 the tables are for people and import rich, so only this code path pays for it.
+Cells quote images (a Cmd, a `created` date): minict.text escapes them, and
+hands them to rich as Text, which is never parsed as markup.  inspect's JSON
+needs nothing more: json.dumps escapes every control character.
 """
 
 import os
 import shlex
 
-from minict import boundedjson, container, store
+from minict import boundedjson, container, store, text
 from minict import layout as layouts
 from minict.errors import ContainerError, MinictError
 
@@ -85,8 +88,8 @@ def print_images() -> None:
     """Print the images as a table: name, tag, digest prefix, size, created."""
     table = _table("NAME", "TAG", "DIGEST", "SIZE", "CREATED")
     for row in image_rows():
-        table.add_row(row["name"], row["tag"], row["digest"].removeprefix("sha256:")[:12],
-                      _size(row["size"]), row["created"][:19].replace("T", " "))
+        _add_row(table, row["name"], row["tag"], row["digest"].removeprefix("sha256:")[:12],
+                 _size(row["size"]), row["created"][:19].replace("T", " "))
     _print(table)
 
 
@@ -98,10 +101,16 @@ def print_containers() -> None:
         if status == "exited":
             code = row["exitStatus"]
             status += f" ({code})" if code is not None else " (failed to start)"
-        command = row["command"] if len(row["command"]) <= 40 else row["command"][:39] + "…"
-        table.add_row(row["name"], row["image"], status,
-                      row["created"][:19].replace("T", " "), command)
+        # Escaped before it is cut, so the cut never splits an escape's meaning.
+        command = text.cut(text.printable(row["command"]), 40)
+        _add_row(table, row["name"], row["image"], status,
+                 row["created"][:19].replace("T", " "), command)
     _print(table)
+
+
+def _add_row(table, *values) -> None:
+    # Every cell may hold an image's text (Cmd, created): shown escaped, never as markup.
+    table.add_row(*(text.cell(value) for value in values))
 
 
 def _table(*columns):

@@ -11,6 +11,8 @@ import os
 import sys
 import time
 
+from minict import text
+
 DEBUG, INFO, WARN, ERROR, FATAL = 10, 20, 30, 40, 50
 _NAMES = {DEBUG: "debug", INFO: "info", WARN: "warn", ERROR: "error", FATAL: "fatal"}
 
@@ -39,9 +41,13 @@ def quiet() -> bool:
 
 
 def format_line(level: int, message: str, when: float | None = None) -> str:
-    """Return one log line, without its newline."""
+    """Return one log line, without its newline.
+
+    The message may quote an image or a registry: control characters are
+    escaped and a giant message is cut (minict.text.line).
+    """
     stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(when))
-    return f"{stamp} {_NAMES[level]:>5} {message}"
+    return f"{stamp} {_NAMES[level]:>5} {text.line(message)}"
 
 
 def _emit(level: int, message: str) -> None:

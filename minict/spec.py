@@ -63,6 +63,8 @@ MASKED_PATHS = ["/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore",
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/pressure", "/proc/sys",
                   "/proc/sysrq-trigger"]
 _ID_MAX = 2**31 - 1  # moby/sys/user's range for numeric ids
+HOST_NAME_MAX = 64  # sethostname(2): the kernel's __NEW_UTS_LEN
+DNS_LABEL_MAX = 63  # RFC 1035 2.3.4: a default host name is one label
 
 ANNOTATION = "org.opencontainers.image."
 # Annotations under this prefix are minict's own settings, which `start`
@@ -138,23 +140,37 @@ def override(image: dict, overrides: Overrides) -> dict:
     return image
 
 
+def default_hostname(name: str) -> str:
+    """Return the host name of container `name`: its first 63 bytes (a DNS label's most).
+
+    Names may be 128 characters long; sethostname(2) takes 64 bytes.  The
+    cut keeps whole UTF-8 characters, should a name ever hold others.
+    """
+    return name.encode()[:DNS_LABEL_MAX].decode(errors="ignore")
+
+
 def generate(image: dict, hostname: str, passwd: str | None = None,
              group: str | None = None, overrides: Overrides | None = None,
              host_masked: tuple[str, ...] = ()) -> dict:
     """Return the runtime config.json document for `image` (a parsed image config blob).
 
-    `passwd` and `group` are the contents of the rootfs's /etc/passwd and
-    /etc/group, or None when absent; `overrides` are run's options;
-    `host_masked` are masked paths that depend on the host (bundle.py finds
-    them).  Raise SpecError for what cannot be converted.
+    `hostname` is the container's name (cut by default_hostname) unless
+    `overrides` name a host name.  `passwd` and `group` are the contents of
+    the rootfs's /etc/passwd and /etc/group, or None when absent;
+    `overrides` are run's options; `host_masked` are masked paths that
+    depend on the host (bundle.py finds them).  Raise SpecError for what
+    cannot be converted.
     """
     if overrides is None:
         overrides = Overrides()
     else:
         image = override(image, overrides)
-        hostname = overrides.hostname or hostname
-        if len(hostname.encode()) > 64:  # HOST_NAME_MAX, sethostname(2)
-            raise SpecError(f"host name {hostname!r} is longer than 64 bytes")
+    if overrides.hostname:
+        hostname = overrides.hostname
+        if len(hostname.encode()) > HOST_NAME_MAX:
+            raise SpecError(f"host name {hostname!r} is longer than {HOST_NAME_MAX} bytes")
+    else:
+        hostname = default_hostname(hostname)
     config = image.get("config") or {}
     if not isinstance(config, dict):
         raise SpecError("image config's 'config' is not an object")

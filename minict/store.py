@@ -1,6 +1,6 @@
 """The only place that turns names into paths under $MINICT_DIR and $MINICT_RUN_DIR.
 
-    $MINICT_DIR/                      (default /var/lib/minict)
+    $MINICT_DIR/                      (default /var/lib/minict; created 0700)
       images/<repository>/            an OCI image layout per repository
       containers/<name>/              an OCI runtime bundle per container
 
@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from minict import log
 from minict.errors import InvalidName, MinictError
 
 if TYPE_CHECKING:  # `start` and `rm` never parse a reference: keep its import off their path
@@ -28,7 +30,8 @@ if TYPE_CHECKING:  # `start` and `rm` never parse a reference: keep its import o
 
 DEFAULT_ROOT = "/var/lib/minict"
 DEFAULT_RUN_DIR = "/run/minict"
-_CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+LEFTOVER_AGE = 60 * 60  # seconds after which `prune` takes an interrupted run's or pull's leftovers
+CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 # Names an OCI image layout uses for itself; a repository path component
 # with one of these names would land inside another repository's layout.
 _LAYOUT_ENTRIES = frozenset({"blobs", "index.json", "oci-layout"})
@@ -53,17 +56,66 @@ def containers_dir() -> Path:
 
 
 def ensure_dirs() -> None:
-    """Create the root, images/ and containers/ if missing; raise MinictError."""
+    """Create the root, images/ and containers/ if missing, private (0700); raise MinictError.
+
+    Image blobs and container files are nobody else's business (docker keeps
+    its root 0710, containerd 0711 with 0700 inside).  A root that exists
+    already is left as its owner made it, but one that other users can read
+    or search gets a warning (once per command).
+    """
+    base = root()
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise MinictError(f"cannot create {base.parent}: {err.strerror}") from None
+    if not _make_private_dir(base):
+        _warn_if_open(base)
     for path in (images_dir(), containers_dir()):
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise MinictError(f"cannot create {path}: {err.strerror}") from None
+        _make_private_dir(path)
+
+
+def _make_private_dir(path: Path) -> bool:
+    """Create directory `path` with mode 0700; return False if it was there already."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return False
+    except OSError as err:
+        raise MinictError(f"cannot create {path}: {err.strerror}") from None
+    os.chmod(path, 0o700)  # the mode, whatever the umask took away
+    return True
+
+
+_warned_open = False
+
+
+def _warn_if_open(base: Path) -> None:
+    global _warned_open
+    try:
+        mode = os.stat(base).st_mode
+    except OSError:
+        return
+    if mode & 0o007 and not _warned_open:
+        _warned_open = True
+        log.warn(f"{base} is readable or searchable by every user (mode {mode & 0o7777:04o}): "
+                 f"they can read image blobs and container files; 'chmod 700 {base}' keeps them private")
+
+
+def is_leftover_old(path) -> bool:
+    """Return whether `path` (a killed run's or pull's leftover) was last changed an hour ago or more.
+
+    `prune` removes younger leftovers only with --force: a pull tried again
+    soon resumes its partial download.
+    """
+    try:
+        return time.time() - os.lstat(path).st_mtime >= LEFTOVER_AGE
+    except FileNotFoundError:
+        return False
 
 
 def check_container_name(name: str) -> str:
     """Return `name` if it can name a container; raise InvalidName otherwise."""
-    if not isinstance(name, str) or not _CONTAINER_NAME.match(name):
+    if not isinstance(name, str) or not CONTAINER_NAME.match(name):
         raise InvalidName(
             f"Invalid container name {name!r}: use 1-128 of letters, digits, '_', '.' "
             "and '-', starting with a letter or digit"
@@ -100,7 +152,7 @@ def list_container_names() -> list[str]:
         return []
     except OSError as err:
         raise MinictError(f"cannot read {containers_dir()}: {err.strerror}") from None
-    return sorted(e for e in entries if _CONTAINER_NAME.match(e)
+    return sorted(e for e in entries if CONTAINER_NAME.match(e)
                   and (containers_dir() / e).is_dir())
 
 

@@ -15,6 +15,15 @@ error naming the layer and the entry.  Hardlink targets
 may be absolute (real images have them): they are taken relative to the
 rootfs, like everything else.
 
+Bounds (a layer is a few hundred kilobytes that may inflate to gigabytes):
+pax and GNU long name/link headers larger than 1 MiB are refused before
+they are read (Go's archive/tar has the same cap), names and link names
+longer than PATH_MAX too, and the numbers pax records carry must fit what
+the system calls take.  Messages cut long names with an ellipsis.  What
+the applier remembers per entry is a 16-byte digest of its path; only the
+paths of directories whose times are set at the end are kept, up to
+DIR_NAMES_MAX bytes (a hostile layer of long names is refused there).
+
 Whiteouts (layer.md "Whiteouts"): `.wh.<name>` removes `<name>` from the
 layers below, `.wh..wh..opq` empties its directory of the layers below; a
 whiteout never removes what the same layer wrote (umoci tracks the same).
@@ -34,6 +43,7 @@ import threading
 
 from minict import log
 from minict.errors import UnpackError
+from minict.rmtree import remove_at
 
 # Layer media types and their compression (image-spec media-types.md, and
 # Docker's, which skopeo keeps when it copies schema 2 images).
@@ -242,6 +252,18 @@ class _Reader:
 
 # -- tar headers (POSIX ustar, pax and GNU extensions) ---------------------------
 
+# Go's archive/tar refuses pax and GNU long name/link headers past 1 MiB
+# (maxSpecialFileSize); a name is a path on Linux: at most PATH_MAX bytes.
+SPECIAL_MAX = 1 << 20
+PATH_MAX = 4096
+_SPECIAL = {b"x": "pax extended header", b"g": "pax global header",
+            b"L": "GNU long name", b"K": "GNU long link name"}
+# The paths of directories whose times are set at the layer's end are kept
+# until then: real layers keep a few megabytes, a hostile one is refused here.
+DIR_NAMES_MAX = 64 << 20
+_ID_MAX = 2**32 - 2  # (uid_t)-1 means "no change" to chown(2)
+_SIZE_MAX = 2**63 - 1  # off_t
+_TIME_NS_MAX = 2**63 - 1  # what utimensat(2) takes, as Python passes it
 _ZERO_BLOCK = bytes(512)
 # name mode uid gid size mtime chksum typeflag linkname magic(6) [version uname gname
 # devmajor devminor] prefix [pad]; devmajor/devminor are read from the block when needed.
@@ -271,6 +293,12 @@ def _cstring(field: bytes) -> bytes:
     return field.split(b"\0", 1)[0]
 
 
+def _header_name(name: bytes, prefix: bytes, magic: bytes) -> bytes:
+    """Return the name a header block itself carries (a special header's, say)."""
+    name = _cstring(name)
+    return _cstring(prefix) + b"/" + name if magic == b"ustar\0" and prefix[0] else name
+
+
 def _pax_records(data: bytes) -> dict[bytes, bytes]:
     """Parse `<length> <key>=<value>\\n` records (pax extended header)."""
     records = {}
@@ -289,10 +317,25 @@ def _pax_records(data: bytes) -> dict[bytes, bytes]:
     return records
 
 
+def _pax_int(records: dict[bytes, bytes], key: bytes, limit: int) -> int:
+    """Return pax record `key` as an integer from 0 to `limit`; raise ValueError otherwise."""
+    value = records[key]
+    if not value.isdigit() or len(value) > 20 or int(value) > limit:
+        raise ValueError(f"pax record {key.decode()} is not a number from 0 to {limit}")
+    return int(value)
+
+
 def _pax_time_ns(value: bytes) -> int:
     whole, _, frac = value.partition(b".")
+    if not whole.lstrip(b"-").isdigit() or not (frac.isdigit() or not frac):
+        raise ValueError("pax record mtime is not a number")
+    if len(whole) > 12:  # past the year 30000
+        raise ValueError("pax record mtime is out of range")
     sign = -1 if whole.startswith(b"-") else 1
-    return int(whole) * 1_000_000_000 + sign * int((frac + b"000000000")[:9] or b"0")
+    ns = int(whole) * 1_000_000_000 + sign * int((frac + b"000000000")[:9] or b"0")
+    if not -_TIME_NS_MAX <= ns <= _TIME_NS_MAX:
+        raise ValueError("pax record mtime is out of range")
+    return ns
 
 
 class Entry:
@@ -331,29 +374,35 @@ def _entries(reader: _Reader):
         if _number(checksum) != sum(block) - sum(checksum) + 256:
             raise ValueError("tar header checksum mismatch (not a tar stream?)")
         size = _number(size)
-        if kind in (b"x", b"g", b"L", b"K"):
-            data = reader.read(size)[:size]
+        if kind in _SPECIAL:
+            # Bounded before anything is read: a few hundred kilobytes of gzip
+            # can declare a header of gigabytes (Go's archive/tar caps it too).
+            if size > SPECIAL_MAX:
+                raise _Refused(f"{_SPECIAL[kind]} of {size} bytes is larger than "
+                               f"{SPECIAL_MAX} bytes", _header_name(name, prefix, magic))
+            data = reader.read(size)
             reader.skip(-size % 512)
             if kind == b"x":
                 pax = _pax_records(data)
             elif kind == b"g":
                 global_pax.update(_pax_records(data))
+                if sum(len(k) + len(v) for k, v in global_pax.items()) > SPECIAL_MAX:
+                    raise _Refused(f"global pax headers of more than {SPECIAL_MAX} bytes",
+                                   _header_name(name, prefix, magic))
             elif kind == b"L":
                 long_name = _cstring(data)
             else:
                 long_link = _cstring(data)
             continue
         e = Entry()
-        name = _cstring(name)
-        if magic == b"ustar\0" and prefix[0]:  # POSIX: a prefix field extends the name
-            name = _cstring(prefix) + b"/" + name
+        name = _header_name(name, prefix, magic)  # POSIX: a prefix field extends the name
         records = {**global_pax, **pax} if global_pax else pax
         if records:
             e.name = records.get(b"path", long_name or name)
             e.linkname = records.get(b"linkpath", long_link or _cstring(linkname))
-            e.uid = int(records[b"uid"]) if b"uid" in records else _number(uid)
-            e.gid = int(records[b"gid"]) if b"gid" in records else _number(gid)
-            e.size = int(records[b"size"]) if b"size" in records else size
+            e.uid = _pax_int(records, b"uid", _ID_MAX) if b"uid" in records else _number(uid)
+            e.gid = _pax_int(records, b"gid", _ID_MAX) if b"gid" in records else _number(gid)
+            e.size = _pax_int(records, b"size", _SIZE_MAX) if b"size" in records else size
             e.mtime_ns = (_pax_time_ns(records[b"mtime"]) if b"mtime" in records
                           else _number(mtime) * 1_000_000_000)
         else:
@@ -361,6 +410,10 @@ def _entries(reader: _Reader):
             e.linkname = long_link or _cstring(linkname)
             e.uid, e.gid, e.size = _number(uid), _number(gid), size
             e.mtime_ns = _number(mtime) * 1_000_000_000
+        for what, value in (("name", e.name), ("link name", e.linkname)):
+            if len(value) > PATH_MAX:
+                raise _Refused(f"its {what} is {len(value)} bytes long, more than PATH_MAX "
+                               f"({PATH_MAX})", e.name)
         e.type = kind
         e.mode = _number(mode) & 0o7777
         if kind in (b"3", b"4"):
@@ -377,7 +430,7 @@ def _entries(reader: _Reader):
         yield e
 
 
-# -- removing trees without following symlinks or leaving the file system ---------
+# -- opening directories without following symlinks or leaving the file system ----
 
 
 def open_dir_at(dir_fd: int, name, dev: int | None = None) -> int:
@@ -392,47 +445,18 @@ def open_dir_at(dir_fd: int, name, dev: int | None = None) -> int:
     return fd
 
 
-def remove_at(dir_fd: int, name, dev: int) -> None:
-    """Remove `name` under `dir_fd` and, if it is a directory, everything below it.
-
-    Symlinks are removed, never followed; directories on a device other than
-    `dev` are not entered (OSError EXDEV).  A missing `name` is fine.  The walk
-    uses an explicit stack: hostile layers can nest deeper than Python recurses.
-    """
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=dir_fd)
-        return
-    stack = [(dir_fd, name, open_dir_at(dir_fd, name, dev))]
-    try:
-        while stack:
-            parent_fd, dir_name, fd = stack[-1]
-            child = None
-            with os.scandir(fd) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        child = entry.name
-                        break
-                    os.unlink(entry.name, dir_fd=fd)
-            if child is not None:
-                stack.append((fd, child, open_dir_at(fd, child, dev)))
-                continue
-            stack.pop()
-            os.close(fd)
-            os.rmdir(dir_name, dir_fd=parent_fd)
-    finally:
-        for _, _, fd in stack:
-            os.close(fd)
-
-
 # -- applying one layer --------------------------------------------------------------
 
 
 class _Refused(Exception):
-    """An entry that would reach outside the rootfs or is otherwise not allowed."""
+    """An entry that would reach outside the rootfs or is otherwise not allowed.
+
+    `name` is the entry's, when the header reader refuses it before there is an Entry.
+    """
+
+    def __init__(self, message: str, name: bytes | None = None):
+        super().__init__(message)
+        self.name = name
 
 
 def _split(name: bytes, what: str = "name") -> tuple[bytes, bytes]:
@@ -456,6 +480,25 @@ def _split(name: bytes, what: str = "name") -> tuple[bytes, bytes]:
     return parent, base
 
 
+class _PathSet:
+    """A set of paths kept as 16-byte digests.
+
+    A layer of many entries with names near PATH_MAX would otherwise hold
+    all of them (kilobytes each) in memory: a megabyte of gzip made 230 MB.
+    """
+
+    __slots__ = ("_digests",)
+
+    def __init__(self):
+        self._digests: set[bytes] = set()
+
+    def add(self, path: bytes) -> None:
+        self._digests.add(hashlib.blake2b(path, digest_size=16).digest())
+
+    def __contains__(self, path: bytes) -> bool:
+        return hashlib.blake2b(path, digest_size=16).digest() in self._digests
+
+
 class _Applier:
     """The state of applying one layer: open parent directories, what it wrote."""
 
@@ -464,9 +507,10 @@ class _Applier:
         self.dev = os.fstat(root_fd).st_dev
         self.layer = layer
         self.dirs: dict[bytes, int] = {}  # resolved parent path -> open fd, in LRU order
-        self.written: set[bytes] = set()  # paths this layer created (whiteouts spare them)
-        self.written_below: set[bytes] = set()  # directories with a written path below
+        self.written = _PathSet()  # paths this layer created (whiteouts spare them)
+        self.written_below = _PathSet()  # directories with a written path below
         self.dir_times: list[tuple[bytes, int, int]] = []  # directories' mtimes, set last
+        self.dir_names = 0  # bytes of the paths dir_times and kept_times hold
         # (atime, mtime) of directories this layer changed but does not list,
         # as they were before it: restored at the end, as umoci does.
         self.kept_times: dict[bytes, tuple[int, int]] = {}
@@ -550,7 +594,15 @@ class _Applier:
         """
         if path not in self.written and path not in self.kept_times:
             st = os.fstat(fd)
+            self.count_dir_name(path)
             self.kept_times[path] = (st.st_atime_ns, st.st_mtime_ns)
+
+    def count_dir_name(self, path: bytes) -> None:
+        """Count a directory path kept until the layer's end; refuse past DIR_NAMES_MAX bytes."""
+        self.dir_names += len(path) + 64  # and the tuple around it
+        if self.dir_names > DIR_NAMES_MAX:
+            raise _Refused(f"the layer's directories need more than {DIR_NAMES_MAX} bytes "
+                           "of names kept in memory")
 
     def forget(self, path: bytes) -> None:
         """Drop cached fds of `path` and below: it is being removed or replaced."""
@@ -655,6 +707,7 @@ class _Applier:
         if e.xattrs:
             self.set_xattrs(e, fd)
         # Writing members into a directory changes its mtime: set it after the layer.
+        self.count_dir_name(path)
         self.dir_times.append((path, e.mtime_ns, e.mtime_ns))
 
     def hardlink(self, e: Entry, parent_fd: int, base: bytes, path: bytes):
@@ -796,11 +849,12 @@ def apply_layer(root_fd: int, stream: LayerStream, layer: str) -> None:
         name = None
         applier.set_dir_times()
     except _Refused as err:
+        name = err.name if err.name is not None else name
         raise UnpackError(f"layer {layer}: entry {_show(name)}: refused: {err}") from None
     except OSError as err:
         where = f"entry {_show(name)}: " if name is not None else ""
         raise UnpackError(f"layer {layer}: {where}{err.strerror or err}") from None
-    except ValueError as err:
+    except (ValueError, OverflowError) as err:  # overflow: a base-256 number past what C takes
         where = f"entry {_show(name)}: " if name is not None else ""
         raise UnpackError(f"layer {layer}: {where}invalid tar: {err}") from None
     finally:
@@ -808,5 +862,12 @@ def apply_layer(root_fd: int, stream: LayerStream, layer: str) -> None:
     reader.drain()
 
 
+_SHOWN_MAX = 200  # characters of an entry name in a message; more is cut with an ellipsis
+
+
 def _show(name: bytes | None) -> str:
-    return repr(name.decode(errors="backslashreplace")) if name is not None else "?"
+    """Return an entry name for a message: quoted, escaped, and cut if long."""
+    if name is None:
+        return "?"
+    shown = repr(name[:_SHOWN_MAX].decode(errors="backslashreplace"))
+    return shown if len(name) <= _SHOWN_MAX else f"{shown[:-1]}…{shown[-1]} ({len(name)} bytes)"

@@ -91,9 +91,9 @@ def registry(tmp_path):
 
 @pytest.fixture
 def minict_dir(tmp_path):
-    """An empty MINICT_DIR for one test."""
+    """An empty MINICT_DIR for one test (0700, as minict makes one: no warning about it)."""
     path = tmp_path / "minict"
-    path.mkdir()
+    path.mkdir(mode=0o700)
     return path
 
 
