@@ -263,7 +263,7 @@ def test_privileged_lifts_each_restriction(minict, busybox):
     script = (SHOW.format(paths=paths) + "; grep -E '^Cap(Bnd|Eff|Prm)' /proc/self/status;"
               " echo 1 > /proc/sys/kernel/domainname && echo WROTE-SYSCTL;"
               " mkdir -p /mnt && mount -t tmpfs none /mnt && echo MOUNTED;"
-              " grep ' /sys ' /proc/self/mounts")
+              " grep ' /sys ' /proc/self/mounts; grep '^Seccomp:' /proc/self/status")
     done = minict("run", "--image", busybox, "--name", "p", "--privileged", *sh(script))
     assert done.returncode == 0, done.stderr
     seen = shown(done.stdout)
@@ -275,6 +275,7 @@ def test_privileged_lifts_each_restriction(minict, busybox):
         "CapBnd": everything, "CapEff": everything, "CapPrm": everything}
     assert "WROTE-SYSCTL" in done.stdout  # the container's own uts domainname
     assert "MOUNTED" in done.stdout
+    assert "Seccomp:\t0" in done.stdout  # no system-call filter (the devices: test_isolation_devices)
     # /sys stays read-only: the container's uid 0 is the host's, and many
     # sysfs files check nothing but that; the container may remount it.
     [sys_line] = [line for line in done.stdout.splitlines() if " /sys " in line]
