@@ -302,9 +302,11 @@ def prune(force):
     """
     from minict import container, images
 
-    if not force:
-        click.confirm("This removes all stopped containers, all unreferenced image blobs "
-                      "and leftovers of interrupted runs and pulls. Continue?", abort=True, err=True)
+    if not force and not _confirm("This removes all stopped containers, all unreferenced "
+                                  "image blobs and leftovers of interrupted runs and pulls. "
+                                  "Continue?"):
+        click.echo("nothing removed")
+        return
     for name in container.prune():
         click.echo(f"Deleted container: {name}")
     for name in container.prune_partial_bundles(force):
@@ -314,6 +316,23 @@ def prune(force):
         click.echo(f"Deleted: {digest}")
     for digest in images.prune_partial_downloads(force):
         click.echo(f"Deleted partial download: {digest}")
+
+
+def _confirm(question: str) -> bool:
+    """Ask `question` on standard error; return True only for a yes.
+
+    Declining, or no answer at all (end of input), is no failure.  An answer
+    read from a pipe is not echoed, so the prompt's line is ended here.
+    """
+    try:
+        answer = click.confirm(question, default=False, err=True)
+    except click.exceptions.Abort:  # end of input
+        answer = False
+        click.echo(err=True)
+    else:
+        if not sys.stdin.isatty():
+            click.echo(err=True)
+    return answer
 
 
 @group.command(short_help="Show a container's state and config as JSON.")

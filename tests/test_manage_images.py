@@ -113,7 +113,7 @@ def test_prune_deletes_unreferenced_blobs_only(minict, minict_dir):
     partial.write_bytes(b"half a download")
 
     refused = minict("prune", input="n\n")
-    assert refused.returncode == 1 and stored(layout) == blobs_of(v1) | blobs_of(v2)
+    assert refused.returncode == 0 and stored(layout) == blobs_of(v1) | blobs_of(v2)
     done = minict("prune", input="y\n")
     assert done.returncode == 0, done.stderr
     assert stored(layout) == blobs_of(v2)
@@ -203,3 +203,19 @@ def test_list_images_table(minict, minict_dir):
     assert lines[2] == ["app", "v1", v1.digest[7:19], *lines[2][3:5], "2023-11-14", "22:13:20"]
     assert lines[3][:3] == ["app", "v2", v2.digest[7:19]]
     assert " ".join(lines[3][3:5]) == f"{size / 1000:.1f} kB"
+
+
+@pytest.mark.parametrize("answer", ["n\n", "\n", ""], ids=["no", "default", "no input"])
+def test_declining_prune_is_no_failure(minict, minict_dir, answer):
+    # `echo n | minict prune` printed the prompt and `fatal aborted` on one
+    # line and exited 1; declining (or no answer at all) removes nothing and
+    # is no failure.
+    layout = minict_dir / "images" / "app"
+    v1, _ = two_tags()
+    write_layout(layout, "v1", v1)
+    before = stored(layout)
+    done = minict("prune", input=answer)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "nothing removed\n"
+    assert "fatal" not in done.stderr and done.stderr.endswith("\n"), done.stderr
+    assert stored(layout) == before
