@@ -14,7 +14,7 @@ VENV ?= .venv
 # Time minict as an installed copy is found, not through the editable install's import hook.
 BENCH_ARGS ?= --plain-venv --markdown
 
-RUNTIME_PACKAGES = python3 python3-venv python3-seccomp ca-certificates
+RUNTIME_PACKAGES = python3 python3-venv python3-seccomp ca-certificates nftables iproute2
 TEST_PACKAGES = docker-registry skopeo umoci busybox-static apache2-utils zstd tmux gcc libc6-dev \
 	iproute2 nftables util-linux procps debootstrap podman runc keyutils
 BENCH_PACKAGES = debootstrap runc crun hyperfine time
