@@ -54,7 +54,7 @@ import signal
 import sys
 import termios
 
-from minict import init, linux, log, seccomp, streams, userns
+from minict import execute, init, linux, log, seccomp, streams, userns
 from minict.errors import LaunchError, MinictError
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -280,7 +280,7 @@ def _failed(started: _Started) -> int:
         os.waitpid(started.pid, 0)
     if started.master is not None:
         os.close(started.master)
-    if status in (init.NOT_EXECUTABLE, init.NOT_FOUND):
+    if status in (execute.NOT_EXECUTABLE, execute.NOT_FOUND):
         log.error(LaunchError.prefix + text)
         return status
     raise LaunchError(text)

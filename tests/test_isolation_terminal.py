@@ -27,7 +27,7 @@ import tty
 
 import pytest
 
-from minict import init, spec
+from minict import execute, spec
 from tests.support.probes import compile_probe, install_probe
 
 pytest_plugins = ["tests.support.bundles"]  # the box and busybox_rootfs fixtures
@@ -733,7 +733,7 @@ def test_no_new_keyring_is_an_annotation_start_repeats():
     assert spec.NO_NEW_KEYRING not in plain["annotations"]
     kept = spec.generate(image, "box", overrides=spec.Overrides(no_new_keyring=True))
     assert kept["annotations"][spec.NO_NEW_KEYRING] == "true"
-    assert init.NO_NEW_KEYRING == spec.NO_NEW_KEYRING
+    assert execute.NO_NEW_KEYRING == spec.NO_NEW_KEYRING
     # An image cannot opt its containers out through a label.
     labelled = {"config": {"Cmd": ["sh"], "Labels": {spec.NO_NEW_KEYRING: "true", "a": "b"}}}
     annotations = spec.generate(labelled, "box")["annotations"]

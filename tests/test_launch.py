@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from minict import init, linux, spec
+from minict import execute, linux, mounts, spec
 
 pytest_plugins = ["tests.support.bundles"]  # the box and busybox_rootfs fixtures
 
@@ -62,15 +62,15 @@ def wait_running(bundle, timeout=10):
 @pytest.mark.parametrize("cmd, status", [
     (["true"], 0),
     (sh("exit 3"), 3),
-    (["/etc/passwd"], init.NOT_EXECUTABLE),
-    (["no-such-program"], init.NOT_FOUND),
-    (["/bin/no-such-program"], init.NOT_FOUND),
+    (["/etc/passwd"], execute.NOT_EXECUTABLE),
+    (["no-such-program"], execute.NOT_FOUND),
+    (["/bin/no-such-program"], execute.NOT_FOUND),
 ])
 def test_exit_status_is_the_containers(minict, box, cmd, status):
     box(cmd)
     done = minict("start", "--name", "box")
     assert done.returncode == status, done.stderr
-    if status in (init.NOT_EXECUTABLE, init.NOT_FOUND):
+    if status in (execute.NOT_EXECUTABLE, execute.NOT_FOUND):
         assert "Failed to run image. Error received: exec" in done.stderr
         assert "Traceback" not in done.stderr
 
@@ -258,7 +258,7 @@ def test_resolv_conf_is_the_hosts_read_only_and_dev_is_complete(minict, box):
     with open("/etc/resolv.conf") as f:
         assert done.stdout.startswith(f.read())
     assert "REFUSED" in done.stdout and "NULL-OK" in done.stdout
-    for name in init.DEFAULT_DEVICES + ("pts", "shm", "mqueue", "stdin", "stdout", "stderr"):
+    for name in mounts.DEFAULT_DEVICES + ("pts", "shm", "mqueue", "stdin", "stdout", "stderr"):
         assert f"\n{name}\n" in done.stdout
     assert "pts/ptmx\n/proc/self/fd\n" in done.stdout
 
@@ -437,4 +437,4 @@ def test_terminal_session_has_a_tty_job_control_and_window_size(minict_dir, box)
     (["newinstance", "ptmxmode=0666"], 0, 0, "newinstance,ptmxmode=0666"),
 ])
 def test_mount_options_become_flags_and_data(options, flags, propagation, data):
-    assert init._parse_options(options) == (flags, propagation, data)
+    assert mounts.parse_options(options) == (flags, propagation, data)

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from minict import init
+from minict import execute, mounts, steps
 
 
 @pytest.fixture
@@ -18,11 +18,11 @@ def root(tmp_path):
 
 def test_missing_directories_are_created_inside_the_rootfs(root):
     rootfs, fd = root
-    parent, name, target = init._open_target(fd, "/dev/pts", create_dir=True)
+    parent, name, target = mounts.open_target(fd, "/dev/pts", create_dir=True)
     os.close(parent)
     os.close(target)
     assert name == "pts" and (rootfs / "dev" / "pts").is_dir()
-    parent, _, target = init._open_target(fd, "/etc/resolv.conf", create_file=True)
+    parent, _, target = mounts.open_target(fd, "/etc/resolv.conf", create_file=True)
     os.close(parent)
     os.close(target)
     assert (rootfs / "etc" / "resolv.conf").is_file()
@@ -38,28 +38,28 @@ def test_a_symlink_on_the_way_is_refused_and_nothing_is_made_behind_it(root, tmp
     else:
         (rootfs / "etc").mkdir()
         (rootfs / "etc" / "resolv.conf").symlink_to(outside / "resolv.conf")
-    with pytest.raises(init.SetupError, match="symlink"):
-        init._open_target(fd, "/etc/resolv.conf", create_file=True)
+    with pytest.raises(steps.SetupError, match="symlink"):
+        mounts.open_target(fd, "/etc/resolv.conf", create_file=True)
     assert os.listdir(outside) == []
 
 
 @pytest.mark.parametrize("destination", ["/", "relative/path", "/a/../../b", ""])
 def test_destinations_that_are_not_plain_absolute_paths_are_refused(root, destination):
-    with pytest.raises(init.SetupError, match="absolute path"):
-        init._open_target(root[1], destination, create_dir=True)
+    with pytest.raises(steps.SetupError, match="absolute path"):
+        mounts.open_target(root[1], destination, create_dir=True)
 
 
 def test_a_missing_path_is_reported_when_not_asked_to_create(root):
     with pytest.raises(FileNotFoundError):
-        init._open_target(root[1], "/proc/kcore")
+        mounts.open_target(root[1], "/proc/kcore")
 
 
 @pytest.mark.parametrize("cwd", ["/proc/self/fd/3", "/proc/1/fd", "/proc/self/task/1/fd/7",
                                  "/proc//self/fd/../fd/4"])
 def test_working_directories_through_proc_fd_are_recognised(cwd):
-    assert init._FD_PATH.match(os.path.normpath(cwd))
+    assert execute.FD_PATH.match(os.path.normpath(cwd))
 
 
 @pytest.mark.parametrize("cwd", ["/", "/proc", "/proc/self", "/home/fd", "/srv/proc/1/fd"])
 def test_ordinary_working_directories_pass(cwd):
-    assert not init._FD_PATH.match(os.path.normpath(cwd))
+    assert not execute.FD_PATH.match(os.path.normpath(cwd))
