@@ -23,7 +23,7 @@ runc's and docker's default allow list, plus run's --device and --privileged
 import copy
 from dataclasses import dataclass
 
-from minict import capabilities, seccomp
+from minict import capabilities, seccomp, seccomp_profile
 from minict import devices as device_rules
 
 OCI_VERSION = "1.0.0"
@@ -248,7 +248,7 @@ def _seccomp(overrides: Overrides, bounding: list[str]) -> dict | None:
         return None
     profile = overrides.seccomp_profile
     try:
-        return seccomp.to_oci(seccomp.DEFAULT_PROFILE if profile is None else profile, bounding)
+        return seccomp.to_oci(seccomp_profile.DEFAULT_PROFILE if profile is None else profile, bounding)
     except seccomp.SeccompError as err:
         raise SpecError(err.message) from None
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from minict import seccomp, spec
+from minict import seccomp, seccomp_profile, spec
 from tests.support import ci
 from tests.support.probes import compile_probe, install_probe
 from tests.test_launch import wait_running
@@ -278,7 +278,7 @@ def test_podman_loading_the_same_profile_gives_the_same_answers(minict, box, pro
     ci.require_tool("runc")
     names = sorted(expected_matrix([]))
     profile = tmp_path / "docker-default.json"
-    profile.write_text(json.dumps(seccomp.DEFAULT_PROFILE))
+    profile.write_text(json.dumps(seccomp_profile.DEFAULT_PROFILE))
     rootfs = tmp_path / "podman-rootfs"
     install_probe(rootfs, probe)
     caps = bounding_set(probe_box(box, probe, names))
@@ -297,7 +297,7 @@ def test_capabilities_decide_the_conditional_rules(minict, box, probe):
 
     def edit(config):
         config["process"]["capabilities"].update(bounding=caps, effective=caps, permitted=caps)
-        config["linux"]["seccomp"] = seccomp.to_oci(seccomp.DEFAULT_PROFILE, caps)
+        config["linux"]["seccomp"] = seccomp.to_oci(seccomp_profile.DEFAULT_PROFILE, caps)
 
     probe_box(box, probe, ["chroot", "unshare_newuser", "clone3", "io_uring_setup"], edit=edit)
     done = minict("start", "--name", "box")
@@ -549,7 +549,7 @@ def names_of(section) -> set:
 ])
 def test_architectures_and_their_rules_follow_the_machine(machine, architectures, present,
                                                            absent):
-    section = seccomp.to_oci(seccomp.DEFAULT_PROFILE, MINICT_CAPS, machine, "6.1.0")
+    section = seccomp.to_oci(seccomp_profile.DEFAULT_PROFILE, MINICT_CAPS, machine, "6.1.0")
     assert section["architectures"] == architectures
     assert present <= names_of(section)
     assert not absent & names_of(section)
@@ -557,7 +557,7 @@ def test_architectures_and_their_rules_follow_the_machine(machine, architectures
 
 def test_s390_checks_clone_flags_in_the_second_argument():
     def clone_args(machine):
-        section = seccomp.to_oci(seccomp.DEFAULT_PROFILE, MINICT_CAPS, machine, "6.1.0")
+        section = seccomp.to_oci(seccomp_profile.DEFAULT_PROFILE, MINICT_CAPS, machine, "6.1.0")
         return [rule["args"][0]["index"] for rule in section["syscalls"]
                 if rule["names"] == ["clone"]]
 
@@ -574,7 +574,7 @@ def test_s390_checks_clone_flags_in_the_second_argument():
      {"reboot", "init_module", "ptrace", "kcmp"}, {"mount", "chroot"}),
 ])
 def test_capabilities_select_rules_as_docker_does(caps, allowed, refused):
-    section = seccomp.to_oci(seccomp.DEFAULT_PROFILE, caps, "x86_64", "4.4.0")
+    section = seccomp.to_oci(seccomp_profile.DEFAULT_PROFILE, caps, "x86_64", "4.4.0")
     names = names_of(section)
     assert allowed <= names
     assert not refused & names
@@ -587,7 +587,7 @@ def test_capabilities_select_rules_as_docker_does(caps, allowed, refused):
 @pytest.mark.parametrize("release, ptrace", [("4.7.10", False), ("4.8.0-1-amd64", True),
                                              ("6.18.0", True), ("3.12-rc5", False)])
 def test_min_kernel_decides_ptrace(release, ptrace):
-    section = seccomp.to_oci(seccomp.DEFAULT_PROFILE, MINICT_CAPS, "x86_64", release)
+    section = seccomp.to_oci(seccomp_profile.DEFAULT_PROFILE, MINICT_CAPS, "x86_64", release)
     assert ("ptrace" in names_of(section)) == ptrace
 
 
@@ -599,7 +599,7 @@ def test_privileged_and_unconfined_have_no_section_and_the_default_has_docker_s(
         seccomp_unconfined=True))["linux"]
     default = spec.generate(image, "n")
     assert default["linux"]["seccomp"] == seccomp.to_oci(
-        seccomp.DEFAULT_PROFILE, default["process"]["capabilities"]["bounding"])
+        seccomp_profile.DEFAULT_PROFILE, default["process"]["capabilities"]["bounding"])
     assert default["process"]["noNewPrivileges"] is False
     # docker: a profile with neither a default action nor rules is no filter.
     assert "seccomp" not in spec.generate(image, "n", overrides=spec.Overrides(
