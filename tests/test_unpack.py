@@ -12,8 +12,9 @@ import tarfile
 
 import pytest
 
-from minict import unpack
+from minict.apply import apply_layer
 from minict.errors import UnpackError
+from minict.layerstream import LayerStream
 from tests.support.images import (
     BlockDevice,
     CharDevice,
@@ -300,8 +301,8 @@ def test_multi_member_gzip(tmp_path):
     (tmp_path / "rootfs").mkdir()
     fd = os.open(tmp_path / "rootfs", os.O_RDONLY)
     try:
-        with unpack.LayerStream(tmp_path / "blob", "gzip") as stream:
-            unpack.apply_layer(fd, stream, "two-members")
+        with LayerStream(tmp_path / "blob", "gzip") as stream:
+            apply_layer(fd, stream, "two-members")
     finally:
         os.close(fd)
     assert (tmp_path / "rootfs/usr/lib/sub/b").read_bytes() == b"B"
@@ -314,8 +315,8 @@ def test_truncated_gzip_is_an_error(tmp_path):
     fd = os.open(tmp_path / "rootfs", os.O_RDONLY)
     try:
         with pytest.raises(UnpackError, match="truncated|ends in the middle"), \
-                unpack.LayerStream(tmp_path / "blob", "gzip") as stream:
-            unpack.apply_layer(fd, stream, "cut")
+                LayerStream(tmp_path / "blob", "gzip") as stream:
+            apply_layer(fd, stream, "cut")
     finally:
         os.close(fd)
 
