@@ -8,15 +8,16 @@ apply): it takes the members minict.tar reads and writes each with dir-fd
 system calls, and owns what a member means for the rootfs: confinement,
 whiteouts, hardlinks, devices, owners, modes, xattrs and directory times.
 
-Confinement: every parent directory is reached one component at a time with
-`openat(..., O_NOFOLLOW | O_DIRECTORY)` from the rootfs's own descriptor, so
-no path is ever resolved through a symlink, inside the rootfs or out of it.
-Members named absolutely (but for the root itself, "/") or with `..`,
+Confinement: every parent directory is reached through minict.rootdirs, one
+component at a time with `openat(..., O_NOFOLLOW | O_DIRECTORY)` from the
+rootfs's own descriptor, so no path is ever resolved through a symlink,
+inside the rootfs or out of it; files are made with dir-fd calls below it,
+and a file replaced is a new inode.  Members named absolutely (but for the root itself, "/") or with `..`,
 members under a symlink, hardlinks and whiteouts reaching outside, and
 entries that would replace the root with a non-directory are refused with an
-error naming the layer and the entry.  Hardlink targets
-may be absolute (real images have them): they are taken relative to the
-rootfs, like everything else.
+error naming the layer and the entry.  Hardlink targets may be absolute
+(real images have them): they are taken relative to the rootfs, like
+everything else.
 
 Bounds: besides the reader's (minict.tar), what the applier remembers per
 entry is a 16-byte digest of its path; only the paths of directories whose
