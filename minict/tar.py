@@ -96,32 +96,29 @@ class TarStream:
         self._pos += n
         return bytes(self._buf[start:self._pos])
 
-    def _next(self, n: int) -> memoryview:
-        """Return a memoryview of the next bytes, at most n (and at least one)."""
-        if self._pos == len(self._buf) and not self._fill():
-            raise UnpackError("layer tar stream ends in the middle of a file")
-        start = self._pos
-        self._pos = min(start + n, len(self._buf))
-        return self._buf[start:self._pos]
-
     def skip(self, n: int) -> None:
         while n:
-            n -= len(self._next(n))
-
-    def begin_data(self, size: int) -> None:
-        """Note that the next `size` bytes are a member's data, padded to a block."""
-        self._left, self._padding = size, -size % 512
+            if self._pos == len(self._buf) and not self._fill():
+                raise UnpackError("layer tar stream ends in the middle of a file")
+            start = self._pos
+            self._pos = min(start + n, len(self._buf))
+            n -= self._pos - start
 
     def data(self):
         """Yield memoryviews of the current member's data as the pieces arrive, then skip its padding."""
         while self._left:
-            chunk = self._next(self._left)
-            self._left -= len(chunk)
-            yield chunk
-        self.end_member()
+            if self._pos == len(self._buf) and not self._fill():
+                raise UnpackError("layer tar stream ends in the middle of a file")
+            start = self._pos
+            self._pos = min(start + self._left, len(self._buf))
+            self._left -= self._pos - start
+            yield self._buf[start:self._pos]
+        if self._padding:
+            padding, self._padding = self._padding, 0
+            self.skip_padding(padding)
 
     def end_member(self) -> None:
-        """Skip what is left of the current member's data and padding."""
+        """Skip what the caller left of the current member's data, and its padding."""
         if self._left:
             left, self._left = self._left, 0
             self.skip(left)
@@ -317,6 +314,9 @@ def members(reader: TarStream):
         # reader.data()); the other types are header-only whatever their size
         # field says (as Go's archive/tar).
         if kind in REGULAR:
-            reader.begin_data(e.size)
-        yield e
-        reader.end_member()
+            reader._left, reader._padding = e.size, -e.size % 512  # what data() reads
+            yield e
+            if reader._left or reader._padding:  # the caller did not read it all
+                reader.end_member()
+        else:
+            yield e
