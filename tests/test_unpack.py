@@ -94,6 +94,19 @@ def test_opaque_root_directory(tmp_path):
     assert os.listdir(root) == ["only"]
 
 
+def test_a_whiteout_carrying_data_is_read_past(tmp_path):
+    # Whiteouts are empty files; one with data must not have that data read as headers.
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in ((".wh.hosts", b"x" * 600), ("after", b"1")):
+            info = tarfile.TarInfo(f"etc/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    root = unpacked(tmp_path, BASE, buf.getvalue())
+    assert not (root / "etc/hosts").exists()
+    assert (root / "etc/after").read_bytes() == b"1"
+
+
 def test_whiteout_entries_are_not_materialised(tmp_path):
     root = unpacked(tmp_path, BASE, [Whiteout("etc/hosts"), Opaque("usr"),
                                      File("usr/.wh..wh.plnk", b"")])
