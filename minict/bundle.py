@@ -25,8 +25,10 @@ import time
 from pathlib import Path
 
 from minict import layout as layouts
-from minict import log, spec, store, unpack
+from minict import log, spec, store
+from minict.apply import apply_layer, open_dir_at
 from minict.errors import MinictError, UnpackError
+from minict.layerstream import LAYER_MEDIA_TYPES, LayerStream
 from minict.reference import Reference
 from minict.rmtree import remove_tree  # the bundle's delete; callers use bundle.remove_tree
 
@@ -131,7 +133,7 @@ def _read_image(image: layouts.Layout, descriptor: dict) -> tuple[dict, dict]:
         raise MinictError(f"config lists {len(diff_ids) if isinstance(diff_ids, list) else 'no'} "
                           f"diff_ids for {len(layers)} layers")
     for layer, diff_id in zip(layers, diff_ids):
-        if not isinstance(layer, dict) or layer.get("mediaType") not in unpack.LAYER_MEDIA_TYPES:
+        if not isinstance(layer, dict) or layer.get("mediaType") not in LAYER_MEDIA_TYPES:
             kind = layer.get("mediaType") if isinstance(layer, dict) else layer
             raise MinictError(f"unsupported layer media type {kind!r}")
         layouts.check_digest(layer.get("digest"))
@@ -160,13 +162,13 @@ def _build(bundle: Path, image: layouts.Layout, manifest: dict, config: dict, na
         for layer, diff_id in zip(manifest["layers"], diff_ids):
             digest = layer["digest"]
             log.info(f"unpack layer: {digest}")
-            compression = unpack.LAYER_MEDIA_TYPES[layer["mediaType"]]
+            compression = LAYER_MEDIA_TYPES[layer["mediaType"]]
             blob = image.blob_path(digest)
             if not blob.is_file():
                 raise UnpackError(f"layer {digest} is missing from {image.path}")
             started = time.monotonic()
-            with unpack.LayerStream(blob, compression) as stream:
-                unpack.apply_layer(root_fd, stream, digest)
+            with LayerStream(blob, compression) as stream:
+                apply_layer(root_fd, stream, digest)
             if stream.diff_id != diff_id:
                 raise UnpackError(f"layer {digest}: its content is {stream.diff_id}, "
                                   f"the image config says {diff_id}")
@@ -210,7 +212,7 @@ def read_user_databases(rootfs) -> tuple[str | None, str | None]:
 def _read_user_db(root_fd: int, name: str) -> str | None:
     """Return the rootfs's /etc/<name>, or None if absent; never follow a symlink out."""
     try:
-        etc = unpack.open_dir_at(root_fd, "etc")
+        etc = open_dir_at(root_fd, "etc")
     except OSError:
         return None
     try:

@@ -258,7 +258,7 @@ def test_remove_tree_does_not_enter_a_mount(tmp_path):
 
 def test_remove_at_refuses_another_device(tmp_path):
     # The st_dev check on its own, below remove_tree's mountinfo check.
-    from minict import unpack
+    from minict import rmtree
 
     victim = tmp_path / "victim"
     (victim / "mnt").mkdir(parents=True)
@@ -268,7 +268,7 @@ def test_remove_at_refuses_another_device(tmp_path):
         fd = os.open(tmp_path, os.O_RDONLY)
         try:
             with pytest.raises(OSError, match="mount point"):
-                unpack.remove_at(fd, "victim", os.stat(tmp_path).st_dev)
+                rmtree.remove_at(fd, "victim", os.stat(tmp_path).st_dev)
         finally:
             os.close(fd)
         assert (victim / "mnt/precious").read_text() == "keep\n"

@@ -12,8 +12,9 @@ import tarfile
 
 import pytest
 
-from minict import unpack
+from minict.apply import apply_layer
 from minict.errors import UnpackError
+from minict.layerstream import LayerStream
 from tests.support.images import (
     BlockDevice,
     CharDevice,
@@ -91,6 +92,19 @@ def test_opaque_directory_hides_lower_content_only(tmp_path, opaque_first):
 def test_opaque_root_directory(tmp_path):
     root = unpacked(tmp_path, BASE, [Opaque(""), File("only", b"1")])
     assert os.listdir(root) == ["only"]
+
+
+def test_a_whiteout_carrying_data_is_read_past(tmp_path):
+    # Whiteouts are empty files; one with data must not have that data read as headers.
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in ((".wh.hosts", b"x" * 600), ("after", b"1")):
+            info = tarfile.TarInfo(f"etc/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    root = unpacked(tmp_path, BASE, buf.getvalue())
+    assert not (root / "etc/hosts").exists()
+    assert (root / "etc/after").read_bytes() == b"1"
 
 
 def test_whiteout_entries_are_not_materialised(tmp_path):
@@ -300,8 +314,8 @@ def test_multi_member_gzip(tmp_path):
     (tmp_path / "rootfs").mkdir()
     fd = os.open(tmp_path / "rootfs", os.O_RDONLY)
     try:
-        with unpack.LayerStream(tmp_path / "blob", "gzip") as stream:
-            unpack.apply_layer(fd, stream, "two-members")
+        with LayerStream(tmp_path / "blob", "gzip") as stream:
+            apply_layer(fd, stream, "two-members")
     finally:
         os.close(fd)
     assert (tmp_path / "rootfs/usr/lib/sub/b").read_bytes() == b"B"
@@ -314,8 +328,8 @@ def test_truncated_gzip_is_an_error(tmp_path):
     fd = os.open(tmp_path / "rootfs", os.O_RDONLY)
     try:
         with pytest.raises(UnpackError, match="truncated|ends in the middle"), \
-                unpack.LayerStream(tmp_path / "blob", "gzip") as stream:
-            unpack.apply_layer(fd, stream, "cut")
+                LayerStream(tmp_path / "blob", "gzip") as stream:
+            apply_layer(fd, stream, "cut")
     finally:
         os.close(fd)
 

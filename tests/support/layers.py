@@ -1,4 +1,4 @@
-"""Apply test layers with minict.unpack and describe the resulting trees.
+"""Apply test layers with minict.apply and describe the resulting trees.
 
     root = unpack_layers(tmp_path / "rootfs", [[File("a", b"x")], [Whiteout("a")]])
     tree(root)  ->  {"path": (type, mode, uid, gid, size, sha256, link, xattrs, rdev, nlink)}
@@ -12,7 +12,8 @@ import os
 import stat
 from pathlib import Path
 
-from minict import unpack
+from minict.apply import apply_layer
+from minict.layerstream import LayerStream
 from tests.support.images import Layer, compress, sha256, tar_layer
 
 
@@ -37,8 +38,8 @@ def unpack_layers(root: Path, layers, compression=None, name="test-layer") -> Pa
     try:
         for i, layer in enumerate(layers):
             path, diff_id = layer_blob(root.parent / "blobs", layer, compression)
-            with unpack.LayerStream(path, compression) as stream:
-                unpack.apply_layer(fd, stream, f"{name}-{i}")
+            with LayerStream(path, compression) as stream:
+                apply_layer(fd, stream, f"{name}-{i}")
             assert stream.diff_id == diff_id
     finally:
         os.close(fd)
