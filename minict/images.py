@@ -22,7 +22,7 @@ import stat
 from pathlib import Path
 
 from minict import layout as layouts
-from minict import log, store
+from minict import log, mediatypes, store
 from minict.errors import MinictError
 from minict.reference import Reference
 
@@ -143,14 +143,14 @@ def referenced(layout: layouts.Layout) -> set[str]:
     todo = [(d, True) for d in layout.read_index()["manifests"] if isinstance(d, dict)]
     while todo:
         descriptor, parent = todo.pop()
-        digest = layouts.check_digest(descriptor.get("digest"))
+        digest = mediatypes.check_digest(descriptor.get("digest"))
         if digest in seen:
             continue
         seen.add(digest)
         if not parent:
             continue
         document = layout.read_json_blob(digest)
-        if "manifests" in document:
+        if mediatypes.is_index(descriptor.get("mediaType"), document):
             todo += [(c, True) for c in document.get("manifests") or [] if isinstance(c, dict)]
         else:
             leaves = [document.get("config"), *(document.get("layers") or [])]

@@ -33,7 +33,7 @@ import json
 import os
 import re
 
-from minict import linux
+from minict import fsutil, linux
 from minict.errors import MinictError
 
 
@@ -415,10 +415,6 @@ def binding():
     return libseccomp
 
 
-# The bundle's cache of generated BPF code (see program()).
-CACHE_NAME = "seccomp-bpf.json"
-
-
 class Program:
     """The filters of one `linux.seccomp` section: (seccomp(2) flags, BPF code) pairs."""
 
@@ -449,8 +445,7 @@ def program(section: dict, cache: str | None = None) -> Program:
            "binding": [lib.__file__, made_by.st_size, made_by.st_mtime_ns]}
     if cache is not None:
         try:
-            with open(cache, "rb") as file:
-                stored = json.load(file)
+            stored = fsutil.load_json(cache)
             if stored.get("key") == key:
                 return Program([(f, bytes.fromhex(c)) for f, c in stored["filters"]])
         except (OSError, ValueError, AttributeError, TypeError):
@@ -463,14 +458,8 @@ def program(section: dict, cache: str | None = None) -> Program:
 
 def _store(path: str, document: dict) -> None:
     """Replace `path` by `document` atomically; a failure only costs the next start time."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as file:
-            json.dump(document, file)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    with contextlib.suppress(OSError):
+        fsutil.write_json_atomic(path, document, fsync=False)
 
 
 def _build(section: dict, lib) -> list[tuple[int, bytes]]:

@@ -43,21 +43,8 @@ import threading
 
 from minict import log
 from minict.errors import UnpackError
+from minict.fsutil import open_dir_at
 from minict.rmtree import remove_at
-
-# Layer media types and their compression (image-spec media-types.md, and
-# Docker's, which skopeo keeps when it copies schema 2 images).
-LAYER_MEDIA_TYPES = {
-    "application/vnd.oci.image.layer.v1.tar": None,
-    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
-    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar": None,
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
-    "application/vnd.docker.image.rootfs.diff.tar": None,
-    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
-}
 
 _READ_SIZE = 1 << 20  # compressed bytes read at a time
 _PIECE_MAX = 1 << 20  # most uncompressed bytes handed over at a time (bounds a gzip bomb)
@@ -428,21 +415,6 @@ def _entries(reader: _Reader):
         # Only regular files carry data (apply_layer consumes it); the other
         # types are header-only whatever their size field says (as Go's archive/tar).
         yield e
-
-
-# -- opening directories without following symlinks or leaving the file system ----
-
-
-def open_dir_at(dir_fd: int, name, dev: int | None = None) -> int:
-    """Open directory `name` under `dir_fd` without following a symlink.
-
-    With `dev`, refuse (OSError EXDEV) a directory on another device: a mount point.
-    """
-    fd = os.open(name, _O_DIR, dir_fd=dir_fd)
-    if dev is not None and os.fstat(fd).st_dev != dev:
-        os.close(fd)
-        raise OSError(errno.EXDEV, "is a mount point of another file system", name)
-    return fd
 
 
 # -- applying one layer --------------------------------------------------------------
