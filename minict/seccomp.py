@@ -29,7 +29,6 @@ gets the profile's answer, an unknown one ENOSYS.
 import contextlib
 import copy
 import errno as errnos
-import json
 import os
 import re
 
@@ -339,8 +338,7 @@ def read_profile(path: str, bounding=()) -> dict | None:
     one error line before anything is unpacked.  Raise SeccompError.
     """
     try:
-        with open(path, "rb") as file:
-            document = json.loads(file.read(4 * 1024 * 1024 + 1))
+        document = fsutil.load_json(path)  # bounded: a deep one is an error, not a RecursionError
     except OSError as err:
         raise SeccompError(f"cannot read seccomp profile {path}: {err.strerror}") from None
     except ValueError as err:

@@ -268,6 +268,8 @@ def _stale(entry: dict) -> bool:
     the bundle exists, so a range being set up is never taken for stale.
     """
     base, name = entry["minictDir"], entry["name"]
+    if not store.CONTAINER_NAME.match(name):
+        return False  # no minict wrote this name: never free what cannot be checked
     if any(os.path.lexists(p) for p in (store.container_dir(name, base),
                                         store.partial_bundle_dir(name, base))):
         return False

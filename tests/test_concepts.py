@@ -234,3 +234,13 @@ def test_start_does_not_import_the_image_side():
                 if line.startswith("import time:")}
     assert "minict.container" in imported
     assert not imported & {"minict.mediatypes", "minict.pull", "minict.bundle", "minict.layout"}
+
+
+def test_a_seccomp_profile_nested_too_deep_is_refused_in_one_line(tmp_path):
+    """Files a user hands over are parsed by boundedjson too: no RecursionError traceback."""
+    from minict import seccomp
+
+    profile = tmp_path / "deep.json"
+    profile.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(seccomp.SeccompError, match="nested deeper than"):
+        seccomp.read_profile(str(profile))
