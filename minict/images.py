@@ -27,7 +27,7 @@ from minict.errors import MinictError
 from minict.reference import Reference
 
 # What an image layout holds besides blobs/: removed when its last tag goes.
-_LAYOUT_FILES = ("index.json", "oci-layout", ".index.lock")
+_LAYOUT_FILES = (store.LAYOUT_INDEX_NAME, store.LAYOUT_MARKER_NAME, store.LAYOUT_LOCK_NAME)
 _HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -100,7 +100,7 @@ def prune_partial_downloads(force: bool) -> list[str]:
     deleted = []
     with sweeping():
         for _, path in store.list_image_dirs():
-            partial = layouts.Layout(path).path / layouts.PARTIAL_DIR
+            partial = layouts.Layout(path).partial_dir
             try:
                 names = sorted(os.listdir(partial))
             except FileNotFoundError:
@@ -194,8 +194,8 @@ def _remove_layout(layout: layouts.Layout) -> None:
     """
     from minict import bundle  # its remove_tree stays on one file system, follows no symlink
 
-    for sub in ("blobs", layouts.PARTIAL_DIR):
-        bundle.remove_tree(layout.path / sub)
+    for sub in (layout.path / store.LAYOUT_BLOBS_NAME, layout.partial_dir):
+        bundle.remove_tree(sub)
     for name in _LAYOUT_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(layout.path / name)

@@ -1,7 +1,11 @@
 """The only place that turns names into paths under $MINICT_DIR and $MINICT_RUN_DIR.
 
     $MINICT_DIR/                      (default /var/lib/minict; created 0700)
-      images/<repository>/            an OCI image layout per repository
+      images/<repository>/            an OCI image layout per repository (layout.py):
+        oci-layout, index.json,         the image-layout spec's entries
+        blobs/sha256/<hex>
+        .index.lock                     held while index.json is rewritten
+        .partial/<hex>                  resumable downloads
       containers/<name>/              an OCI runtime bundle per container (bundle_file):
         config.json, rootfs/          the runtime config and root (bundle.py)
         .minict-complete              the completion mark, written last (bundle.py)
@@ -40,9 +44,16 @@ DEFAULT_ROOT = "/var/lib/minict"
 DEFAULT_RUN_DIR = "/run/minict"
 LEFTOVER_AGE = 60 * 60  # seconds after which `prune` takes an interrupted run's or pull's leftovers
 CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
-# Names an OCI image layout uses for itself; a repository path component
-# with one of these names would land inside another repository's layout.
-_LAYOUT_ENTRIES = frozenset({"blobs", "index.json", "oci-layout"})
+# The entries of an image layout (image-layout spec), and minict's two
+# additions: the lock of index.json and the resumable downloads (layout.py).
+LAYOUT_INDEX_NAME = "index.json"
+LAYOUT_MARKER_NAME = "oci-layout"
+LAYOUT_BLOBS_NAME = "blobs"
+LAYOUT_LOCK_NAME = ".index.lock"
+LAYOUT_PARTIAL_NAME = ".partial"
+# A repository path component with one of these names would land inside
+# another repository's layout.
+_LAYOUT_ENTRIES = frozenset({LAYOUT_BLOBS_NAME, LAYOUT_INDEX_NAME, LAYOUT_MARKER_NAME})
 
 # The files of a bundle (bundle_file names them).
 CONFIG_NAME = "config.json"
@@ -219,8 +230,8 @@ def list_image_dirs() -> list[tuple[str, Path]]:
     base = images_dir()
     try:
         for current, dirs, files in os.walk(base, onerror=_raise_walk_error):
-            dirs[:] = sorted(d for d in dirs if d != "blobs" and not d.startswith("."))
-            if "oci-layout" in files:
+            dirs[:] = sorted(d for d in dirs if d != LAYOUT_BLOBS_NAME and not d.startswith("."))
+            if LAYOUT_MARKER_NAME in files:
                 found.append((os.path.relpath(current, base), Path(current)))
     except OSError as err:
         raise MinictError(f"cannot read {base}: {err.strerror}") from None

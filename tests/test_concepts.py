@@ -213,7 +213,8 @@ def _modules_except(*owners: str):
 def test_only_store_names_files_under_minict_dir():
     names = {store.COMPLETE_MARK, store.STATE_NAME, store.NETWORK_SETTINGS_NAME,
              store.SECCOMP_CACHE_NAME, store.PARTIAL_PREFIX, store.LEASES_NAME, "containers",
-             "images", ".lock"}
+             "images", ".lock", store.LAYOUT_INDEX_NAME, store.LAYOUT_MARKER_NAME,
+             store.LAYOUT_BLOBS_NAME, store.LAYOUT_LOCK_NAME, store.LAYOUT_PARTIAL_NAME}
     found = {(p.name, s) for p in _modules_except("store.py") for s in _string_constants(p)
              if s in names}
     assert not found
