@@ -139,8 +139,7 @@ class Layout:
 
     def read_index(self) -> dict:
         try:
-            with open(self.index_path, "rb") as f:
-                index = boundedjson.loads(f.read(JSON_BLOB_MAX + 1), JSON_BLOB_MAX)
+            index = fsutil.load_json(self.index_path, JSON_BLOB_MAX)
         except FileNotFoundError:
             return {"schemaVersion": 2, "manifests": []}
         except ValueError as err:
