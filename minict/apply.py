@@ -41,8 +41,9 @@ import stat
 
 from minict import log
 from minict.errors import UnpackError
+from minict.fsutil import open_dir_at
 from minict.rmtree import remove_at
-from minict.rootdirs import RootDirs, open_dir_at, split_name
+from minict.rootdirs import RootDirs, split_name
 from minict.tar import REGULAR, Member, Refused, TarStream, members
 
 _O_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -7,7 +7,7 @@
 The bundle is built under `containers/.partial-<name>` (a name that
 list-containers ignores) and renamed to `containers/<name>` only once
 complete, so a container directory always holds a whole bundle.  The mark
-(`COMPLETE_MARK`, check it with `is_complete`) is written just before that
+(`store.COMPLETE_MARK`, check it with `is_complete`) is written just before that
 rename, so a bundle without it was cut short (an error, Ctrl-C, kill -9).
 `create` removes its half-made bundle on any error; one left by a killed
 process is removed by the next `create` of that name.
@@ -17,39 +17,25 @@ stays on one mount, never follows a symlink and works at any depth
 (container.remove uses it too).
 """
 
-import json
 import os
-import platform
 import stat
 import time
 from pathlib import Path
 
+from minict import fsutil, log, mediatypes, spec, store
 from minict import layout as layouts
-from minict import log, spec, store
-from minict.apply import apply_layer, open_dir_at
+from minict.apply import apply_layer
 from minict.errors import MinictError, UnpackError
-from minict.layerstream import LAYER_MEDIA_TYPES, LayerStream
+from minict.layerstream import LayerStream
 from minict.reference import Reference
 from minict.rmtree import remove_tree  # the bundle's delete; callers use bundle.remove_tree
 
-COMPLETE_MARK = ".minict-complete"
-PARTIAL_PREFIX = ".partial-"
-CONFIG_NAME = "config.json"
-ROOTFS_NAME = "rootfs"
-
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MANIFEST_TYPES = {layouts.OCI_MANIFEST, DOCKER_MANIFEST}
-CONFIG_TYPES = {layouts.OCI_CONFIG, DOCKER_CONFIG}
-INDEX_TYPES = {layouts.OCI_INDEX, DOCKER_LIST}
-_GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
 _USER_DB_MAX = 4 * 1024 * 1024
 
 
 def is_complete(bundle: Path) -> bool:
     """Return whether `bundle` was fully built (its completion mark exists)."""
-    return os.path.isfile(os.path.join(bundle, COMPLETE_MARK))
+    return os.path.isfile(store.bundle_file(bundle, store.COMPLETE_MARK))
 
 
 def create(ref: Reference, name: str, overrides: spec.Overrides | None = None) -> Path:
@@ -75,7 +61,7 @@ def create(ref: Reference, name: str, overrides: spec.Overrides | None = None) -
         raise UnpackError(f"image {ref.familiar()}: {err.message}") from None
 
     store.ensure_dirs()
-    partial = bundle.with_name(PARTIAL_PREFIX + name)
+    partial = store.partial_bundle_dir(name)
     for leftover in (bundle, partial):
         if os.path.lexists(leftover):
             if is_complete(leftover) and leftover == bundle:
@@ -88,11 +74,12 @@ def create(ref: Reference, name: str, overrides: spec.Overrides | None = None) -
         raise UnpackError(f"cannot create {partial}: {err.strerror}") from None
     try:
         _build(partial, image, manifest, config, name, overrides)
-        _write_json_atomic(partial / COMPLETE_MARK, {
-            "image": ref.familiar(),
-            "manifest": descriptor["digest"],
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        })
+        # No fsync, here or for config.json: on ext4 (data=ordered) it would wait
+        # for the whole rootfs just written to reach the disk, and the rootfs is
+        # not synced either; the rename is what protects readers.
+        mark = {"image": ref.familiar(), "manifest": descriptor["digest"],
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        fsutil.write_json_atomic(store.bundle_file(partial, store.COMPLETE_MARK), mark, fsync=False)
         os.rename(partial, bundle)  # fails rather than replace a bundle made meanwhile
     except BaseException as err:
         try:
@@ -109,23 +96,20 @@ def create(ref: Reference, name: str, overrides: spec.Overrides | None = None) -
 
 def _read_image(image: layouts.Layout, descriptor: dict) -> tuple[dict, dict]:
     """Return (manifest, config) of the image `descriptor` names, checked."""
-    if descriptor.get("mediaType") in INDEX_TYPES:
-        descriptor = _pick_platform(image.read_json_blob(descriptor.get("digest")))
+    if descriptor.get("mediaType") in mediatypes.INDEX_TYPES:
+        descriptor = pick_platform(image.read_json_blob(descriptor.get("digest")))
     manifest = image.read_json_blob(descriptor.get("digest"))
     # umoci writes manifests without mediaType: absent is fine, a wrong one is not.
     kind = manifest.get("mediaType", descriptor.get("mediaType"))
-    if kind is not None and kind not in MANIFEST_TYPES:
+    if kind is not None and kind not in mediatypes.MANIFEST_TYPES:
         raise MinictError(f"unsupported manifest media type {kind!r}")
-    config_desc = manifest.get("config")
-    layers = manifest.get("layers")
-    if not isinstance(config_desc, dict) or not isinstance(layers, list):
-        raise MinictError("manifest has no config or no layers")
-    if config_desc.get("mediaType") not in CONFIG_TYPES:
+    config_desc, layers = mediatypes.check_manifest(manifest, "stored manifest")
+    if config_desc.get("mediaType") not in mediatypes.CONFIG_TYPES:
         raise MinictError(f"unsupported config media type {config_desc.get('mediaType')!r}")
     config = image.read_json_blob(config_desc.get("digest"))
     if config.get("os", "linux") != "linux":
         raise MinictError(f"image is for {config.get('os')!r}; minict runs linux images only")
-    arch = _GO_ARCH.get(platform.machine(), platform.machine())
+    arch = mediatypes.host_platform().split("/")[1]
     if config.get("architecture") not in (None, arch):
         log.warn(f"image is for architecture {config.get('architecture')}, this host is {arch}")
     diff_ids = (config.get("rootfs") or {}).get("diff_ids")
@@ -133,27 +117,27 @@ def _read_image(image: layouts.Layout, descriptor: dict) -> tuple[dict, dict]:
         raise MinictError(f"config lists {len(diff_ids) if isinstance(diff_ids, list) else 'no'} "
                           f"diff_ids for {len(layers)} layers")
     for layer, diff_id in zip(layers, diff_ids):
-        if not isinstance(layer, dict) or layer.get("mediaType") not in LAYER_MEDIA_TYPES:
+        if not isinstance(layer, dict) or layer.get("mediaType") not in mediatypes.LAYER_MEDIA_TYPES:
             kind = layer.get("mediaType") if isinstance(layer, dict) else layer
             raise MinictError(f"unsupported layer media type {kind!r}")
-        layouts.check_digest(layer.get("digest"))
-        layouts.check_digest(diff_id)
+        mediatypes.check_digest(layer.get("digest"))
+        mediatypes.check_digest(diff_id)
     return manifest, config
 
 
-def _pick_platform(index: dict) -> dict:
-    arch = _GO_ARCH.get(platform.machine(), platform.machine())
-    for d in index.get("manifests") or []:
-        p = d.get("platform") or {}
-        if p.get("os") == "linux" and p.get("architecture") == arch:
-            return d
-    raise MinictError(f"the image index has no linux/{arch} image")
+def pick_platform(index: dict) -> dict:
+    """Return the entry of a stored `index` this host runs, as pull picks it; raise MinictError."""
+    want = mediatypes.host_platform()
+    entry = mediatypes.select_platform(index, want)
+    if entry is None:
+        raise MinictError(f"the image index has no {want} image")
+    return entry
 
 
 def _build(bundle: Path, image: layouts.Layout, manifest: dict, config: dict, name: str,
            overrides: spec.Overrides | None = None) -> None:
     """Apply every layer into bundle/rootfs, then write bundle/config.json."""
-    rootfs = bundle / ROOTFS_NAME
+    rootfs = store.bundle_file(bundle, store.ROOTFS_NAME)
     os.mkdir(rootfs, 0o755)
     os.chmod(rootfs, 0o755)  # the umask's choice is not the image's; "." entries may change it
     root_fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -162,7 +146,7 @@ def _build(bundle: Path, image: layouts.Layout, manifest: dict, config: dict, na
         for layer, diff_id in zip(manifest["layers"], diff_ids):
             digest = layer["digest"]
             log.info(f"unpack layer: {digest}")
-            compression = LAYER_MEDIA_TYPES[layer["mediaType"]]
+            compression = mediatypes.LAYER_MEDIA_TYPES[layer["mediaType"]]
             blob = image.blob_path(digest)
             if not blob.is_file():
                 raise UnpackError(f"layer {digest} is missing from {image.path}")
@@ -181,8 +165,9 @@ def _build(bundle: Path, image: layouts.Layout, manifest: dict, config: dict, na
         document = spec.generate(config, name, passwd, group, overrides,
                                  host_masked=thermal_throttle_paths())
     except spec.SpecError as err:
-        raise UnpackError(f"cannot write {CONFIG_NAME}: {err}") from None
-    _write_json_atomic(bundle / CONFIG_NAME, document, indent="\t")
+        raise UnpackError(f"cannot write {store.CONFIG_NAME}: {err}") from None
+    fsutil.write_json_atomic(store.bundle_file(bundle, store.CONFIG_NAME), document, fsync=False,
+                             indent="\t")
 
 
 def thermal_throttle_paths() -> tuple[str, ...]:
@@ -212,7 +197,7 @@ def read_user_databases(rootfs) -> tuple[str | None, str | None]:
 def _read_user_db(root_fd: int, name: str) -> str | None:
     """Return the rootfs's /etc/<name>, or None if absent; never follow a symlink out."""
     try:
-        etc = open_dir_at(root_fd, "etc")
+        etc = fsutil.open_dir_at(root_fd, "etc")
     except OSError:
         return None
     try:
@@ -229,17 +214,3 @@ def _read_user_db(root_fd: int, name: str) -> str | None:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             return None
         return f.read(_USER_DB_MAX).decode("utf-8", "replace")
-
-
-def _write_json_atomic(path: Path, document: dict, indent=None) -> None:
-    """Write `document` through a temporary file and rename.
-
-    No fsync: on ext4 (data=ordered) it would wait for the whole rootfs just
-    written to reach the disk, and the rootfs is not synced either; the
-    rename is what protects readers from a half-written file.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(document, f, indent=indent)
-        f.write("\n")
-    os.replace(tmp, path)

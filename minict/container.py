@@ -24,19 +24,15 @@ gone and only reports it (_record).
 """
 
 import fcntl
-import json
 import os
 import signal
 import time
 
-from minict import boundedjson, launch, linux, log, store, userns
+from minict import boundedjson, fsutil, launch, linux, log, store, userns
 from minict.errors import ContainerError, LaunchError, MinictError, NetworkError
 
 # bundle.py's names, repeated so that `start` need not import the unpacker
 # (tests check they agree): the completion mark and the config's name.
-COMPLETE_MARK = ".minict-complete"
-CONFIG_NAME = "config.json"
-STATE_NAME = "state.json"
 EXITED_MESSAGE = "Container process exited. It can be started again using the 'start' option."
 # How long `rm --force` waits for the minict that runs a container to let go
 # of it after the kill: a working one does within milliseconds; one that is
@@ -226,7 +222,7 @@ def _exec_process(path, config: dict, args, env, workdir, user) -> dict:
     if user is not None:
         from minict import bundle, spec
 
-        rootfs = os.path.join(path, (config.get("root") or {}).get("path", "rootfs"))
+        rootfs = os.path.join(path, (config.get("root") or {}).get("path", store.ROOTFS_NAME))
         try:
             resolved = spec.resolve_user(user, *bundle.read_user_databases(rootfs))
         except spec.SpecError as err:
@@ -285,9 +281,9 @@ def prune_partial_bundles(force: bool) -> list[str]:
     except FileNotFoundError:
         return []
     for entry in entries:
-        name = entry.removeprefix(bundles.PARTIAL_PREFIX)
+        name = store.partial_bundle_name(entry)
         path = store.containers_dir() / entry
-        if name == entry or not store.CONTAINER_NAME.match(name):
+        if name is None:
             continue
         if not force and not store.is_leftover_old(path):
             continue
@@ -333,17 +329,12 @@ def running_pid(path) -> int | None:
 
 def is_complete(path) -> bool:
     """Return whether the bundle at `path` was fully built (bundle.is_complete)."""
-    return os.path.isfile(os.path.join(path, COMPLETE_MARK))
+    return os.path.isfile(store.bundle_file(path, store.COMPLETE_MARK))
 
 
 def read_state(path) -> dict:
     """Return the bundle's state.json, or {} if it has none or it is unreadable."""
-    try:
-        with open(os.path.join(path, STATE_NAME), "rb") as f:
-            state = boundedjson.loads(f.read(boundedjson.SIZE_MAX + 1))
-    except (OSError, ValueError):
-        return {}
-    return state if isinstance(state, dict) else {}
+    return fsutil.read_json(store.bundle_file(path, store.STATE_NAME), {})
 
 
 # -- running ------------------------------------------------------------------------
@@ -400,16 +391,15 @@ def _create_cgroup(name: str, config: dict):
 
 def _read_config(path) -> dict:
     try:
-        with open(os.path.join(path, CONFIG_NAME), "rb") as f:
-            config = boundedjson.loads(f.read(boundedjson.SIZE_MAX + 1))
+        config = fsutil.load_json(store.bundle_file(path, store.CONFIG_NAME))
     except OSError as err:
-        raise LaunchError(f"cannot read {path}/{CONFIG_NAME}: {err.strerror}") from None
+        raise LaunchError(f"cannot read {path}/{store.CONFIG_NAME}: {err.strerror}") from None
     except boundedjson.UnsafeJSON as err:
-        raise LaunchError(f"{path}/{CONFIG_NAME} is {err}") from None
+        raise LaunchError(f"{path}/{store.CONFIG_NAME} is {err}") from None
     except ValueError as err:
-        raise LaunchError(f"{path}/{CONFIG_NAME} is not valid JSON: {err}") from None
+        raise LaunchError(f"{path}/{store.CONFIG_NAME} is not valid JSON: {err}") from None
     if not isinstance(config, dict):
-        raise LaunchError(f"{path}/{CONFIG_NAME} is not a JSON object")
+        raise LaunchError(f"{path}/{store.CONFIG_NAME} is not a JSON object")
     return config
 
 
@@ -439,10 +429,7 @@ def _write_state(path, state: dict) -> None:
     # after a crash the lock, not this file, says whether anything runs.
     if "autoRemove" not in state and read_state(path).get("autoRemove"):
         state = {**state, "autoRemove": True}  # run --rm's choice lasts the container's life
-    tmp = os.path.join(path, f".{STATE_NAME}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(state, f)
-    os.replace(tmp, os.path.join(path, STATE_NAME))
+    fsutil.write_json_atomic(store.bundle_file(path, store.STATE_NAME), state, fsync=False)
 
 
 def _kill_and_wait(name: str, path) -> int | None:
@@ -542,7 +529,7 @@ def _remove_unowned(name: str, path) -> None:
              + (f" (pid {holder}{_stopped(holder)})" if holder is not None else "")
              + " does not answer; removing the killed container without it")
     unmount_below(path)
-    aside = path.with_name(bundles.PARTIAL_PREFIX + name)
+    aside = store.partial_bundle_dir(name)
     bundles.remove_tree(aside)  # no run of this name can be building it: the lock is held
     try:
         os.rename(path, aside)
@@ -578,8 +565,7 @@ def _parent(pid: int, proc_fd: int | None = None) -> int | None:
 # -- locks --------------------------------------------------------------------------
 
 def _lock_path(name: str):
-    # Container names start with a letter or digit: no container is called this.
-    return store.containers_dir() / f".{store.check_container_name(name)}.lock"
+    return store.container_lock(name)
 
 
 # A probe of a lock (is_running(), rm --force waiting for a minict to let go)

@@ -22,12 +22,12 @@ import stat
 from pathlib import Path
 
 from minict import layout as layouts
-from minict import log, store
+from minict import log, mediatypes, store
 from minict.errors import MinictError
 from minict.reference import Reference
 
 # What an image layout holds besides blobs/: removed when its last tag goes.
-_LAYOUT_FILES = ("index.json", "oci-layout", ".index.lock")
+_LAYOUT_FILES = (store.LAYOUT_INDEX_NAME, store.LAYOUT_MARKER_NAME, store.LAYOUT_LOCK_NAME)
 _HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -100,7 +100,7 @@ def prune_partial_downloads(force: bool) -> list[str]:
     deleted = []
     with sweeping():
         for _, path in store.list_image_dirs():
-            partial = layouts.Layout(path).path / layouts.PARTIAL_DIR
+            partial = layouts.Layout(path).partial_dir
             try:
                 names = sorted(os.listdir(partial))
             except FileNotFoundError:
@@ -143,14 +143,14 @@ def referenced(layout: layouts.Layout) -> set[str]:
     todo = [(d, True) for d in layout.read_index()["manifests"] if isinstance(d, dict)]
     while todo:
         descriptor, parent = todo.pop()
-        digest = layouts.check_digest(descriptor.get("digest"))
+        digest = mediatypes.check_digest(descriptor.get("digest"))
         if digest in seen:
             continue
         seen.add(digest)
         if not parent:
             continue
         document = layout.read_json_blob(digest)
-        if "manifests" in document:
+        if mediatypes.is_index(descriptor.get("mediaType"), document):
             todo += [(c, True) for c in document.get("manifests") or [] if isinstance(c, dict)]
         else:
             leaves = [document.get("config"), *(document.get("layers") or [])]
@@ -194,8 +194,8 @@ def _remove_layout(layout: layouts.Layout) -> None:
     """
     from minict import bundle  # its remove_tree stays on one file system, follows no symlink
 
-    for sub in ("blobs", layouts.PARTIAL_DIR):
-        bundle.remove_tree(layout.path / sub)
+    for sub in (layout.path / store.LAYOUT_BLOBS_NAME, layout.partial_dir):
+        bundle.remove_tree(sub)
     for name in _LAYOUT_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(layout.path / name)

@@ -54,7 +54,7 @@ import signal
 import sys
 import termios
 
-from minict import execute, init, linux, log, seccomp, streams, userns
+from minict import execute, init, linux, log, seccomp, store, streams, userns
 from minict.errors import LaunchError, MinictError
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -137,7 +137,7 @@ def _syscall_filter(bundle: str, config: dict):
     if section is None:
         return None
     try:
-        return seccomp.program(section, os.path.join(bundle, seccomp.CACHE_NAME))
+        return seccomp.program(section, store.bundle_file(bundle, store.SECCOMP_CACHE_NAME))
     except seccomp.SeccompError as err:
         raise LaunchError(f"config.json's linux.seccomp: {err.message}") from None
 

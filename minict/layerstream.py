@@ -1,6 +1,6 @@
 """A layer blob's uncompressed bytes: inflated on a second thread, and hashed.
 
-    with LayerStream(blob_path, LAYER_MEDIA_TYPES[media_type]) as stream:
+    with LayerStream(blob_path, mediatypes.LAYER_MEDIA_TYPES[media_type]) as stream:
         piece = stream.read_piece()     # b"" at the end; stream.diff_id then set
 
 The first of the three stages of applying a layer (layerstream -> tar ->
@@ -21,20 +21,6 @@ import queue
 import threading
 
 from minict.errors import UnpackError
-
-# Layer media types and their compression (image-spec media-types.md, and
-# Docker's, which skopeo keeps when it copies schema 2 images).
-LAYER_MEDIA_TYPES = {
-    "application/vnd.oci.image.layer.v1.tar": None,
-    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
-    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar": None,
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
-    "application/vnd.docker.image.rootfs.diff.tar": None,
-    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
-}
 
 _READ_SIZE = 1 << 20  # compressed bytes read at a time
 _PIECE_MAX = 1 << 20  # most uncompressed bytes handed over at a time (bounds a gzip bomb)

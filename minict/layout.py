@@ -19,12 +19,11 @@ import fcntl
 import hashlib
 import json
 import os
-import re
-import tempfile
 from pathlib import Path
 
-from minict import boundedjson, store
-from minict.errors import MinictError, shorten
+from minict import boundedjson, fsutil, store
+from minict.errors import MinictError
+from minict.mediatypes import DIGEST, JSON_BLOB_MAX, check_digest
 from minict.reference import Reference
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -33,28 +32,12 @@ REF_NAME = "org.opencontainers.image.ref.name"
 # a re-pull stop after one HEAD when nothing changed.
 SOURCE_DIGEST = "dev.minict.source.digest"
 SOURCE_PLATFORM = "dev.minict.platform"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
-# Manifests, indexes and configs are small; refusing big ones keeps a hostile
-# registry from making us hold gigabytes of JSON (containerd uses 4 MiB too).
-JSON_BLOB_MAX = 4 * 1024 * 1024
 
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
-# Resumable downloads live here; a dot directory, so layout readers skip it.
-PARTIAL_DIR = ".partial"
 WRITEBACK_STEP = 8 * 1024 * 1024
 # Blobs and index.json are root's alone, like the directories above them
 # (store.ensure_dirs), even under a $MINICT_DIR that others can search.
 BLOB_MODE = 0o600
-
-
-def check_digest(digest: str) -> str:
-    """Return `digest` if it is sha256:<64 hex>; raise MinictError otherwise."""
-    if not isinstance(digest, str) or not _DIGEST.match(digest):
-        raise MinictError(f"unsupported or malformed digest {shorten(digest, 80)!r}")
-    return digest
 
 
 class Layout:
@@ -69,20 +52,29 @@ class Layout:
 
     @property
     def blobs_dir(self) -> Path:
-        return self.path / "blobs" / "sha256"
+        return self.path / store.LAYOUT_BLOBS_NAME / "sha256"
+
+    @property
+    def index_path(self) -> Path:
+        return self.path / store.LAYOUT_INDEX_NAME
+
+    @property
+    def partial_dir(self) -> Path:
+        """Return where resumable downloads live: a dot directory, so layout readers skip it."""
+        return self.path / store.LAYOUT_PARTIAL_NAME
 
     def exists(self) -> bool:
-        return (self.path / "oci-layout").is_file()
+        return (self.path / store.LAYOUT_MARKER_NAME).is_file()
 
     def init(self) -> None:
         """Create the layout's skeleton if it is not there yet."""
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
-        if not (self.path / "index.json").exists():
+        if not self.index_path.exists():
             with self.locked():
-                if not (self.path / "index.json").exists():
-                    _write_atomic(self.path / "index.json", _dump({"schemaVersion": 2, "manifests": []}))
+                if not self.index_path.exists():
+                    _write_file(self.index_path, _dump({"schemaVersion": 2, "manifests": []}))
         if not self.exists():
-            _write_atomic(self.path / "oci-layout", _dump(LAYOUT_VERSION))
+            _write_file(self.path / store.LAYOUT_MARKER_NAME, _dump(LAYOUT_VERSION))
 
     # -- blobs ------------------------------------------------------------
 
@@ -129,7 +121,7 @@ class Layout:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if not self.has_blob(digest, len(data)):
             self.blobs_dir.mkdir(parents=True, exist_ok=True)
-            _write_atomic(self.blob_path(digest), data)
+            _write_file(self.blob_path(digest), data)
         return digest
 
     # -- index.json -------------------------------------------------------
@@ -138,7 +130,7 @@ class Layout:
     def locked(self):
         """Hold the layout's lock (flock on a file beside index.json)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / ".index.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.path / store.LAYOUT_LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -147,14 +139,13 @@ class Layout:
 
     def read_index(self) -> dict:
         try:
-            with open(self.path / "index.json", "rb") as f:
-                index = boundedjson.loads(f.read(JSON_BLOB_MAX + 1), JSON_BLOB_MAX)
+            index = fsutil.load_json(self.index_path, JSON_BLOB_MAX)
         except FileNotFoundError:
             return {"schemaVersion": 2, "manifests": []}
         except ValueError as err:
-            raise MinictError(f"{self.path / 'index.json'} is {boundedjson.explain(err)}") from None
+            raise MinictError(f"{self.index_path} is {boundedjson.explain(err)}") from None
         if not isinstance(index, dict) or not isinstance(index.get("manifests", []), list):
-            raise MinictError(f"{self.path / 'index.json'} is not an OCI index")
+            raise MinictError(f"{self.index_path} is not an OCI index")
         index.setdefault("manifests", [])
         return index
 
@@ -168,7 +159,7 @@ class Layout:
                 d for d in index["manifests"]
                 if (d.get("annotations") or {}).get(REF_NAME) != ref_name
             ] + [named]
-            _write_atomic(self.path / "index.json", _dump(index))
+            _write_file(self.index_path, _dump(index))
 
     def untag(self, ref: Reference) -> list[dict]:
         """Remove what `ref` names from index.json (as resolve finds it); return the removed."""
@@ -180,7 +171,7 @@ class Layout:
                 (removed if isinstance(name, str) and _names(ref, name, d) else keep).append(d)
             if removed:
                 index["manifests"] = keep
-                _write_atomic(self.path / "index.json", _dump(index))
+                _write_file(self.index_path, _dump(index))
         return removed
 
     def refs(self) -> list[tuple[str, dict]]:
@@ -232,7 +223,7 @@ class BlobWriter:
         self.layout = layout
         self.digest = digest
         self.size = size
-        self.path = layout.path / PARTIAL_DIR / digest.split(":", 1)[1]
+        self.path = layout.partial_dir / digest.split(":", 1)[1]
         self.present = False  # the verified blob exists; nothing to write
         self._file = None
         self._hash = hashlib.sha256()
@@ -369,24 +360,13 @@ def list_images() -> list[str]:
 
 def image_name(repository: str, ref_name: str) -> str:
     """Return `repository:tag` or `repository@digest`, as `run --image` takes it."""
-    return f"{repository}@{ref_name}" if _DIGEST.match(ref_name) else f"{repository}:{ref_name}"
+    return f"{repository}@{ref_name}" if DIGEST.match(ref_name) else f"{repository}:{ref_name}"
 
 
 def _dump(value: dict) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and rename."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, BLOB_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def _write_file(path: Path, data: bytes) -> None:
+    """Replace `path` (a blob, index.json, oci-layout) by `data`, synced, root's alone."""
+    fsutil.write_atomic(path, data, fsync=True, mode=BLOB_MODE)

@@ -53,26 +53,18 @@ rules take every packet for a local address first.
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import time
 
-from minict import linux, store
+from minict import fsutil, linux, store
 from minict.errors import NetworkError
 
-LEASES_NAME = "leases.json"
-LOCK_NAME = "lock"
 # Only the wildcard: a bind there conflicts with a listener on any address.
 _HOST_ADDRESS = "0.0.0.0"
 # How long a command waits for the leases' lock.  Its holders keep it for a
 # few nft and netlink calls; one stopped while holding it (SIGSTOP, Ctrl-Z)
 # would otherwise hold up every bridge container on the host for good.
 LOCK_WAIT = 10.0
-
-
-def directory():
-    """Return the directory of the host-wide leases ($MINICT_RUN_DIR/network)."""
-    return store.run_dir() / "network"
 
 
 def owner_self() -> dict:
@@ -113,17 +105,17 @@ class Registry:
         self.wait = wait
 
     def __enter__(self):
-        path = directory()
+        path = store.leases_dir()
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             path.mkdir(mode=0o700, exist_ok=True)
-            self.fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+            self.fd = os.open(path / store.LEASES_LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
                               | os.O_NOFOLLOW, 0o600)
         except OSError as err:
             raise NetworkError(f"cannot lock {path}: {err.strerror}") from None
         try:
-            _flock_within(self.fd, self.wait, path / LOCK_NAME)
-            self.leases = _read(path / LEASES_NAME)
+            _flock_within(self.fd, self.wait, path / store.LEASES_LOCK_NAME)
+            self.leases = _read(path / store.LEASES_NAME)
             self.netns = current_netns()
         except BaseException:
             os.close(self.fd)
@@ -134,7 +126,7 @@ class Registry:
     def __exit__(self, *exc):
         try:
             if self.changed:
-                _write(directory() / LEASES_NAME, self.leases)
+                _write(store.leases_dir() / store.LEASES_NAME, self.leases)
         finally:
             os.close(self.fd)
 
@@ -203,8 +195,7 @@ def _flock_within(fd: int, seconds: float, path) -> None:
 
 def _read(path) -> list[dict]:
     try:
-        with open(path, "rb") as f:
-            document = json.loads(f.read())
+        document = fsutil.load_json(path)
     except FileNotFoundError:
         return []
     except (OSError, ValueError) as err:
@@ -222,11 +213,7 @@ def _write(path, leases: list[dict]) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             return
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"leases": leases}, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
+        fsutil.write_json_atomic(path, {"leases": leases}, fsync=False, indent=1, sort_keys=True)
     except OSError as err:
         raise NetworkError(f"cannot write {path}: {err.strerror}") from None
 

@@ -10,11 +10,9 @@ needs nothing more: json.dumps escapes every control character.
 import os
 import shlex
 
-from minict import boundedjson, container, store, text
+from minict import container, fsutil, mediatypes, store, text
 from minict import layout as layouts
 from minict.errors import ContainerError, MinictError
-
-_INDEX_TYPES = {layouts.OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json"}
 
 
 def image_rows() -> list[dict]:
@@ -40,10 +38,10 @@ def image_rows() -> list[dict]:
 def _manifest(layout: layouts.Layout, descriptor: dict) -> dict:
     """Return the image manifest `descriptor` names (this host's one, for an index)."""
     manifest = layout.read_json_blob(descriptor["digest"])
-    if descriptor.get("mediaType") in _INDEX_TYPES or "manifests" in manifest:
+    if mediatypes.is_index(descriptor.get("mediaType"), manifest):
         from minict import bundle
 
-        manifest = layout.read_json_blob(bundle._pick_platform(manifest)["digest"])
+        manifest = layout.read_json_blob(bundle.pick_platform(manifest)["digest"])
     return manifest
 
 
@@ -52,8 +50,8 @@ def container_rows() -> list[dict]:
     rows = []
     for name in container.list_names():
         path = store.container_dir(name)
-        mark = _read_json(path / container.COMPLETE_MARK)
-        config = _read_json(path / container.CONFIG_NAME)
+        mark = fsutil.read_json(store.bundle_file(path, store.COMPLETE_MARK), {})
+        config = fsutil.read_json(store.bundle_file(path, store.CONFIG_NAME), {})
         state = container.read_state(path)
         status = state.get("status") or "created"
         if status == "running" and container.running_pid(path) is None:
@@ -71,7 +69,7 @@ def inspect(name: str) -> dict:
     path = store.container_dir(name)
     if not container.is_complete(path):
         raise ContainerError(f"Container with name {name} does not exist.")
-    mark = _read_json(path / container.COMPLETE_MARK)
+    mark = fsutil.read_json(store.bundle_file(path, store.COMPLETE_MARK), {})
     state = container.read_state(path)
     return {
         "Name": name,
@@ -80,7 +78,7 @@ def inspect(name: str) -> dict:
         "ImageManifest": mark.get("manifest", ""),
         "Created": mark.get("created", ""),
         "State": {**state, "running": container.running_pid(path) is not None},
-        "Config": _read_json(path / container.CONFIG_NAME),
+        "Config": fsutil.read_json(store.bundle_file(path, store.CONFIG_NAME), {}),
     }
 
 
@@ -138,12 +136,3 @@ def _size(size: int | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return ""
-
-
-def _read_json(path) -> dict:
-    try:
-        with open(path, "rb") as f:
-            value = boundedjson.loads(f.read(boundedjson.SIZE_MAX + 1))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}

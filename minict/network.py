@@ -38,7 +38,7 @@ import json
 import os
 import re
 
-from minict import leases, linux, log, store
+from minict import fsutil, leases, linux, log, store
 from minict.errors import NetworkError
 
 MODES = ("host", "none", "bridge")
@@ -46,9 +46,6 @@ DEFAULT_BRIDGE = "minict0"
 # Rarely used by anything else (docker takes 172.17/16, podman 10.88/16).
 DEFAULT_SUBNET = "10.254.37.0/24"
 NFT_TABLE = "minict"
-SETTINGS_NAME = "network.json"
-HOSTS_NAME = "hosts"
-RESOLV_NAME = "resolv.conf"
 RESOLV_SOURCES = ("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf")
 _PUBLISH = re.compile(r"(\d{1,5}):(\d{1,5})(?:/(tcp|udp))?\Z")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}\Z")
@@ -82,21 +79,20 @@ def check(mode: str, publish) -> dict:
 
 def save(bundle, settings: dict) -> None:
     """Record `settings` in the bundle (network.json), replaced by rename."""
-    _write_file(os.path.join(bundle, SETTINGS_NAME), json.dumps(settings) + "\n")
+    _write_file(store.bundle_file(bundle, store.NETWORK_SETTINGS_NAME), json.dumps(settings) + "\n")
 
 
 def load(bundle) -> dict:
     """Return the bundle's settings; a bundle without network.json uses the host's network."""
     try:
-        with open(os.path.join(bundle, SETTINGS_NAME), "rb") as f:
-            settings = json.loads(f.read())
+        settings = fsutil.load_json(store.bundle_file(bundle, store.NETWORK_SETTINGS_NAME))
         return check(settings["mode"], [parse_publish(f"{p['host']}:{p['container']}/"
                                                       f"{p['protocol']}")
                                         for p in settings.get("publish") or []])
     except FileNotFoundError:
         return {"mode": "host", "publish": []}
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise NetworkError(f"cannot read {bundle}/{SETTINGS_NAME}: {err}") from None
+        raise NetworkError(f"cannot read {bundle}/{store.NETWORK_SETTINGS_NAME}: {err}") from None
 
 
 # -- one container's network, from launch to exit ---------------------------------------
@@ -173,7 +169,7 @@ def cleanup(name: str, wait: float = leases.LOCK_WAIT) -> None:
     or its container was killed (`rm --force` of a stopped minict's).  Wait
     at most `wait` seconds for the leases' lock; raise NetworkError.
     """
-    if not os.path.exists(leases.directory() / leases.LEASES_NAME):
+    if not os.path.exists(store.leases_dir() / store.LEASES_NAME):
         return  # nothing leased: spare `rm` the lock, netlink and nft work
     with _netlink("clean up the network"), leases.Registry(wait) as registry:
         lease = registry.find(name)
@@ -519,9 +515,9 @@ def _adjust_mounts(bundle, config: dict, hostname: str, lease: dict | None) -> N
     hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
     if lease is not None:
         hosts += f"{lease['address']}\t{hostname}\n"
-    files = {"/etc/hosts": (HOSTS_NAME, hosts)}
+    files = {"/etc/hosts": (store.HOSTS_NAME, hosts)}
     if lease is not None:
-        files["/etc/resolv.conf"] = (RESOLV_NAME, resolv_conf())
+        files["/etc/resolv.conf"] = (store.RESOLV_NAME, resolv_conf())
     mounts = config.setdefault("mounts", [])
     # The host's /sys would show the host's interfaces under /sys/class/net;
     # a sysfs mounted in the new namespace shows the container's own.
@@ -529,7 +525,7 @@ def _adjust_mounts(bundle, config: dict, hostname: str, lease: dict | None) -> N
         if entry.get("destination") == "/sys":
             entry.update(type="sysfs", source="sysfs", options=["nosuid", "noexec", "nodev", "ro"])
     for destination, (filename, text) in files.items():
-        source = os.path.join(os.path.abspath(bundle), filename)
+        source = str(store.bundle_file(os.path.abspath(bundle), filename))
         _write_file(source, text, mode=0o644)
         mounts[:] = [m for m in mounts if m.get("destination") != destination]
         mounts.append({"destination": destination, "type": "bind", "source": source,
@@ -572,11 +568,7 @@ def _is_loopback(address: str) -> bool:
 
 
 def _write_file(path, text: str, mode: int = 0o600) -> None:
-    tmp = f"{path}.tmp"
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        fsutil.write_atomic(path, text, fsync=False, mode=mode)
     except OSError as err:
         raise NetworkError(f"cannot write {path}: {err.strerror}") from None

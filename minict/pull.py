@@ -13,46 +13,28 @@ Nothing is listed before step 5, so a failed pull leaves no image behind.
 """
 
 import hashlib
-import json
-import os
 import sys
 import threading
 import time
 
-from minict import auth, boundedjson, log, registry
+from minict import auth, fsutil, log, registry
 from minict.errors import MinictError, PullError, shorten
-from minict.layout import (
-    JSON_BLOB_MAX,
-    OCI_CONFIG,
-    OCI_INDEX,
+from minict.layout import SOURCE_DIGEST, SOURCE_PLATFORM, DigestMismatch, DiskFull, Layout
+from minict.mediatypes import (  # pull.X names kept: the pull's unit tests call them here
     OCI_MANIFEST,
-    SOURCE_DIGEST,
-    SOURCE_PLATFORM,
-    DigestMismatch,
-    DiskFull,
-    Layout,
-    check_digest,
+    check_descriptor,
+    check_manifest,
+    choose_platform,
+    classify,
+    docker_to_oci,
+    host_platform,
+    parse_platform,
 )
 from minict.reference import Reference
 from minict.timeouts import TooSlow
 
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
-           "application/vnd.docker.distribution.manifest.v1+prettyjws")
-# Docker layer types and their OCI names (containers/image manifest/oci.go).
-DOCKER_LAYERS = {
-    "application/vnd.docker.image.rootfs.diff.tar.gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
-    "application/vnd.docker.image.rootfs.diff.tar": "application/vnd.oci.image.layer.v1.tar",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar":
-        "application/vnd.oci.image.layer.nondistributable.v1.tar",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip":
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-}
 CHUNK = 512 * 1024
 STREAM_ATTEMPTS = 5  # interruptions in a row without progress before a blob download gives up
-# No registry serves layers this big (the big public ones stop far below), and
-# a descriptor claiming more would only fill the disk: refused before downloading.
-BLOB_SIZE_MAX = 256 * 1024 ** 3
 
 
 def pull(ref: Reference, *, platform: str | None, insecure: bool, jobs: int) -> None:
@@ -67,181 +49,6 @@ def pull(ref: Reference, *, platform: str | None, insecure: bool, jobs: int) -> 
         where = f": {err.filename}" if err.filename else ""
         raise PullError(f"{err.strerror or err}{where}") from None
 
-
-# -- platforms -------------------------------------------------------------
-
-# `uname -m` to Go's GOARCH and variant (containerd's platforms package).
-_MACHINES = {
-    "x86_64": ("amd64", ""), "amd64": ("amd64", ""), "i386": ("386", ""), "i686": ("386", ""),
-    "aarch64": ("arm64", "v8"), "arm64": ("arm64", "v8"), "armv8l": ("arm", "v8"),
-    "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"), "armv5tel": ("arm", "v5"),
-    "ppc64le": ("ppc64le", ""), "s390x": ("s390x", ""), "riscv64": ("riscv64", ""),
-    "mips64": ("mips64", ""), "loongarch64": ("loong64", ""),
-}
-_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386"}
-
-
-def normalize_platform(os_name: str, arch: str, variant: str = "") -> str:
-    """Return `os/arch[/variant]` normalised: arm64 ≡ arm64/v8, arm ≡ arm/v7, amd64/v1 ≡ amd64."""
-    os_name, arch, variant = os_name.lower(), arch.lower(), (variant or "").lower()
-    arch = _ARCH_ALIASES.get(arch, arch)
-    if variant.isdigit():
-        variant = "v" + variant
-    if arch == "arm64" and variant in ("", "v8"):
-        variant = "v8"
-    elif arch == "arm" and not variant:
-        variant = "v7"
-    elif arch == "amd64" and variant == "v1":
-        variant = ""
-    return "/".join(p for p in (os_name, arch, variant) if p)
-
-
-def host_platform() -> str:
-    """Return this host's platform: linux and `uname -m` in Go's names."""
-    machine = os.uname().machine  # not platform.machine(): `platform` costs ~15 ms to import
-    arch, variant = _MACHINES.get(machine, (machine, ""))
-    return normalize_platform("linux", arch, variant)
-
-
-def parse_platform(text: str) -> str:
-    """Return the normalised platform `os/arch[/variant]`; raise PullError."""
-    parts = text.split("/")
-    if not 2 <= len(parts) <= 3 or not all(parts):
-        raise PullError(f"invalid platform {text!r}: use os/arch[/variant], e.g. linux/arm64")
-    return normalize_platform(*parts)
-
-
-def _acceptable(want: str) -> list[str]:
-    """Return the platforms that can run on `want`, best first (arm/v7 runs v6 and v5)."""
-    parts = want.split("/")
-    if len(parts) == 3 and parts[1] == "arm" and parts[2] in ("v8", "v7", "v6", "v5"):
-        newest = int(parts[2][1:])
-        return [f"{parts[0]}/arm/v{n}" for n in range(newest, 4, -1)]
-    return [want]
-
-
-def _entry_platform(entry: dict) -> str | None:
-    """Return an index entry's normalised platform, or None for attestations and the like."""
-    spec = entry.get("platform")
-    if not isinstance(spec, dict):
-        return None
-    os_name, arch = str(spec.get("os") or ""), str(spec.get("architecture") or "")
-    annotations = entry.get("annotations") or {}
-    if not os_name or not arch or "unknown" in (os_name, arch) or \
-            annotations.get("vnd.docker.reference.type") == "attestation-manifest":
-        return None
-    return normalize_platform(os_name, arch, str(spec.get("variant") or ""))
-
-
-def choose_platform(index: dict, want: str, what: str) -> dict:
-    """Return the entry of `index` for platform `want`; raise PullError listing the offers."""
-    entries = [e for e in index.get("manifests") or [] if isinstance(e, dict)]
-    offered = [(e, _entry_platform(e)) for e in entries]
-    for candidate in _acceptable(want):
-        for entry, found in offered:
-            if found == candidate:
-                return entry
-    offers = sorted({p for _, p in offered if p})
-    raise PullError(f"{what} has no image for platform {want}; it offers "
-                    + (", ".join(offers) if offers else "no platforms"),
-                    hint="choose one with --platform")
-
-
-# -- manifests -------------------------------------------------------------
-
-def go_json(value) -> bytes:
-    """Encode `value` as Go's encoding/json does, so converted manifests match skopeo's bytes."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
-                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
-        text = text.replace(char, escaped)
-    return text.encode()
-
-
-def classify(data: bytes, media: str, what: str) -> tuple[str, dict]:
-    """Return ("index" | "oci" | "docker", document) of a manifest; raise PullError.
-
-    The body's mediaType wins over Content-Type; umoci writes manifests
-    without one, so then the header, then the shape decides.
-    """
-    try:
-        doc = boundedjson.loads(data, registry.MANIFEST_MAX)
-    except ValueError as err:
-        if media in SCHEMA1 and not isinstance(err, boundedjson.UnsafeJSON):
-            doc = {}
-        else:
-            raise PullError(f"{what}: the manifest is {boundedjson.explain(err)}") from None
-    if not isinstance(doc, dict):
-        raise PullError(f"{what}: the manifest is not a JSON object")
-    kind = doc.get("mediaType") if isinstance(doc.get("mediaType"), str) else media
-    if kind in SCHEMA1 or doc.get("schemaVersion") == 1:
-        raise PullError(f"{what}: the image has a Docker schema 1 manifest, which minict does not "
-                        "support", hint="push it again with a current Docker or skopeo (schema 2)")
-    if kind in (OCI_INDEX, registry.DOCKER_LIST) or (
-            kind not in (OCI_MANIFEST, registry.DOCKER_MANIFEST) and "manifests" in doc):
-        return "index", doc
-    if kind == registry.DOCKER_MANIFEST:
-        return "docker", doc
-    if kind == OCI_MANIFEST or "config" in doc:
-        return "oci", doc
-    raise PullError(f"{what}: unsupported manifest media type {shorten(kind or 'unknown')!r}")
-
-
-def _descriptor(value, what: str) -> dict:
-    if not isinstance(value, dict):
-        raise PullError(f"{what}: a descriptor is not a JSON object")
-    check_digest(value.get("digest"))
-    size = value.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise PullError(f"{what}: descriptor {value.get('digest')} has no valid size")
-    if size > BLOB_SIZE_MAX:
-        raise PullError(f"{what}: descriptor {value['digest']} declares {size} bytes, over the "
-                        f"{BLOB_SIZE_MAX}-byte limit")
-    return value
-
-
-def check_manifest(doc: dict, what: str) -> tuple[dict, list[dict]]:
-    """Return (config, layers) descriptors of an image manifest; raise PullError."""
-    if doc.get("schemaVersion") != 2:
-        raise PullError(f"{what}: schemaVersion is {doc.get('schemaVersion')!r}, not 2")
-    config = _descriptor(doc.get("config"), what)
-    layers = doc.get("layers")
-    if not isinstance(layers, list):
-        raise PullError(f"{what}: the manifest has no layers list")
-    if config["size"] > JSON_BLOB_MAX:
-        raise PullError(f"{what}: the config is {config['size']} bytes, over the "
-                        f"{JSON_BLOB_MAX}-byte limit")
-    return config, [_descriptor(layer, what) for layer in layers]
-
-
-def _oci_descriptor(d: dict, media_type: str) -> dict:
-    """Return an OCI descriptor in Go's field order (mediaType, digest, size, urls, annotations)."""
-    out = {"mediaType": media_type, "digest": d["digest"], "size": d["size"]}
-    if d.get("urls"):
-        out["urls"] = d["urls"]
-    if d.get("annotations"):
-        out["annotations"] = dict(sorted(d["annotations"].items()))
-    return out
-
-
-def docker_to_oci(doc: dict) -> bytes:
-    """Return the OCI manifest for a Docker schema 2 one, byte for byte as skopeo writes it.
-
-    The config blob is kept as it is (a Docker config is a valid OCI
-    config); only media types change, so the manifest digest changes.
-    """
-    config = doc["config"]
-    out = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": _oci_descriptor(config, OCI_CONFIG),
-        "layers": [_oci_descriptor(layer, DOCKER_LAYERS.get(layer.get("mediaType"),
-                                                            layer.get("mediaType")))
-                   for layer in doc["layers"]],
-    }
-    if doc.get("annotations"):
-        out["annotations"] = dict(sorted(doc["annotations"].items()))
-    return go_json(out)
 
 
 def sha256(data: bytes) -> str:
@@ -447,7 +254,7 @@ class Puller:
         kind, doc = classify(data, media, what)
         annotations = {SOURCE_DIGEST: source}
         if kind == "index":
-            entry = _descriptor(choose_platform(doc, self.want, what), what)
+            entry = check_descriptor(choose_platform(doc, self.want, what), what)
             log.debug(f"platform {self.want}: manifest {entry['digest']}")
             data, media, _ = self.registry.manifest(entry["digest"])
             if sha256(data) != entry["digest"] or len(data) != entry["size"]:
@@ -466,7 +273,7 @@ class Puller:
         self._download_all([("blob", d) for d in layers] + [("config", config)])
         self.layout.read_json_blob(config["digest"])  # a config that is not a JSON object fails here
         digest = self.layout.put_blob_bytes(data)
-        _fsync_dir(self.layout.blobs_dir)
+        fsutil.fsync_dir(self.layout.blobs_dir)  # the blobs' names, before index.json names them
         self.layout.tag({"mediaType": OCI_MANIFEST, "digest": digest, "size": len(data),
                          "annotations": annotations}, ref.ref_name)
         log.debug(f"tagged {ref.ref_name} -> {digest} in {self.layout.path}")
@@ -601,12 +408,3 @@ class _Interrupted(Exception):
     def __init__(self, message: str, slow: bool = False):
         super().__init__(message)
         self.slow = slow
-
-
-def _fsync_dir(path) -> None:
-    """Make the blobs' new names durable before index.json points at them."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

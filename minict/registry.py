@@ -32,13 +32,10 @@ import urllib.parse
 from minict import boundedjson, log
 from minict.auth import Credentials
 from minict.errors import PullError, shorten
+from minict.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from minict.timeouts import DeadlineExceeded, TooSlow
 from minict.transport import NETWORK_ERRORS, Pool, Response, is_loopback
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 ACCEPT = f"{OCI_INDEX}, {OCI_MANIFEST}, {DOCKER_LIST}, {DOCKER_MANIFEST}"
 
 MANIFEST_MAX = 4 * 1024 * 1024

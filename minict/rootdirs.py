@@ -3,7 +3,6 @@
     split_name(member.name)   -> (parent, base), normalised; Refused for '..' or absolute
     dirs = RootDirs(root_fd, before_mkdir)
     dirs.dir_fd(parent)       -> an open fd of rootfs/parent, missing directories made
-    open_dir_at(dir_fd, name) -> a new fd of one directory below another
 
 Confinement, for the layer applier (minict.apply): every parent directory
 is reached one component at a time with `openat(..., O_NOFOLLOW |
@@ -11,7 +10,8 @@ O_DIRECTORY)` from the rootfs's own descriptor, so no path is ever resolved
 through a symlink, inside the rootfs or out of it; a symlink or a file on
 the way is refused (minict.tar.Refused), never followed.  RootDirs keeps
 the most recently used descriptors open (a layer lists a directory's
-members together), at most _DIR_CACHE_MAX of them.
+members together), at most _DIR_CACHE_MAX of them.  One directory below
+another is opened by minict.fsutil.open_dir_at.
 """
 
 import errno
@@ -22,18 +22,6 @@ from minict.tar import Refused
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_CACHE_MAX = 256  # open directory descriptors kept per layer (the soft RLIMIT_NOFILE is 1024)
-
-
-def open_dir_at(dir_fd: int, name, dev: int | None = None) -> int:
-    """Open directory `name` under `dir_fd` without following a symlink.
-
-    With `dev`, refuse (OSError EXDEV) a directory on another device: a mount point.
-    """
-    fd = os.open(name, _O_DIR, dir_fd=dir_fd)
-    if dev is not None and os.fstat(fd).st_dev != dev:
-        os.close(fd)
-        raise OSError(errno.EXDEV, "is a mount point of another file system", name)
-    return fd
 
 
 def split_name(name: bytes, what: str = "name") -> tuple[bytes, bytes]:

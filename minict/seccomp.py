@@ -29,11 +29,10 @@ gets the profile's answer, an unknown one ENOSYS.
 import contextlib
 import copy
 import errno as errnos
-import json
 import os
 import re
 
-from minict import linux
+from minict import fsutil, linux
 from minict.errors import MinictError
 
 
@@ -206,8 +205,7 @@ def read_profile(path: str, bounding=()) -> dict | None:
     one error line before anything is unpacked.  Raise SeccompError.
     """
     try:
-        with open(path, "rb") as file:
-            document = json.loads(file.read(4 * 1024 * 1024 + 1))
+        document = fsutil.load_json(path)  # bounded: a deep one is an error, not a RecursionError
     except OSError as err:
         raise SeccompError(f"cannot read seccomp profile {path}: {err.strerror}") from None
     except ValueError as err:
@@ -282,10 +280,6 @@ def binding():
     return libseccomp
 
 
-# The bundle's cache of generated BPF code (see program()).
-CACHE_NAME = "seccomp-bpf.json"
-
-
 class Program:
     """The filters of one `linux.seccomp` section: (seccomp(2) flags, BPF code) pairs."""
 
@@ -316,8 +310,7 @@ def program(section: dict, cache: str | None = None) -> Program:
            "binding": [lib.__file__, made_by.st_size, made_by.st_mtime_ns]}
     if cache is not None:
         try:
-            with open(cache, "rb") as file:
-                stored = json.load(file)
+            stored = fsutil.load_json(cache)
             if stored.get("key") == key:
                 return Program([(f, bytes.fromhex(c)) for f, c in stored["filters"]])
         except (OSError, ValueError, AttributeError, TypeError):
@@ -330,14 +323,8 @@ def program(section: dict, cache: str | None = None) -> Program:
 
 def _store(path: str, document: dict) -> None:
     """Replace `path` by `document` atomically; a failure only costs the next start time."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as file:
-            json.dump(document, file)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    with contextlib.suppress(OSError):
+        fsutil.write_json_atomic(path, document, fsync=False)
 
 
 def _build(section: dict, lib) -> list[tuple[int, bytes]]:

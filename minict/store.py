@@ -1,13 +1,25 @@
 """The only place that turns names into paths under $MINICT_DIR and $MINICT_RUN_DIR.
 
     $MINICT_DIR/                      (default /var/lib/minict; created 0700)
-      images/<repository>/            an OCI image layout per repository
-      containers/<name>/              an OCI runtime bundle per container
+      images/<repository>/            an OCI image layout per repository (layout.py):
+        oci-layout, index.json,         the image-layout spec's entries
+        blobs/sha256/<hex>
+        .index.lock                     held while index.json is rewritten
+        .partial/<hex>                  resumable downloads
+      containers/<name>/              an OCI runtime bundle per container (bundle_file):
+        config.json, rootfs/          the runtime config and root (bundle.py)
+        .minict-complete              the completion mark, written last (bundle.py)
+        state.json                    status, pid, exit status (container.py)
+        network.json, hosts,          the network settings and the files bound
+        resolv.conf                     over /etc's (network.py)
+        seccomp-bpf.json              the compiled filter, reused by start (seccomp.py)
+      containers/.partial-<name>/     a bundle being built (partial_bundle_dir)
+      containers/.<name>.lock         held while a minict creates, runs or removes it
 
 and, shared by every $MINICT_DIR on the host (leases.py):
 
     $MINICT_RUN_DIR/                  (default /run/minict)
-      network/                        bridge address and host port leases
+      network/leases.json, lock       bridge address and host port leases
 
 Container names are checked before any path is built from them, and image
 repositories come only from a parsed Reference, so nothing here can point
@@ -32,9 +44,32 @@ DEFAULT_ROOT = "/var/lib/minict"
 DEFAULT_RUN_DIR = "/run/minict"
 LEFTOVER_AGE = 60 * 60  # seconds after which `prune` takes an interrupted run's or pull's leftovers
 CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
-# Names an OCI image layout uses for itself; a repository path component
-# with one of these names would land inside another repository's layout.
-_LAYOUT_ENTRIES = frozenset({"blobs", "index.json", "oci-layout"})
+# The entries of an image layout (image-layout spec), and minict's two
+# additions: the lock of index.json and the resumable downloads (layout.py).
+LAYOUT_INDEX_NAME = "index.json"
+LAYOUT_MARKER_NAME = "oci-layout"
+LAYOUT_BLOBS_NAME = "blobs"
+LAYOUT_LOCK_NAME = ".index.lock"
+LAYOUT_PARTIAL_NAME = ".partial"
+# A repository path component with one of these names would land inside
+# another repository's layout.
+_LAYOUT_ENTRIES = frozenset({LAYOUT_BLOBS_NAME, LAYOUT_INDEX_NAME, LAYOUT_MARKER_NAME})
+
+# The files of a bundle (bundle_file names them).
+CONFIG_NAME = "config.json"
+ROOTFS_NAME = "rootfs"
+COMPLETE_MARK = ".minict-complete"
+STATE_NAME = "state.json"
+NETWORK_SETTINGS_NAME = "network.json"
+HOSTS_NAME = "hosts"
+RESOLV_NAME = "resolv.conf"
+SECCOMP_CACHE_NAME = "seccomp-bpf.json"
+BUNDLE_FILES = frozenset({CONFIG_NAME, ROOTFS_NAME, COMPLETE_MARK, STATE_NAME,
+                          NETWORK_SETTINGS_NAME, HOSTS_NAME, RESOLV_NAME, SECCOMP_CACHE_NAME})
+PARTIAL_PREFIX = ".partial-"
+# The host-wide network leases under $MINICT_RUN_DIR (leases.py).
+LEASES_NAME = "leases.json"
+LEASES_LOCK_NAME = "lock"
 
 
 def root() -> Path:
@@ -51,8 +86,14 @@ def images_dir() -> Path:
     return root() / "images"
 
 
-def containers_dir() -> Path:
-    return root() / "containers"
+def containers_dir(base=None) -> Path:
+    """Return containers/ of $MINICT_DIR, or of the MINICT_DIR `base` (another one on the host)."""
+    return Path(base if base is not None else root()) / "containers"
+
+
+def leases_dir() -> Path:
+    """Return the directory of the host-wide network leases ($MINICT_RUN_DIR/network)."""
+    return run_dir() / "network"
 
 
 def ensure_dirs() -> None:
@@ -123,9 +164,32 @@ def check_container_name(name: str) -> str:
     return name
 
 
-def container_dir(name: str) -> Path:
-    """Return the bundle directory of container `name` (validated)."""
-    return containers_dir() / check_container_name(name)
+def container_dir(name: str, base=None) -> Path:
+    """Return the bundle directory of container `name` (validated), under $MINICT_DIR or `base`."""
+    return containers_dir(base) / check_container_name(name)
+
+
+def partial_bundle_dir(name: str, base=None) -> Path:
+    """Return where container `name`'s bundle is built (or put aside to be removed)."""
+    return containers_dir(base) / (PARTIAL_PREFIX + check_container_name(name))
+
+
+def partial_bundle_name(entry: str) -> str | None:
+    """Return the container name of the containers/ entry `entry` if it is a partial bundle."""
+    name = entry.removeprefix(PARTIAL_PREFIX)
+    return name if name != entry and CONTAINER_NAME.match(name) else None
+
+
+def container_lock(name: str, base=None) -> Path:
+    """Return container `name`'s lock file (a name no container can have: it starts with a dot)."""
+    return containers_dir(base) / f".{check_container_name(name)}.lock"
+
+
+def bundle_file(bundle, file_name: str) -> Path:
+    """Return the file `file_name` (one of BUNDLE_FILES) of the bundle directory `bundle`."""
+    if file_name not in BUNDLE_FILES:
+        raise ValueError(f"{file_name!r} is not a file of a bundle")
+    return Path(bundle) / file_name
 
 
 def image_dir(ref: Reference) -> Path:
@@ -166,8 +230,8 @@ def list_image_dirs() -> list[tuple[str, Path]]:
     base = images_dir()
     try:
         for current, dirs, files in os.walk(base, onerror=_raise_walk_error):
-            dirs[:] = sorted(d for d in dirs if d != "blobs" and not d.startswith("."))
-            if "oci-layout" in files:
+            dirs[:] = sorted(d for d in dirs if d != LAYOUT_BLOBS_NAME and not d.startswith("."))
+            if LAYOUT_MARKER_NAME in files:
                 found.append((os.path.relpath(current, base), Path(current)))
     except OSError as err:
         raise MinictError(f"cannot read {base}: {err.strerror}") from None

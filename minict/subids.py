@@ -19,6 +19,8 @@ MINICT_SUBUID and MINICT_SUBGID point at other files (the tests use them).
 import os
 import sys
 
+from minict import fsutil
+
 USER = "minict"
 DEFAULT_SUBUID = "/etc/subuid"
 DEFAULT_SUBGID = "/etc/subgid"
@@ -124,11 +126,7 @@ def _append_line(path: str, line: str) -> None:
         old, mode = b"", 0o644
     if old and not old.endswith(b"\n"):
         old += b"\n"
-    tmp = f"{path}.minict-tmp"
-    with open(tmp, "wb") as f:
-        f.write(old + line.encode())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    fsutil.write_atomic(path, old + line.encode(), fsync=False, mode=mode)
 
 
 if __name__ == "__main__":

@@ -29,10 +29,9 @@ when allocating, if its container no longer exists and nobody holds its lock.
 
 import errno
 import fcntl
-import json
 import os
 
-from minict import linux, subids
+from minict import fsutil, linux, store, subids
 from minict.errors import LaunchError, MinictError
 
 MODES = ("identity", "auto", "host")
@@ -221,8 +220,7 @@ class _Record:
         fcntl.flock(self.lock, fcntl.LOCK_EX)
         self.path = os.path.join(directory, _RECORD)
         try:
-            with open(self.path, "rb") as f:
-                document = json.loads(f.read())
+            document = fsutil.load_json(self.path)
             self.entries = [e for e in document.get("allocations", []) if _valid(e)]
         except FileNotFoundError:
             self.entries = []
@@ -232,13 +230,8 @@ class _Record:
         return self
 
     def save(self, entries: list[dict]) -> None:
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"allocations": entries}, f, indent="\t")
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())  # a range handed out must not be forgotten by a crash
-        os.replace(tmp, self.path)
+        # Synced: a range handed out must not be forgotten by a crash.
+        fsutil.write_json_atomic(self.path, {"allocations": entries}, fsync=True, indent="\t")
         self.entries = entries
 
     def __exit__(self, *exc):
@@ -274,12 +267,14 @@ def _stale(entry: dict) -> bool:
     `run` takes the container's lock before it reserves and keeps it until
     the bundle exists, so a range being set up is never taken for stale.
     """
-    containers = os.path.join(entry["minictDir"], "containers")
-    name = entry["name"]
-    if any(os.path.lexists(os.path.join(containers, n)) for n in (name, ".partial-" + name)):
+    base, name = entry["minictDir"], entry["name"]
+    if not store.CONTAINER_NAME.match(name):
+        return False  # no minict wrote this name: never free what cannot be checked
+    if any(os.path.lexists(p) for p in (store.container_dir(name, base),
+                                        store.partial_bundle_dir(name, base))):
         return False
     try:
-        fd = os.open(os.path.join(containers, f".{name}.lock"),
+        fd = os.open(store.container_lock(name, base),
                      os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         return True

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from minict import bundle, container, linux
+from minict import container, linux, store
 
 pytest_plugins = ["tests.support.bundles"]  # the box and busybox_rootfs fixtures
 
@@ -34,11 +34,6 @@ def wait_running(path, timeout=10):
             return state["pid"]
         time.sleep(0.02)
     raise AssertionError("the container did not start")
-
-
-def test_names_agree_with_bundle_py():
-    assert container.COMPLETE_MARK == bundle.COMPLETE_MARK
-    assert container.CONFIG_NAME == bundle.CONFIG_NAME
 
 
 def test_start_keeps_what_the_first_run_wrote(minict, box):
@@ -175,7 +170,7 @@ def test_run_creates_runs_and_refuses_the_name_again(minict, minict_dir, pulled)
 
 
 def test_run_replaces_what_an_interrupted_run_left(minict, minict_dir, pulled):
-    leftover = minict_dir / "containers" / (bundle.PARTIAL_PREFIX + "one")
+    leftover = minict_dir / "containers" / (store.PARTIAL_PREFIX + "one")
     (leftover / "rootfs").mkdir(parents=True)  # a run was cut short while unpacking
     done = minict("run", "--image", pulled, "--name", "one", input="echo fresh\n")
     assert done.returncode == 0, done.stderr

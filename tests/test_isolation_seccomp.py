@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from minict import seccomp, seccomp_profile, spec
+from minict import seccomp, seccomp_profile, spec, store
 from tests.support import ci
 from tests.support.probes import compile_probe, install_probe
 from tests.test_launch import wait_running
@@ -513,7 +513,7 @@ def test_the_generated_bpf_is_cached_in_the_bundle_and_follows_the_config(minict
     bundle = box(["cat", "/proc/self/status"])
     first = minict("start", "--name", "box")
     assert status_fields(first.stdout)["Seccomp_filters"] == "2", first.stderr
-    cache = bundle / seccomp.CACHE_NAME
+    cache = bundle / store.SECCOMP_CACHE_NAME
     stored = json.loads(cache.read_text())
     assert stored["key"]["section"] == json.loads(
         (bundle / "config.json").read_text())["linux"]["seccomp"]

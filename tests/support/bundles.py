@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from minict import container, spec
+from minict import spec, store
 from tests.support import tools
 
 
@@ -44,8 +44,8 @@ def make_bundle(minict_dir, name: str, template: Path, *, cmd=None, user=None, e
                            (rootfs / "etc/group").read_text())
     if edit is not None:
         edit(config)
-    (path / container.CONFIG_NAME).write_text(json.dumps(config, indent="\t"))
-    (path / container.COMPLETE_MARK).write_text("{}\n")
+    (path / store.CONFIG_NAME).write_text(json.dumps(config, indent="\t"))
+    (path / store.COMPLETE_MARK).write_text("{}\n")
     os.chmod(path, 0o700)
     return path
 
