@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-from minict import auth, boundedjson, log, registry
+from minict import auth, boundedjson, http, log, registry
 from minict.errors import MinictError, PullError, shorten
 from minict.layout import (
     JSON_BLOB_MAX,
@@ -49,7 +49,6 @@ DOCKER_LAYERS = {
         "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
 }
 CHUNK = 512 * 1024
-STREAM_ATTEMPTS = 5  # interruptions in a row without progress before a blob download gives up
 # No registry serves layers this big (the big public ones stop far below), and
 # a descriptor claiming more would only fill the disk: refused before downloading.
 BLOB_SIZE_MAX = 256 * 1024 ** 3
@@ -371,7 +370,7 @@ class Puller:
         self.layout = Layout.for_reference(ref)
         self.registry = registry.Registry(
             ref.endpoint, ref.path, insecure=insecure,
-            credentials=lambda: auth.lookup(ref.domain))
+            credentials=lambda: auth.lookup(ref.domain), jobs=self.jobs)
         self.stop = threading.Event()
         # Set when a download filled the disk: the others then drop their partial files too.
         self.disk_full = threading.Event()
@@ -544,9 +543,10 @@ class Puller:
                     # A body below the speed limit counts as a failure though it brought
                     # bytes: else a trickle would be resumed for ever.
                     failures = 0 if writer.offset > before and not err.slow else failures + 1
-                    if failures >= STREAM_ATTEMPTS:
+                    # The one retry policy's count and backoff (http.RETRY), for bodies.
+                    if failures >= http.RETRY.attempts:
                         raise PullError(f"fetching blob {digest}: {err}") from None
-                    wait = min(0.5 * 2 ** failures, registry.BACKOFF_MAX) if failures else 0
+                    wait = http.RETRY.backoff(failures) if failures else 0
                     log.debug(f"blob {digest} cut off at byte {writer.offset} ({err}); "
                               f"resuming in {wait:.1f}s")
                     time.sleep(wait)
@@ -584,8 +584,8 @@ class Puller:
                     raise Cancelled()
                 try:
                     chunk = response.read1(CHUNK)
-                except registry.STREAM_ERRORS as err:
-                    raise _Interrupted(registry.describe(err, self.registry.endpoint),
+                except http.NETWORK_ERRORS as err:
+                    raise _Interrupted(http.describe(err, self.registry.endpoint),
                                        slow=isinstance(err, TooSlow)) from None
                 if not chunk:
                     break
