@@ -122,7 +122,12 @@ class Response:
         try:
             return self._raw.read1(size)
         except _WRAPPERS as err:
-            raise _cause(err) from None
+            cause = _cause(err)
+            if isinstance(cause, http.client.IncompleteRead) and not self._raw.chunked:
+                # Fewer bytes than Content-Length: the end, as http.client reports it; the
+                # caller sees the body is short (and says so in its own words).
+                return b""
+            raise cause from None
 
     def read(self, limit: int) -> bytes:
         """Return the body, at most `limit` + 1 bytes of it (so callers can spot too long)."""
