@@ -6,12 +6,17 @@ pull fails in one line naming the proxy (never the password) with the wrong
 ones.  A registry serving TLS with a certificate from a test CA is trusted
 through `<certs.d>/<host:port>/ca.crt`, and one that demands a client
 certificate gets `client.cert` + `client.key` from the same directory
-(MINICT_CERTS_D stands for /etc/docker/certs.d).
+(MINICT_CERTS_D stands for /etc/docker/certs.d).  One retry policy covers
+drops, 429 and 503; `run` of a present image never imports requests.
 """
 
 import datetime
 import ipaddress
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -277,3 +282,21 @@ def test_one_retry_policy_for_drops_429_and_503():
     finally:
         session.close()
         loopback_http.stop(server)
+
+
+# -- requests only where a registry is asked ---------------------------------------
+
+@pytest.mark.root
+def test_run_of_a_present_image_never_imports_requests(busybox_layout, minict_dir):
+    shutil.copytree(busybox_layout, minict_dir / "images" / "busybox", symlinks=True)
+    env = {**os.environ, "MINICT_DIR": str(minict_dir)}
+    env.pop("MINICT_LOG_LEVEL", None)
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "minict", "run", "--image",
+                           "busybox", "--name", "imports", "--rm", "--pull", "missing", "--",
+                           "true"], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "minict.container" in imported  # the check sees what ran
+    assert not imported & {"requests", "urllib3", "minict.http", "minict.registry"}
