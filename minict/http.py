@@ -413,6 +413,9 @@ def _cause(err: BaseException, proxy: str | None = None) -> BaseException:
         else:
             words = type(err).__name__
         return ProxyFailed(proxy, words)
+    if proxy and isinstance(err, (requests.exceptions.InvalidSchema,
+                                  requests.exceptions.InvalidProxyURL)):
+        return ProxyFailed(proxy, "a proxy URL scheme requests cannot use (http:// or https://)")
     if isinstance(err, _WRAPPERS):  # no socket error under it: a protocol error of urllib3's
         return http.client.HTTPException(type(err).__name__)
     return err
