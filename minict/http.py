@@ -1,7 +1,7 @@
 """HTTP for the registry client: one `requests.Session` per registry, one retry policy.
 
 Imported only by the commands that talk to a registry (pull, run --pull):
-`requests` costs ~100 ms to import, which `start` and the listings never pay.
+`requests` costs ~40 ms of CPU to import, which `start` and the listings never pay.
 
 - Connections: a pool per origin in the session's adapter, sized to --jobs,
   shared by the download threads; bodies are always streamed.
@@ -18,7 +18,8 @@ Imported only by the commands that talk to a registry (pull, run --pull):
   waits at most what its exchange's timeouts.Clock allows: the connection
   class gives http.client a socket whose reads set their own timeout.
 - One retry policy (RETRY) for every request: connection errors, 429 and
-  5xx, with Retry-After honoured up to BACKOFF_MAX.
+  5xx, with Retry-After honoured up to RETRY.backoff_max; the blob resume
+  loop in pull.py counts and waits by it too.
 
 Failures surface as the error under requests' and urllib3's wrappers:
 OSError (socket, ssl), http.client.HTTPException, ProxyFailed, or the
@@ -41,7 +42,7 @@ import urllib3
 import urllib3.exceptions
 
 from minict import boundedjson, log
-from minict.errors import MinictError
+from minict.errors import MinictError, shorten
 from minict.timeouts import Clock, DeadlineExceeded, Limits, TooSlow
 
 CONNECT_TIMEOUT = 10  # seconds to connect and finish the TLS handshake
@@ -430,8 +431,6 @@ def split_host(endpoint: str) -> str:
 
 def describe(err: BaseException, host: str) -> str:
     """Turn a network failure (one of NETWORK_ERRORS) into one line without URLs or secrets."""
-    from minict.errors import shorten
-
     if isinstance(err, ProxyFailed):
         if err.refused_credentials:
             return f"{err}; check the user and password in HTTPS_PROXY/HTTP_PROXY"
