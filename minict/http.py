@@ -59,6 +59,10 @@ class ProxyFailed(OSError):
         self.refused_credentials = words.startswith("407")
 
 
+class ConnectTimedOut(TimeoutError):
+    """Nothing accepted the connection within CONNECT_TIMEOUT (or the deadline)."""
+
+
 # Everything a broken connection, a refused one, a failed handshake or a limit raises.
 NETWORK_ERRORS = (OSError, http.client.HTTPException, DeadlineExceeded, TooSlow)
 
@@ -72,9 +76,10 @@ class RetryPolicy:
     backoff_max = 10.0  # seconds; a Retry-After above this is cut to it
     # Errors that the same request would meet again: no retry.  A peer too
     # slow for a whole deadline would be as slow again; nobody listens behind
-    # a refused connection.
+    # a refused connection, and a host that let a connection time out (10 s,
+    # after the kernel's own SYN retries) is filtered or gone.
     final = (socket.gaierror, ssl.SSLError, DeadlineExceeded, http.client.InvalidURL,
-             ConnectionRefusedError, ProxyFailed)
+             ConnectionRefusedError, ConnectTimedOut, ProxyFailed)
 
     def backoff(self, attempt: int) -> float:
         """Return the seconds to wait before try `attempt` + 1 (0.5 s doubling, capped)."""
@@ -393,9 +398,12 @@ def _cause(err: BaseException, proxy: str | None = None) -> BaseException:
     reached becomes ProxyFailed, naming the proxy without its credentials.
     """
     via_proxy = isinstance(err, requests.exceptions.ProxyError)
+    connecting = False
     for _ in range(10):  # wrappers nest a few levels deep
         if isinstance(err, urllib3.exceptions.ProxyError):
             via_proxy = True
+        # Exactly this type: urllib3's NewConnectionError (refused, DNS) derives from it.
+        connecting |= type(err) is urllib3.exceptions.ConnectTimeoutError
         if not isinstance(err, _WRAPPERS) or isinstance(err, http.client.HTTPException):
             break
         inner = getattr(err, "reason", None)
@@ -417,6 +425,9 @@ def _cause(err: BaseException, proxy: str | None = None) -> BaseException:
     if proxy and isinstance(err, (requests.exceptions.InvalidSchema,
                                   requests.exceptions.InvalidProxyURL)):
         return ProxyFailed(proxy, "a proxy URL scheme requests cannot use (http:// or https://)")
+    if connecting and isinstance(err, TimeoutError) \
+            and not isinstance(err, (DeadlineExceeded, TooSlow)):
+        return ConnectTimedOut(*err.args)
     if isinstance(err, _WRAPPERS):  # no socket error under it: a protocol error of urllib3's
         return http.client.HTTPException(type(err).__name__)
     return err

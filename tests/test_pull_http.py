@@ -10,6 +10,7 @@ certificate gets `client.cert` + `client.key` from the same directory
 drops, 429 and 503; `run` of a present image never imports requests.
 """
 
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -300,3 +301,34 @@ def test_run_of_a_present_image_never_imports_requests(busybox_layout, minict_di
                 if line.startswith("import time:")}
     assert "minict.container" in imported  # the check sees what ran
     assert not imported & {"requests", "urllib3", "minict.http", "minict.registry"}
+
+
+def test_a_connection_nobody_accepts_times_out_once(monkeypatch):
+    # A listener that never accepts, its queue full: the kernel drops further SYNs,
+    # as a firewall that drops packets does.  One connect timeout, not five.
+    from minict import http
+
+    monkeypatch.setattr(http, "CONNECT_TIMEOUT", 1)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = []
+    for _ in range(3):
+        client = socket.socket()
+        client.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            client.connect(("127.0.0.1", port))
+        queued.append(client)
+    time.sleep(0.2)
+    session = http.Session(insecure=False)
+    started = time.monotonic()
+    try:
+        with pytest.raises(http.ConnectTimedOut) as caught:
+            session.request("GET", f"http://127.0.0.1:{port}/v2/", {}, what="ping")
+    finally:
+        session.close()
+        for sock in [listener, *queued]:
+            sock.close()
+    assert time.monotonic() - started < 3
+    assert http.describe(caught.value, "reg") == "reg did not answer in time"
