@@ -5,10 +5,8 @@ Imported only by the commands that talk to a registry (pull, run --pull):
 
 - Connections: a pool per origin in the session's adapter, sized to --jobs,
   shared by the download threads; bodies are always streamed.
-- TLS: the system CAs, or the bundle REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE
-  names; plus, as docker reads them, the files in /etc/docker/certs.d/<host[:port]>/
-  (MINICT_CERTS_D moves that directory): every *.crt is a CA, every
-  *.cert with its *.key a client certificate.  --insecure verifies nothing.
+- TLS: each host's context from tls.py (system CAs or REQUESTS_CA_BUNDLE,
+  plus docker's certs.d), or none with --insecure.
 - Proxies: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment, with the
   user and password a proxy URL carries; never for loopback hosts (Go's
   ProxyFromEnvironment rule).  Nothing else comes from the environment
@@ -17,20 +15,18 @@ Imported only by the commands that talk to a registry (pull, run --pull):
 - Every read of a response (status line, headers, body, chunked or not)
   waits at most what its exchange's timeouts.Clock allows: the connection
   class gives http.client a socket whose reads set their own timeout.
-- One retry policy (RETRY) for every request: connection errors, 429 and
-  5xx, with Retry-After honoured up to RETRY.backoff_max; the blob resume
-  loop in pull.py counts and waits by it too.
+- One retry policy (http_errors.RETRY) for every request: connection errors, 429
+  and 5xx, with Retry-After honoured; the final errors are listed there.
 
-Failures surface as the error under requests' and urllib3's wrappers:
-OSError (socket, ssl), http.client.HTTPException, ProxyFailed, or the
-Clock's DeadlineExceeded and TooSlow.
+Failures surface as the error under requests' and urllib3's wrappers, one
+of http_errors.NETWORK_ERRORS: OSError (socket, ssl), http.client.HTTPException,
+ProxyFailed, ConnectTimedOut, or the Clock's DeadlineExceeded and TooSlow.
 """
 
 import contextlib
 import http.client
 import io
 import os
-import socket
 import ssl
 import threading
 import time
@@ -42,72 +38,11 @@ import urllib3
 import urllib3.exceptions
 
 from minict import boundedjson, log
-from minict.errors import MinictError, shorten
+from minict.http_errors import NETWORK_ERRORS, RETRY, ConnectTimedOut, ProxyFailed, describe
 from minict.timeouts import Clock, DeadlineExceeded, Limits, TooSlow
+from minict.tls import tls_context
 
 CONNECT_TIMEOUT = 10  # seconds to connect and finish the TLS handshake
-CERTS_D = "/etc/docker/certs.d"
-SYSTEM_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
-                  "/etc/ssl/cert.pem")
-
-
-class ProxyFailed(OSError):
-    """The proxy refused to carry a request (a 407: wrong or missing credentials) or is down."""
-
-    def __init__(self, proxy: str, words: str):
-        super().__init__(f"the proxy {_proxy_name(proxy)} failed: {words}")
-        self.refused_credentials = words.startswith("407")
-
-
-class ConnectTimedOut(TimeoutError):
-    """Nothing accepted the connection within CONNECT_TIMEOUT (or the deadline)."""
-
-
-# Everything a broken connection, a refused one, a failed handshake or a limit raises.
-NETWORK_ERRORS = (OSError, http.client.HTTPException, DeadlineExceeded, TooSlow)
-
-
-# -- the one retry policy ------------------------------------------------------
-
-class RetryPolicy:
-    """How often and how long to retry: the one rule for requests and resumed blobs."""
-
-    attempts = 5        # tries per request; interruptions in a row of one blob body
-    backoff_max = 10.0  # seconds; a Retry-After above this is cut to it
-    # Errors that the same request would meet again: no retry.  A peer too
-    # slow for a whole deadline would be as slow again; nobody listens behind
-    # a refused connection, and a host that let a connection time out (10 s,
-    # after the kernel's own SYN retries) is filtered or gone.
-    final = (socket.gaierror, ssl.SSLError, DeadlineExceeded, http.client.InvalidURL,
-             ConnectionRefusedError, ConnectTimedOut, ProxyFailed)
-
-    def backoff(self, attempt: int) -> float:
-        """Return the seconds to wait before try `attempt` + 1 (0.5 s doubling, capped)."""
-        return min(0.5 * 2 ** attempt, self.backoff_max)
-
-    def retry_after(self, headers, attempt: int) -> float:
-        """Return seconds to wait before retrying: Retry-After if given, else backoff."""
-        value = headers.get("Retry-After", "") if headers is not None else ""
-        wait = None
-        if value.strip().isdigit():
-            wait = float(value.strip())
-        elif value:
-            import email.utils  # only a 429/503 with an HTTP date needs it
-
-            try:
-                wait = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-            except (TypeError, ValueError):
-                wait = None
-        if wait is None:
-            wait = 0.5 * 2 ** attempt
-        return max(0.0, min(wait, self.backoff_max))
-
-    @staticmethod
-    def retry_status(status: int) -> bool:
-        return status == 429 or status >= 500
-
-
-RETRY = RetryPolicy()
 
 
 # -- responses -------------------------------------------------------------------
@@ -266,73 +201,6 @@ class _Adapter(requests.adapters.HTTPAdapter):
         return host_params, pool_kwargs
 
 
-# -- TLS -------------------------------------------------------------------------
-
-def certs_dir(host: str) -> str:
-    """Return docker's per-registry directory for `host[:port]` (MINICT_CERTS_D moves the root)."""
-    return os.path.join(os.environ.get("MINICT_CERTS_D") or CERTS_D, host.replace("/", "_"))
-
-
-def tls_context(host: str, insecure: bool) -> ssl.SSLContext:
-    """Return the TLS context for `host[:port]`; raise MinictError for a broken certs.d.
-
-    System CAs (or REQUESTS_CA_BUNDLE's), the CAs and client certificate of
-    docker's certs.d directory for the host, or no verification (--insecure).
-    """
-    if insecure:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    else:
-        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
-        context = ssl.create_default_context(cafile=bundle)
-        if bundle is None and not context.cert_store_stats()["x509_ca"]:
-            # A Python whose OpenSSL looks elsewhere (some pyenv builds): the distribution's bundle.
-            for candidate in SYSTEM_BUNDLES:
-                if os.path.isfile(candidate):
-                    context.load_verify_locations(candidate)
-                    break
-    _load_certs_dir(context, certs_dir(host), insecure)
-    return context
-
-
-def _load_certs_dir(context: ssl.SSLContext, directory: str, insecure: bool) -> None:
-    """Add what docker's certs.d/<host> holds: *.crt CAs, *.cert + *.key client certificates."""
-    try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return
-    except OSError as err:
-        raise MinictError(f"cannot read {directory}: {err.strerror}") from None
-    pairs = []
-    for name in names:
-        path = os.path.join(directory, name)
-        try:
-            if name.endswith(".crt") and not insecure:
-                context.load_verify_locations(path)
-            elif name.endswith(".cert"):
-                key = name[:-len(".cert")] + ".key"
-                if key not in names:
-                    raise MinictError(f"missing key {key} for client certificate {path}; "
-                                      "CA certificates must use the extension .crt")
-                pairs.append((path, os.path.join(directory, key)))
-            elif name.endswith(".key") and name[:-len(".key")] + ".cert" not in names:
-                raise MinictError(f"missing client certificate "
-                                  f"{name[:-len('.key')]}.cert for key {path}")
-        except (ssl.SSLError, OSError) as err:
-            raise MinictError(f"cannot use {path}: {_ssl_words(err)}") from None
-    # OpenSSL offers one client certificate per context: the first pair, by name.
-    for cert, key in pairs[:1]:
-        try:
-            context.load_cert_chain(cert, key)
-        except (ssl.SSLError, OSError) as err:
-            raise MinictError(f"cannot use client certificate {cert}: {_ssl_words(err)}") from None
-
-
-def _ssl_words(err: BaseException) -> str:
-    return getattr(err, "reason", None) or getattr(err, "strerror", None) or type(err).__name__
-
-
 # -- proxies and URLs ---------------------------------------------------------------
 
 def is_loopback(host: str) -> bool:
@@ -381,11 +249,6 @@ def check_url(url: str) -> None:
         raise http.client.InvalidURL(f"unsupported URL scheme {parts.scheme[:20]!r}")
 
 
-def _proxy_name(proxy: str) -> str:
-    """Return host:port of a proxy URL: never its user or password."""
-    return urllib.parse.urlsplit(proxy).netloc.rsplit("@", 1)[-1]
-
-
 # -- errors under the wrappers ---------------------------------------------------
 
 _WRAPPERS = (requests.RequestException, urllib3.exceptions.HTTPError)
@@ -431,48 +294,6 @@ def _cause(err: BaseException, proxy: str | None = None) -> BaseException:
     if isinstance(err, _WRAPPERS):  # no socket error under it: a protocol error of urllib3's
         return http.client.HTTPException(type(err).__name__)
     return err
-
-
-def split_host(endpoint: str) -> str:
-    """Return the host of `host[:port]` (IPv6 in brackets)."""
-    if endpoint.startswith("["):
-        return endpoint[1:endpoint.index("]")]
-    return endpoint.rsplit(":", 1)[0] if ":" in endpoint else endpoint
-
-
-def describe(err: BaseException, host: str) -> str:
-    """Turn a network failure (one of NETWORK_ERRORS) into one line without URLs or secrets."""
-    if isinstance(err, ProxyFailed):
-        if err.refused_credentials:
-            return f"{err}; check the user and password in HTTPS_PROXY/HTTP_PROXY"
-        return str(err)
-    if isinstance(err, ssl.SSLCertVerificationError):
-        return f"TLS certificate of {host} not trusted: {err.verify_message}"
-    if isinstance(err, ssl.SSLError):
-        return f"TLS handshake with {host} failed: {err.reason or type(err).__name__}"
-    if isinstance(err, socket.gaierror):
-        return f"cannot resolve registry host {split_host(host)!r} (DNS lookup failed)"
-    if isinstance(err, ConnectionRefusedError):
-        return f"cannot connect to {host}: connection refused"
-    if isinstance(err, DeadlineExceeded):
-        return (f"{host} did not finish answering within {err.seconds:g} s "
-                "(MINICT_REGISTRY_DEADLINE)")
-    if isinstance(err, TooSlow):
-        return (f"{host} sent less than {err.limit} bytes/s for {err.window:g} s "
-                "(MINICT_SPEED_LIMIT, MINICT_SPEED_TIME)")
-    if isinstance(err, TimeoutError):
-        return f"{host} did not answer in time"
-    if isinstance(err, http.client.IncompleteRead):
-        return f"connection to {host} broke off in the middle of a body"
-    if isinstance(err, http.client.InvalidURL):
-        return f"{host} named a URL that cannot be used ({shorten(err, 80)})"
-    if isinstance(err, http.client.RemoteDisconnected):
-        return f"{host} closed the connection without answering"
-    if isinstance(err, http.client.HTTPException):
-        return f"{host} sent something that is not HTTP ({type(err).__name__})"
-    if isinstance(err, OSError) and err.strerror:
-        return f"connection to {host} failed: {err.strerror}"
-    return f"connection to {host} failed: {type(err).__name__}"
 
 
 # -- the session -------------------------------------------------------------------

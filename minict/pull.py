@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-from minict import auth, boundedjson, http, log, registry
+from minict import auth, boundedjson, http_errors, log, registry
 from minict.errors import MinictError, PullError, shorten
 from minict.layout import (
     JSON_BLOB_MAX,
@@ -543,10 +543,10 @@ class Puller:
                     # A body below the speed limit counts as a failure though it brought
                     # bytes: else a trickle would be resumed for ever.
                     failures = 0 if writer.offset > before and not err.slow else failures + 1
-                    # The one retry policy's count and backoff (http.RETRY), for bodies.
-                    if failures >= http.RETRY.attempts:
+                    # The one retry policy's count and backoff (http_errors.RETRY), for bodies.
+                    if failures >= http_errors.RETRY.attempts:
                         raise PullError(f"fetching blob {digest}: {err}") from None
-                    wait = http.RETRY.backoff(failures) if failures else 0
+                    wait = http_errors.RETRY.backoff(failures) if failures else 0
                     log.debug(f"blob {digest} cut off at byte {writer.offset} ({err}); "
                               f"resuming in {wait:.1f}s")
                     time.sleep(wait)
@@ -584,8 +584,8 @@ class Puller:
                     raise Cancelled()
                 try:
                     chunk = response.read1(CHUNK)
-                except http.NETWORK_ERRORS as err:
-                    raise _Interrupted(http.describe(err, self.registry.endpoint),
+                except http_errors.NETWORK_ERRORS as err:
+                    raise _Interrupted(http_errors.describe(err, self.registry.endpoint),
                                        slow=isinstance(err, TooSlow)) from None
                 if not chunk:
                     break

@@ -32,15 +32,8 @@ import urllib.parse
 from minict import boundedjson, log
 from minict.auth import Credentials
 from minict.errors import PullError, shorten
-from minict.http import (
-    NETWORK_ERRORS,
-    ProxyFailed,
-    Response,
-    Session,
-    describe,
-    is_loopback,
-    split_host,
-)
+from minict.http import Response, Session, is_loopback
+from minict.http_errors import NETWORK_ERRORS, ProxyFailed, describe, split_host
 from minict.timeouts import DeadlineExceeded
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -223,14 +223,14 @@ def test_plain_http_through_the_proxy(registry, minict, tmp_path):
 
 
 def test_a_forwarding_proxy_refusing_credentials_raises_proxy_failed(monkeypatch):
-    from minict import http
+    from minict import http, http_errors
 
     with AuthProxy(USER, PASSWORD) as proxy:
         monkeypatch.setenv("HTTP_PROXY", proxy.url_with(USER, "wrong"))
         monkeypatch.delenv("NO_PROXY", raising=False)
         monkeypatch.delenv("no_proxy", raising=False)
         session = http.Session(insecure=False)
-        with pytest.raises(http.ProxyFailed, match="407") as caught:
+        with pytest.raises(http_errors.ProxyFailed, match="407") as caught:
             session.send("GET", f"http://{NAME}:1/v2/", {})
         session.close()
     assert "wrong" not in str(caught.value)
@@ -249,7 +249,7 @@ def test_loopback_registries_bypass_the_proxy(registry, minict):
 # -- the one retry policy ------------------------------------------------------------
 
 def test_one_retry_policy_for_drops_429_and_503():
-    from minict import http
+    from minict import http, http_errors
     from tests.support import loopback_http
 
     script = ["drop", "429", "503", "200"]
@@ -279,7 +279,7 @@ def test_one_retry_policy_for_drops_429_and_503():
         seen.clear()
         with session.request("GET", url, {}, what="ping") as response:
             assert response.status_code == 503
-        assert len(seen) == http.RETRY.attempts
+        assert len(seen) == http_errors.RETRY.attempts
     finally:
         session.close()
         loopback_http.stop(server)
@@ -306,7 +306,7 @@ def test_run_of_a_present_image_never_imports_requests(busybox_layout, minict_di
 def test_a_connection_nobody_accepts_times_out_once(monkeypatch):
     # A listener that never accepts, its queue full: the kernel drops further SYNs,
     # as a firewall that drops packets does.  One connect timeout, not five.
-    from minict import http
+    from minict import http, http_errors
 
     monkeypatch.setattr(http, "CONNECT_TIMEOUT", 1)
     listener = socket.socket()
@@ -324,11 +324,11 @@ def test_a_connection_nobody_accepts_times_out_once(monkeypatch):
     session = http.Session(insecure=False)
     started = time.monotonic()
     try:
-        with pytest.raises(http.ConnectTimedOut) as caught:
+        with pytest.raises(http_errors.ConnectTimedOut) as caught:
             session.request("GET", f"http://127.0.0.1:{port}/v2/", {}, what="ping")
     finally:
         session.close()
         for sock in [listener, *queued]:
             sock.close()
     assert time.monotonic() - started < 3
-    assert http.describe(caught.value, "reg") == "reg did not answer in time"
+    assert http_errors.describe(caught.value, "reg") == "reg did not answer in time"

@@ -67,7 +67,7 @@ def test_proxies_from_the_environment_but_never_for_loopback(monkeypatch):
 
 
 def test_retry_after():
-    from minict.http import RETRY
+    from minict.http_errors import RETRY
 
     assert RETRY.retry_after({"Retry-After": "2"}, 1) == 2.0
     assert RETRY.retry_after({"Retry-After": "100000"}, 1) == RETRY.backoff_max
