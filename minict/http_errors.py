@@ -10,7 +10,7 @@
 
 http.Session.request applies RETRY to every request; pull.py's resume loop
 counts and waits by it for bodies cut off mid-way (a retried request cannot
-resume; a Range request can).  No requests here: pull imports it cheaply.
+resume; a Range request can).  Plain data and words: no requests here.
 """
 
 import http.client
