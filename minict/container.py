@@ -100,7 +100,6 @@ def _pull(ref, policy: str) -> None:
     if policy not in ("missing", "always"):
         raise ContainerError(f"unknown pull policy {policy!r}: use missing, always or never")
     from minict import layout
-    from minict import pull as pulling
 
     if policy == "missing":
         try:
@@ -108,6 +107,8 @@ def _pull(ref, policy: str) -> None:
             return
         except MinictError:
             pass
+    from minict import pull as pulling  # requests with it: only when a registry is asked
+
     pulling.pull(ref, platform=None, insecure=False, jobs=4)
 
 

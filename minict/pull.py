@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from minict import auth, fsutil, log, registry
+from minict import auth, fsutil, http_errors, log, registry
 from minict.errors import MinictError, PullError, shorten
 from minict.layout import SOURCE_DIGEST, SOURCE_PLATFORM, DigestMismatch, DiskFull, Layout
 from minict.mediatypes import (  # pull.X names kept: the pull's unit tests call them here
@@ -34,7 +34,6 @@ from minict.reference import Reference
 from minict.timeouts import TooSlow
 
 CHUNK = 512 * 1024
-STREAM_ATTEMPTS = 5  # interruptions in a row without progress before a blob download gives up
 
 
 def pull(ref: Reference, *, platform: str | None, insecure: bool, jobs: int) -> None:
@@ -178,7 +177,7 @@ class Puller:
         self.layout = Layout.for_reference(ref)
         self.registry = registry.Registry(
             ref.endpoint, ref.path, insecure=insecure,
-            credentials=lambda: auth.lookup(ref.domain))
+            credentials=lambda: auth.lookup(ref.domain), jobs=self.jobs)
         self.stop = threading.Event()
         # Set when a download filled the disk: the others then drop their partial files too.
         self.disk_full = threading.Event()
@@ -351,9 +350,10 @@ class Puller:
                     # A body below the speed limit counts as a failure though it brought
                     # bytes: else a trickle would be resumed for ever.
                     failures = 0 if writer.offset > before and not err.slow else failures + 1
-                    if failures >= STREAM_ATTEMPTS:
+                    # The one retry policy's count and backoff (http_errors.RETRY), for bodies.
+                    if failures >= http_errors.RETRY.attempts:
                         raise PullError(f"fetching blob {digest}: {err}") from None
-                    wait = min(0.5 * 2 ** failures, registry.BACKOFF_MAX) if failures else 0
+                    wait = http_errors.RETRY.backoff(failures) if failures else 0
                     log.debug(f"blob {digest} cut off at byte {writer.offset} ({err}); "
                               f"resuming in {wait:.1f}s")
                     time.sleep(wait)
@@ -391,8 +391,8 @@ class Puller:
                     raise Cancelled()
                 try:
                     chunk = response.read1(CHUNK)
-                except registry.STREAM_ERRORS as err:
-                    raise _Interrupted(registry.describe(err, self.registry.endpoint),
+                except http_errors.NETWORK_ERRORS as err:
+                    raise _Interrupted(http_errors.describe(err, self.registry.endpoint),
                                        slow=isinstance(err, TooSlow)) from None
                 if not chunk:
                     break

@@ -8,8 +8,9 @@ Every request states the statuses it accepts; anything else becomes one
 clear PullError.  Authentication follows the `WWW-Authenticate` challenge
 (Bearer token or Basic) and is renewed on a 401.  Redirects are followed by
 hand so the Authorization header never reaches another host (blob storage).
-Connection errors, 5xx and 429 are retried with bounded backoff; an
-answer that takes longer than its deadline (timeouts.py) is not.
+Each request goes through http.Session.request, which retries connection
+errors, 5xx and 429 by the one policy (http.RETRY); an answer that takes
+longer than its deadline (timeouts.py) is not retried.
 
 What a registry or token server sends is parsed within bounds: JSON by
 boundedjson, tokens only if they fit in a header, expires_in clamped, and
@@ -24,7 +25,6 @@ import http.client
 import math
 import re
 import socket
-import ssl
 import threading
 import time
 import urllib.parse
@@ -32,15 +32,14 @@ import urllib.parse
 from minict import boundedjson, log
 from minict.auth import Credentials
 from minict.errors import PullError, shorten
+from minict.http import Response, Session, is_loopback
+from minict.http_errors import NETWORK_ERRORS, ProxyFailed, describe, split_host
 from minict.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
-from minict.timeouts import DeadlineExceeded, TooSlow
-from minict.transport import NETWORK_ERRORS, Pool, Response, is_loopback
+from minict.timeouts import DeadlineExceeded
 
 ACCEPT = f"{OCI_INDEX}, {OCI_MANIFEST}, {DOCKER_LIST}, {DOCKER_MANIFEST}"
 
 MANIFEST_MAX = 4 * 1024 * 1024
-ATTEMPTS = 5        # tries per request for connection errors, 5xx and 429
-BACKOFF_MAX = 10.0  # seconds; a Retry-After above this is cut to it
 MAX_REDIRECTS = 5
 TOKEN_DEFAULT_TTL = 60  # seconds, when the token server gives no expires_in
 TOKEN_MAX_TTL = 24 * 3600  # a longer expires_in is cut to this: the token is asked again
@@ -49,10 +48,6 @@ TOKEN_MAX = 64 * 1024      # characters: tokens are a few KB; this is a header, 
 # (RFC 9110 field-vchar; a token is RFC 6750's b64token, narrower still).
 _HEADER_SAFE = re.compile(r"[!-~]+\Z")
 
-# Errors of a connection or in the middle of a body.
-STREAM_ERRORS = NETWORK_ERRORS
-
-
 class Unauthorized(PullError):
     """The registry refused us even after authenticating."""
 
@@ -60,13 +55,6 @@ class Unauthorized(PullError):
 def _origin(url: str) -> tuple[str, str]:
     parts = urllib.parse.urlsplit(url)
     return parts.scheme, parts.netloc.rsplit("@", 1)[-1]
-
-
-def split_host(endpoint: str) -> str:
-    """Return the host of `host[:port]` (IPv6 in brackets)."""
-    if endpoint.startswith("["):
-        return endpoint[1:endpoint.index("]")]
-    return endpoint.rsplit(":", 1)[0] if ":" in endpoint else endpoint
 
 
 def schemes(endpoint: str, insecure: bool) -> list[str]:
@@ -127,56 +115,6 @@ def redact(url: str, trusted_host: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
-def describe(err: BaseException, host: str) -> str:
-    """Turn a socket/ssl/http.client failure into one line without URLs or secrets."""
-    if isinstance(err, ssl.SSLCertVerificationError):
-        return f"TLS certificate of {host} not trusted: {err.verify_message}"
-    if isinstance(err, ssl.SSLError):
-        return f"TLS handshake with {host} failed: {err.reason or type(err).__name__}"
-    if isinstance(err, socket.gaierror):
-        return f"cannot resolve registry host {split_host(host)!r} (DNS lookup failed)"
-    if isinstance(err, ConnectionRefusedError):
-        return f"cannot connect to {host}: connection refused"
-    if isinstance(err, DeadlineExceeded):
-        return (f"{host} did not finish answering within {err.seconds:g} s "
-                "(MINICT_REGISTRY_DEADLINE)")
-    if isinstance(err, TooSlow):
-        return (f"{host} sent less than {err.limit} bytes/s for {err.window:g} s "
-                "(MINICT_SPEED_LIMIT, MINICT_SPEED_TIME)")
-    if isinstance(err, TimeoutError):
-        return f"{host} did not answer in time"
-    if isinstance(err, http.client.IncompleteRead):
-        return f"connection to {host} broke off in the middle of a body"
-    if isinstance(err, http.client.InvalidURL):
-        return f"{host} named a URL that cannot be used ({shorten(err, 80)})"
-    if isinstance(err, http.client.RemoteDisconnected):
-        return f"{host} closed the connection without answering"
-    if isinstance(err, http.client.HTTPException):
-        return f"{host} sent something that is not HTTP ({type(err).__name__})"
-    if isinstance(err, OSError) and err.strerror:
-        return f"connection to {host} failed: {err.strerror}"
-    return f"connection to {host} failed: {type(err).__name__}"
-
-
-def retry_after(response: Response, attempt: int) -> float:
-    """Return seconds to wait before retrying: Retry-After if given, else backoff."""
-    value = response.headers.get("Retry-After", "") if response is not None else ""
-    wait = None
-    if value.strip().isdigit():
-        wait = float(value.strip())
-    elif value:
-        import email.utils  # only a 429/503 with an HTTP date needs it
-
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-            wait = when.timestamp() - time.time()
-        except (TypeError, ValueError):
-            wait = None
-    if wait is None:
-        wait = 0.5 * 2 ** attempt
-    return max(0.0, min(wait, BACKOFF_MAX))
-
-
 def registry_error(response: Response) -> str:
     """Return the registry's own words for a failed request (errors[0].message), cut short."""
     try:
@@ -216,7 +154,7 @@ class Registry:
     """One repository on one registry, with its scheme and credentials settled lazily."""
 
     def __init__(self, endpoint: str, repository: str, *, insecure: bool,
-                 credentials=lambda: None):
+                 credentials=lambda: None, jobs: int = 1):
         self.endpoint = endpoint            # host[:port] to talk to
         self.repository = repository        # library/ubuntu
         self.insecure = insecure
@@ -224,7 +162,7 @@ class Registry:
         self._credentials: Credentials | None = None
         self._credentials_loaded = False
         self.base: str | None = None        # scheme://endpoint after ping()
-        self.pool = Pool(insecure)
+        self.http = Session(insecure, jobs)  # a connection for each download thread
         self._lock = threading.Lock()
         self._challenge: tuple[str, dict[str, str]] | None = None
         self._authorization: str | None = None
@@ -232,12 +170,13 @@ class Registry:
 
     # -- low level ---------------------------------------------------------
 
-    def _send(self, method: str, url: str, *, headers=None, authorization: str | None = None,
-              body: bytes | None = None, stream: bool = False) -> Response:
-        """Send one request, following redirects by hand; raise NETWORK_ERRORS.
+    def _send(self, method: str, url: str, *, what: str, headers=None,
+              authorization: str | None = None, body: bytes | None = None,
+              stream: bool = False) -> Response:
+        """Send one request (retried by http.RETRY), following redirects by hand.
 
         `authorization` goes only to the origin of `url` as first given:
-        never to the blob storage a registry redirects to.
+        never to the blob storage a registry redirects to.  Raise NETWORK_ERRORS.
         """
         headers = dict(headers or {})
         origin = _origin(url)
@@ -245,7 +184,7 @@ class Registry:
             sent = dict(headers)
             if authorization and _origin(url) == origin:
                 sent["Authorization"] = authorization
-            response = self.pool.request(method, url, sent, body, stream=stream)
+            response = self.http.request(method, url, sent, body, stream=stream, what=what)
             log.debug(f"{method} {redact(url, self.endpoint)} {response.status_code}")
             location = response.headers.get("Location")
             if response.status_code in (301, 302, 303, 307, 308) and location:
@@ -266,31 +205,22 @@ class Registry:
                 headers=None, stream: bool = False) -> Response:
         """Send `method` to `path` on this registry; return a response with a status in `statuses`.
 
-        Authenticate, retry connection errors, 5xx and 429 with bounded
-        backoff, renew the token once on a 401.  Raise PullError otherwise,
-        its message starting with `what`.  A `stream`ed body (a blob) has
-        no deadline, only the low-speed limit (timeouts.py).
+        Authenticate, renew the token once on a 401 (the retries of
+        connection errors, 5xx and 429 are http.RETRY's).  Raise PullError
+        otherwise, its message starting with `what`.  A `stream`ed body (a
+        blob) has no deadline, only the low-speed limit (timeouts.py).
         """
         if self.base is None:
             self.ping()
         url = self.base + path
         renewed = False
-        attempt = 0
         while True:
             authorization = self._current_authorization()
             try:
-                response = self._send(method, url, headers=headers, authorization=authorization,
-                                      stream=stream)
+                response = self._send(method, url, what=what, headers=headers,
+                                      authorization=authorization, stream=stream)
             except NETWORK_ERRORS as err:
-                attempt += 1
-                # A peer too slow for a whole deadline would be as slow again: no retry.
-                final = (socket.gaierror, ssl.SSLError, DeadlineExceeded, http.client.InvalidURL)
-                if attempt >= ATTEMPTS or isinstance(err, final):
-                    raise PullError(f"{what}: {describe(err, self.endpoint)}") from None
-                wait = min(0.5 * 2 ** attempt, BACKOFF_MAX)
-                log.debug(f"{what}: {describe(err, self.endpoint)}; retrying in {wait:.1f}s")
-                time.sleep(wait)
-                continue
+                raise PullError(f"{what}: {describe(err, self.endpoint)}") from None
             status = response.status_code
             if status in statuses:
                 return response
@@ -302,13 +232,6 @@ class Registry:
                     log.debug(f"{what}: 401, authenticating again ({challenge[0]})")
                     self._authenticate(challenge, stale=authorization)
                     continue
-            if (status == 429 or status >= 500) and attempt + 1 < ATTEMPTS:
-                attempt += 1
-                wait = retry_after(response, attempt)
-                log.debug(f"{what}: HTTP {status}; retrying in {wait:.1f}s")
-                response.close()
-                time.sleep(wait)
-                continue
             raise self._failure(response, what)
 
     def _failure(self, response: Response, what: str) -> PullError:
@@ -333,10 +256,13 @@ class Registry:
             base = f"{scheme}://{self.endpoint}"
             last = i == len(order) - 1
             try:
-                response = self._ping_once(base)
+                response = self.http.request("GET", base + "/v2/", {}, what="ping")
+                log.debug(f"GET {redact(base + '/v2/', self.endpoint)} {response.status_code}")
+                response.read(65536)
+                response.close()
             except NETWORK_ERRORS as err:
                 text = describe(err, self.endpoint)
-                final = (ConnectionRefusedError, socket.gaierror, DeadlineExceeded)
+                final = (ConnectionRefusedError, socket.gaierror, DeadlineExceeded, ProxyFailed)
                 if not last and not isinstance(err, final):
                     log.debug(f"ping {base}: {text}; trying {order[i + 1]}")
                     continue
@@ -359,21 +285,6 @@ class Registry:
         elif response.status_code != 200:
             raise PullError(f"{self.endpoint} is not a registry speaking the v2 API "
                             f"(GET /v2/ answered HTTP {response.status_code})")
-
-    def _ping_once(self, base: str) -> Response:
-        """GET /v2/ at `base`, retrying 429 and 5xx; raise NETWORK_ERRORS."""
-        for attempt in range(1, ATTEMPTS + 1):
-            response = self.pool.request("GET", base + "/v2/", {})
-            log.debug(f"GET {redact(base + '/v2/', self.endpoint)} {response.status_code}")
-            response.read(65536)
-            response.close()
-            if (response.status_code == 429 or response.status_code >= 500) and attempt < ATTEMPTS:
-                wait = retry_after(response, attempt)
-                log.debug(f"ping: HTTP {response.status_code}; retrying in {wait:.1f}s")
-                time.sleep(wait)
-                continue
-            break
-        return response
 
     def credentials(self) -> Credentials | None:
         """Return the credentials for this registry, reading them once, on demand."""
@@ -448,8 +359,8 @@ class Registry:
             pair = f"{creds.username}:{creds.password}".encode()
             authorization = "Basic " + base64.b64encode(pair).decode()
         try:
-            response = self._send(method, url, headers=headers, authorization=authorization,
-                                  body=body)
+            response = self._send(method, url, what="getting a token", headers=headers,
+                                  authorization=authorization, body=body)
         except NETWORK_ERRORS as err:
             raise PullError(f"getting a token: {describe(err, realm_host)}") from None
         log.debug(f"(token for {' '.join(scopes)}, {'with credentials' if creds else 'anonymous'})")
@@ -502,7 +413,7 @@ class Registry:
                 raise PullError(f"{what}: {length} bytes is over the {MANIFEST_MAX}-byte limit")
             try:
                 data = response.read(MANIFEST_MAX)
-            except STREAM_ERRORS as err:
+            except NETWORK_ERRORS as err:
                 raise PullError(f"{what}: {describe(err, self.endpoint)}") from None
             if len(data) > MANIFEST_MAX:
                 raise PullError(f"{what}: more than the {MANIFEST_MAX}-byte limit")
@@ -523,4 +434,4 @@ class Registry:
                             what=what, headers=headers, stream=True)
 
     def close(self) -> None:
-        self.pool.close()
+        self.http.close()

@@ -15,8 +15,8 @@ curl's --speed-limit/--speed-time, containerd's fetch).  A trickle of the
 status line, the headers or a chunked body is bounded the same way, since
 http.client reads all of them through the same socket reads.
 
-Pure: no sockets here (transport.py calls the Clock), so it moves to any
-HTTP client that lets one set a socket's timeout before each read.
+Pure: no sockets here (http.py's connections call the Clock before each
+read of a socket, under requests and urllib3).
 """
 
 import math

@@ -52,29 +52,27 @@ def test_redact_keeps_secrets_out_of_logs():
 
 
 def test_proxies_from_the_environment_but_never_for_loopback(monkeypatch):
-    from minict import transport
+    from minict import http
 
     for key in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
         monkeypatch.delenv(key, raising=False)
-    assert transport._proxy_for("https", "registry.example.com") is None
+    assert http.proxy_for("https://registry.example.com/v2/") is None
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.com:3128")
     monkeypatch.setenv("NO_PROXY", "internal.example.com")
-    assert transport._proxy_for("https", "registry.example.com") == ("proxy.example.com", 3128)
-    assert transport._proxy_for("https", "internal.example.com") is None
-    assert transport._proxy_for("https", "127.0.0.1") is None
-    assert transport._proxy_for("https", "localhost") is None
-    assert transport._proxy_for("http", "registry.example.com") is None  # only HTTPS_PROXY set
+    assert http.proxy_for("https://registry.example.com/v2/") == "http://proxy.example.com:3128"
+    assert http.proxy_for("https://internal.example.com/v2/") is None
+    assert http.proxy_for("https://127.0.0.1/v2/") is None
+    assert http.proxy_for("https://localhost/v2/") is None
+    assert http.proxy_for("http://registry.example.com/v2/") is None  # only HTTPS_PROXY set
 
 
 def test_retry_after():
-    class Response:
-        def __init__(self, value):
-            self.headers = {"Retry-After": value} if value is not None else {}
+    from minict.http_errors import RETRY
 
-    assert registry.retry_after(Response("2"), 1) == 2.0
-    assert registry.retry_after(Response("100000"), 1) == registry.BACKOFF_MAX
-    assert registry.retry_after(Response("Wed, 21 Oct 2015 07:28:00 GMT"), 1) == 0.0
-    assert registry.retry_after(Response(None), 2) == 2.0
+    assert RETRY.retry_after({"Retry-After": "2"}, 1) == 2.0
+    assert RETRY.retry_after({"Retry-After": "100000"}, 1) == RETRY.backoff_max
+    assert RETRY.retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 1) == 0.0
+    assert RETRY.retry_after({}, 2) == 2.0
 
 
 @pytest.mark.parametrize("text,expected", [
