@@ -236,6 +236,7 @@ def test_connection_refused(minict):
     fails(minict("pull", "--image", f"127.0.0.1:{port}/test/app"), "connection refused")
 
 
+@pytest.mark.root  # unshare: a private mount or network namespace
 def test_dns_failure(minict_dir):
     # In an empty network namespace no packet leaves this machine, and the lookup fails.
     if os.geteuid() != 0 or shutil.which("unshare") is None:
@@ -349,6 +350,7 @@ def test_progress_bars_on_a_tty_and_no_rich_otherwise(registry, minict_dir):
     assert done.stdout.strip() == "False"
 
 
+@pytest.mark.root  # unshare: a private mount or network namespace
 def test_disk_full_is_one_clear_line_and_nothing_is_listed(registry, minict_dir, tmp_path):
     # A 1 MiB tmpfs as MINICT_DIR, mounted in a private mount namespace that
     # dies with the shell, so nothing stays mounted.
