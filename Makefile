@@ -3,7 +3,7 @@
 #   make install   system packages, a venv in $(PREFIX), and $(BINDIR)/minict
 #   make demo      a local registry, a busybox image pushed to it, pulled and run
 #   make test      the whole test suite against a real registry on loopback
-#   make test-unprivileged  the tests not marked root, as nobody (as you, if you are not root)
+#   make test-unprivileged  the tests that need no root, as nobody (as you, if you are not root)
 #   make lint      ruff
 #   make bench     minict against skopeo, umoci, tar, runc and crun (see bench/)
 
@@ -52,7 +52,7 @@ test-unprivileged: test-deps $(VENV)/.installed $(VENV)/.seccomp
 		as="setpriv --reuid=nobody --regid=nogroup --clear-groups --reset-env env CI=$${CI:-}"; \
 		$$as test -r $(VENV)/bin/python || { echo "make test-unprivileged: nobody cannot read $(VENV)" >&2; exit 1; }; \
 	fi; \
-	$$as PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python -m pytest -m 'not root' -p no:cacheprovider $(PYTEST_ARGS); \
+	$$as PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python -m pytest -m 'not root or unprivileged' -p no:cacheprovider $(PYTEST_ARGS); \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "make test-unprivileged: no tests ran" >&2; exit 1; fi; exit $$rc
 
 lint: $(VENV)/.installed

@@ -12,8 +12,9 @@
     require_tool   require_tool("skopeo") -> path; skips locally, fails under CI=true
 
 Mark tests that need root with `@pytest.mark.root`: they skip locally when not
-root and fail under CI=true; `make test-unprivileged` runs the others as
-nobody.  Every test is checked for mounts it left behind under pytest's
+root and fail under CI=true.  In a module marked root, `@pytest.mark.unprivileged`
+says a test needs no root after all.  `make test-unprivileged` runs every test
+that needs no root as nobody.  Every test is checked for mounts it left behind under pytest's
 temporary directories.
 """
 
@@ -36,6 +37,8 @@ MINICT_TIMEOUT = 120
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "root: the test needs root (skips locally, fails in CI)")
+    config.addinivalue_line("markers", "unprivileged: the test needs no root, though its "
+                            "module is marked root")
     config.addinivalue_line("markers", "own_registry: `registry` is a registry of the test's "
                             "own (it stops it, corrupts its storage or needs it empty)")
     # pytest deletes old temp dirs with a recursive delete that would go
@@ -49,8 +52,14 @@ def pytest_configure(config):
                     returncode=3)
 
 
+def needs_root(item) -> bool:
+    """Marked root (the test or its module), and not marked unprivileged (the test)."""
+    return (item.get_closest_marker("root") is not None
+            and item.get_closest_marker("unprivileged") is None)
+
+
 def pytest_runtest_setup(item):
-    if item.get_closest_marker("root") is not None:
+    if needs_root(item):
         ci.require_root()
 
 

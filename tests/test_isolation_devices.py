@@ -408,7 +408,6 @@ def test_device_option_adds_a_node_with_its_permissions_and_start_repeats_it(mc,
     assert again.stdout.splitlines() == expected
 
 
-@pytest.mark.root
 @pytest.mark.parametrize("option, message", [
     ("/etc/passwd", "--device /etc/passwd: not a character or block device"),
     ("/dev/no-such-device", "--device /dev/no-such-device: No such file or directory"),
@@ -640,7 +639,6 @@ def test_the_kernel_verifier_accepts_random_rule_sets():
 
 
 
-@pytest.mark.root
 def test_a_bad_cgroup_version_choice_is_one_clear_error_and_runs_nothing(minict, minict_dir,
                                                                          probed_box):
     bundle = probed_box(["touch", "/ran"])
