@@ -3,6 +3,7 @@
 #   make install   system packages, a venv in $(PREFIX), and $(BINDIR)/minict
 #   make demo      a local registry, a busybox image pushed to it, pulled and run
 #   make test      the whole test suite against a real registry on loopback
+#   make test-unprivileged  the tests that need no root, as nobody (as you, if you are not root)
 #   make lint      ruff
 #   make bench     minict against skopeo, umoci, tar, runc and crun (see bench/)
 
@@ -19,7 +20,7 @@ TEST_PACKAGES = docker-registry skopeo umoci busybox-static apache2-utils zstd t
 	iproute2 nftables util-linux procps debootstrap podman runc keyutils
 BENCH_PACKAGES = debootstrap runc crun hyperfine time
 
-.PHONY: install uninstall demo test lint bench deps test-deps bench-deps clean
+.PHONY: install uninstall demo test test-unprivileged lint bench deps test-deps bench-deps clean
 
 install: deps
 	$(PYTHON) -m venv $(PREFIX)
@@ -42,6 +43,17 @@ test: test-deps $(VENV)/.installed $(VENV)/.seccomp
 	@# pytest exits 5 when it collected no test: that must not pass.
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests ran" >&2; exit 1; fi; exit $$rc
+
+# What a developer without root can run.  Run by root, it becomes nobody (the checkout
+# must be readable by nobody), with a clean environment but CI; pytest's cache stays off,
+# as nobody cannot write the checkout.
+test-unprivileged: test-deps $(VENV)/.installed $(VENV)/.seccomp
+	@as=""; if [ "$$(id -u)" -eq 0 ]; then \
+		as="setpriv --reuid=nobody --regid=nogroup --clear-groups --reset-env env CI=$${CI:-}"; \
+		$$as test -r $(VENV)/bin/python || { echo "make test-unprivileged: nobody cannot read $(VENV)" >&2; exit 1; }; \
+	fi; \
+	$$as PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python -m pytest -m 'not root or unprivileged' -p no:cacheprovider $(PYTEST_ARGS); \
+	rc=$$?; if [ $$rc -eq 5 ]; then echo "make test-unprivileged: no tests ran" >&2; exit 1; fi; exit $$rc
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check minict tests bench

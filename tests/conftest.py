@@ -1,17 +1,25 @@
 """Fixtures every test module shares.
 
-    registry       a started docker-registry on 127.0.0.1:<port> (tests.support.registry)
+    registry       the test's own repositories in the session's docker-registry on
+                   127.0.0.1:<port>: registry.repo("test/app") is the test's name for
+                   test/app, registry.ref("test/app:v1") its reference (a Namespace,
+                   tests.support.registry).  Mark a test `own_registry` to get a
+                   registry of its own, for one it stops, corrupts or needs empty.
     minict_dir     an empty temporary MINICT_DIR (it exists)
     minict         run `python -m minict ARGS...` with MINICT_DIR set; returns CompletedProcess
-    busybox_image  a busybox image built by umoci, pushed by skopeo to `registry`
+    busybox_image  a busybox image built by umoci, pushed once by skopeo to the session's
+                   registry (or, for an `own_registry` test, to the test's registry)
     require_tool   require_tool("skopeo") -> path; skips locally, fails under CI=true
 
 Mark tests that need root with `@pytest.mark.root`: they skip locally when not
-root and fail under CI=true.  Every test is checked for mounts it left behind
-under pytest's temporary directories.
+root and fail under CI=true.  In a module marked root, `@pytest.mark.unprivileged`
+says a test needs no root after all.  `make test-unprivileged` runs every test
+that needs no root as nobody.  Every test is checked for mounts it left behind under pytest's
+temporary directories.
 """
 
 import getpass
+import itertools
 import os
 import subprocess
 import sys
@@ -22,13 +30,17 @@ import pytest
 
 from tests.support import ci
 from tests.support.mounts import mounts_under
-from tests.support.registry import Registry
+from tests.support.registry import Namespace, Registry
 
 MINICT_TIMEOUT = 120
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "root: the test needs root (skips locally, fails in CI)")
+    config.addinivalue_line("markers", "unprivileged: the test needs no root, though its "
+                            "module is marked root")
+    config.addinivalue_line("markers", "own_registry: `registry` is a registry of the test's "
+                            "own (it stops it, corrupts its storage or needs it empty)")
     # pytest deletes old temp dirs with a recursive delete that would go
     # through a mount left there (a bind of /dev, say): refuse to start.
     roots = [Path(tempfile.gettempdir(), f"pytest-of-{getpass.getuser()}")]
@@ -40,8 +52,14 @@ def pytest_configure(config):
                     returncode=3)
 
 
+def needs_root(item) -> bool:
+    """Marked root (the test or its module), and not marked unprivileged (the test)."""
+    return (item.get_closest_marker("root") is not None
+            and item.get_closest_marker("unprivileged") is None)
+
+
 def pytest_runtest_setup(item):
-    if item.get_closest_marker("root") is not None:
+    if needs_root(item):
         ci.require_root()
 
 
@@ -79,14 +97,33 @@ def require_tool():
     return ci.require_tool
 
 
-@pytest.fixture
-def registry(tmp_path):
-    """A started registry; stopped (by pid) after the test."""
+@pytest.fixture(scope="session")
+def session_registry(tmp_path_factory):
+    """The one plain registry of the session; tests get a Namespace of it (`registry`)."""
     ci.require_tool("docker-registry")
-    reg = Registry(tmp_path / "registry")
-    reg.start()
-    yield reg
-    reg.stop()
+    with Registry(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
+
+
+# A test's prefix is its number in the session: short, and a valid repository component.
+_namespace_numbers = itertools.count(1)
+
+
+def _own_registry(request) -> bool:
+    return request.node.get_closest_marker("own_registry") is not None
+
+
+@pytest.fixture
+def registry(request, tmp_path):
+    """The test's repositories: a Namespace of the session's registry, or a Registry of
+    its own (stopped by pid after the test) when the test is marked own_registry."""
+    if not _own_registry(request):
+        reg = request.getfixturevalue("session_registry")
+        yield Namespace(reg, f"t{next(_namespace_numbers)}")
+        return
+    ci.require_tool("docker-registry")
+    with Registry(tmp_path / "registry") as reg:
+        yield reg
 
 
 @pytest.fixture
@@ -139,13 +176,28 @@ def busybox_layout(tmp_path_factory):
     return tools.build_busybox_layout(tmp_path_factory.mktemp("busybox"))
 
 
+@pytest.fixture(scope="session")
+def session_busybox_image(busybox_layout, session_registry):
+    """busybox pushed once to the session's registry, outside every test's namespace."""
+    from tests.support import tools
+
+    # A Namespace with no prefix: `.registry.stop()` must not stop everyone's registry.
+    return tools.skopeo_push(busybox_layout, Namespace(session_registry, ""), "test/busybox",
+                             "latest")
+
+
 @pytest.fixture
-def busybox_image(busybox_layout, registry):
-    """The busybox image pushed by skopeo to `registry` as test/busybox:latest.
+def busybox_image(request, busybox_layout):
+    """The busybox image pushed by skopeo as test/busybox:latest.
 
     It is a str (the reference `127.0.0.1:PORT/test/busybox:latest`) with
-    `.registry`, `.layout`, `.repo` and `.tag` attributes.
+    `.registry`, `.layout`, `.repo` and `.tag` attributes.  Tests only read it,
+    so one push serves the session; an own_registry test gets it in its own
+    registry (`registry`), which it may stop.
     """
     from tests.support import tools
 
+    if not _own_registry(request):
+        return request.getfixturevalue("session_busybox_image")
+    registry = request.getfixturevalue("registry")
     return tools.skopeo_push(busybox_layout, registry, "test/busybox", "latest")

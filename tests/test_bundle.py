@@ -83,6 +83,7 @@ def test_an_index_resolves_to_this_hosts_image(home):
     assert (path / "rootfs/bin/sh").exists() and not (path / "rootfs/wrong").exists()
 
 
+@pytest.mark.unprivileged
 def test_an_image_that_was_not_pulled(minict):
     done = minict("run", "--image", "nope:1", "--name", "x")
     assert done.returncode == 1
@@ -129,6 +130,7 @@ def test_bad_images_are_refused_and_nothing_remains(home, change, message):
     _assert_refused_without_leftovers(home, store_image("b:1", image), message)
 
 
+@pytest.mark.unprivileged
 def test_an_unknown_layer_media_type_is_refused(home):
     layer = Layer(tar_layer(ROOTFS), None, media_type="application/x-tar")
     _assert_refused_without_leftovers(home, store_image("u:1", Image([layer])),
@@ -211,6 +213,7 @@ def test_ctrl_c_removes_the_half_made_bundle(home):
 # -- remove_tree -------------------------------------------------------------------------
 
 
+@pytest.mark.unprivileged
 def test_remove_tree_removes_symlinks_not_their_targets(tmp_path):
     outside = tmp_path / "outside"
     (outside / "dir").mkdir(parents=True)
@@ -227,6 +230,7 @@ def test_remove_tree_removes_symlinks_not_their_targets(tmp_path):
     assert tree(outside) == before
 
 
+@pytest.mark.unprivileged
 def test_remove_tree_of_a_symlink_removes_only_the_link(tmp_path):
     (tmp_path / "target").mkdir()
     (tmp_path / "target/file").write_text("keep\n")
@@ -236,6 +240,7 @@ def test_remove_tree_of_a_symlink_removes_only_the_link(tmp_path):
     assert (tmp_path / "target/file").read_text() == "keep\n"
 
 
+@pytest.mark.unprivileged
 def test_remove_tree_of_a_missing_path_is_fine(tmp_path):
     bundle.remove_tree(tmp_path / "none")
 
@@ -276,6 +281,7 @@ def test_remove_at_refuses_another_device(tmp_path):
         subprocess.run(["umount", victim / "mnt"], check=True)
 
 
+@pytest.mark.unprivileged
 def test_an_unreadable_index_is_not_reported_as_not_pulled(home):
     ref = store_image("broken:1", Image([ROOTFS]))
     (store.image_dir(ref) / "index.json").write_text("{not json")

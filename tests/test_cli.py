@@ -302,8 +302,8 @@ def test_unusable_minict_dir(minict, tmp_path, request, argv, where):
     target = blocker if where == "file" else blocker / "minict"
     if "pull" in argv:
         registry = request.getfixturevalue("registry")
-        push(registry.url, "test/small", "latest", Image([[File("a", b"a")]]))
-        argv = [a.replace("REGISTRY", registry.host) for a in argv]
+        push(registry.url, registry.repo("test/small"), "latest", Image([[File("a", b"a")]]))
+        argv = [a.replace("REGISTRY/test/small", registry.ref("test/small")) for a in argv]
     before = snapshot(tmp_path / "blocker")
     done = minict(*argv, env={"MINICT_DIR": str(target)})
     check_failure(done, 1)

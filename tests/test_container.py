@@ -46,6 +46,7 @@ def test_start_keeps_what_the_first_run_wrote(minict, box):
     assert container.read_state(path) == {"status": "exited", "exitStatus": 0}
 
 
+@pytest.mark.unprivileged
 def test_start_of_a_missing_container_is_refused(minict):
     done = minict("start", "--name", "ghost")
     assert done.returncode == 1
@@ -54,6 +55,7 @@ def test_start_of_a_missing_container_is_refused(minict):
         "container")
 
 
+@pytest.mark.unprivileged
 def test_rm_of_a_missing_container_is_refused(minict):
     done = minict("rm", "--name", "ghost")
     assert done.returncode == 1
@@ -140,6 +142,7 @@ def test_rm_detaches_leftover_mounts_and_never_follows_symlinks(minict, box, tmp
     assert (outside / "keep").read_text() == "keep me"
 
 
+@pytest.mark.unprivileged
 def test_list_containers_prints_the_originals_json_array(minict, box):
     assert minict("list-containers").stdout == "[]\n"
     box(["true"], name="b2")
@@ -178,6 +181,7 @@ def test_run_replaces_what_an_interrupted_run_left(minict, minict_dir, pulled):
     assert not leftover.exists()
 
 
+@pytest.mark.unprivileged
 def test_run_never_replaces_a_directory_that_is_not_ours(minict, minict_dir):
     foreign = minict_dir / "containers" / "one"
     foreign.mkdir(parents=True)
@@ -188,6 +192,7 @@ def test_run_never_replaces_a_directory_that_is_not_ours(minict, minict_dir):
     assert (foreign / "precious").read_text() == "x"
 
 
+@pytest.mark.unprivileged
 def test_failed_commands_leave_no_lock_files(minict, minict_dir):
     minict("start", "--name", "ghost")
     minict("run", "--image", "never-pulled", "--name", "ghost")

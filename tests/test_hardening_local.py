@@ -108,6 +108,7 @@ def bomb_layer(kind: bytes, size: int) -> bytes:
     return b"".join(parts)
 
 
+@pytest.mark.unprivileged
 @pytest.mark.parametrize("kind, size, what", [
     (b"x", 400_000_000, "pax extended header of 400000000 bytes"),
     (b"L", 100_000_000, "GNU long name of 100000000 bytes"),
@@ -131,6 +132,7 @@ def test_a_special_header_bomb_is_refused_quickly_in_little_memory(minict_dir, k
     assert not os.listdir(minict_dir / "containers")  # nothing half-made stays
 
 
+@pytest.mark.unprivileged
 def test_a_long_name_under_one_mib_is_refused_past_path_max_with_a_cut_name(minict_dir):
     name = "n" * 300_000
     image = Image([[File(name, b"x")]], config={"Cmd": ["/f"]})
@@ -183,6 +185,7 @@ def test_many_entries_with_names_near_path_max_fit_in_little_memory(minict_dir, 
         assert "its content is sha256:" in err
 
 
+@pytest.mark.unprivileged
 @pytest.mark.parametrize("pax, message", [
     ({"mtime": "9" * 30}, "pax record mtime is out of range"),
     ({"uid": "-1"}, "pax record uid is not a number from 0 to 4294967294"),
@@ -340,6 +343,7 @@ def test_markup_and_escapes_from_an_image_are_listed_escaped(minict, minict_dir)
     assert "/nonexistent '[/x]' '[bold]loud' '\\x1b]…" in containers.stdout  # cut at 40
 
 
+@pytest.mark.unprivileged
 def test_printable_escapes_controls_bidi_and_separators_only():
     from minict import text
 
@@ -392,6 +396,7 @@ def test_a_killed_runs_partial_bundle_is_pruned_by_age_or_force(minict, minict_d
     assert os.listdir(minict_dir / "containers") == []
 
 
+@pytest.mark.unprivileged
 def test_prune_force_takes_young_leftovers_but_never_locked_ones(minict, minict_dir, monkeypatch):
     from minict import container
 
@@ -450,6 +455,7 @@ def mode(path) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
 
 
+@pytest.mark.unprivileged
 def test_a_new_minict_dir_is_private_and_so_are_pulled_blobs(busybox_image, tmp_path, minict):
     state = tmp_path / "new" / "state"
     done = minict("pull", "--image", busybox_image, env={"MINICT_DIR": str(state)})
@@ -462,6 +468,7 @@ def test_a_new_minict_dir_is_private_and_so_are_pulled_blobs(busybox_image, tmp_
     assert mode(os.path.join(layout, "index.json")) == 0o600
 
 
+@pytest.mark.unprivileged
 def test_an_existing_open_minict_dir_is_kept_with_one_warning(minict, tmp_path):
     state = tmp_path / "open"
     state.mkdir()

@@ -421,6 +421,7 @@ def listing(stdout: str, label: str) -> list[str]:
     return block.split("== ", 1)[0].splitlines()
 
 
+@pytest.mark.root  # unshare: a private mount or network namespace
 def test_disk_full_removes_the_blob_and_leaves_the_store_as_it_was(hostile, store):
     # test/app:bad names the config test/app:latest has (present after the first
     # pull), and a layer declared 100 MiB whose body never ends: it fills the disk.
@@ -460,6 +461,7 @@ def test_a_layer_declared_one_tebibyte_is_refused_before_download(hostile, minic
     assert not any(layer in r["path"] for r in hostile.requests)
 
 
+@pytest.mark.root  # unshare: a private mount or network namespace
 def test_disk_full_while_sibling_layers_download_keeps_no_partial(hostile, store):
     # Two endless layers at once on a 3 MiB disk: whichever fills it, no partial stays.
     image = small_image()

@@ -137,6 +137,7 @@ def test_exec_gets_the_containers_capabilities(minict, minict_dir, busybox):
         proc.communicate(timeout=30)
 
 
+@pytest.mark.unprivileged
 @pytest.mark.parametrize("option", ["--cap-add", "--cap-drop"])
 @pytest.mark.parametrize("name", ["NOPE", "CAP_", "cap_chown,kill", ""])
 def test_unknown_capability_is_one_line_and_creates_nothing(minict, minict_dir, busybox,
@@ -397,6 +398,7 @@ def test_apt_get_update_and_install_as_root(minict, minict_dir, debian_layout):
 
 # -- the config itself ---------------------------------------------------------------------
 
+@pytest.mark.unprivileged
 def test_privileged_config_has_every_capability_and_no_masks():
     from minict import spec
 
@@ -409,6 +411,7 @@ def test_privileged_config_has_every_capability_and_no_masks():
     assert doc["linux"]["maskedPaths"] == doc["linux"]["readonlyPaths"] == []
 
 
+@pytest.mark.unprivileged
 def test_host_masked_paths_come_after_dockers_list():
     from minict import spec
 
@@ -418,6 +421,7 @@ def test_host_masked_paths_come_after_dockers_list():
     assert doc["linux"]["readonlyPaths"] == READONLY
 
 
+@pytest.mark.unprivileged
 def test_thermal_throttle_paths_are_the_hosts():
     from minict import bundle
 

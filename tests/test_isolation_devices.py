@@ -204,10 +204,10 @@ def test_device_nodes_of_an_image_layer_do_not_open(minict, registry, busybox_ro
     nodes = [CharDevice("kmsg", 1, 11), CharDevice("opt/x", 1, 11),
              CharDevice("opt/loop-control", 10, 237), CharDevice("vcsa", 7, 128)]
     image = Image([rootfs_entries(rootfs), nodes], config={"Env": ["PATH=/usr/local/bin:/bin"]})
-    push(registry.url, "test/nodes", "latest", image)
+    push(registry.url, registry.repo("test/nodes"), "latest", image)
     marker = f"minict-devices-test-{uuid.uuid4()}"
     script = " ".join(f"devprobe open rw /{n.name} {marker};" for n in nodes) + " true"
-    done = minict("run", "--pull", "missing", "--image", f"{registry.host}/test/nodes:latest",
+    done = minict("run", "--pull", "missing", "--image", registry.ref("test/nodes:latest"),
                   "--name", "nodes", "--", "sh", "-c", script)
     assert done.returncode == 0, done.stderr
     found = results(done.stdout)
@@ -408,7 +408,6 @@ def test_device_option_adds_a_node_with_its_permissions_and_start_repeats_it(mc,
     assert again.stdout.splitlines() == expected
 
 
-@pytest.mark.root
 @pytest.mark.parametrize("option, message", [
     ("/etc/passwd", "--device /etc/passwd: not a character or block device"),
     ("/dev/no-such-device", "--device /dev/no-such-device: No such file or directory"),
@@ -640,7 +639,6 @@ def test_the_kernel_verifier_accepts_random_rule_sets():
 
 
 
-@pytest.mark.root
 def test_a_bad_cgroup_version_choice_is_one_clear_error_and_runs_nothing(minict, minict_dir,
                                                                          probed_box):
     bundle = probed_box(["touch", "/ran"])

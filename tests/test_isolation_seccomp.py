@@ -447,6 +447,7 @@ def one_fatal_line(done, phrase: str) -> None:
     assert phrase in lines[0]
 
 
+@pytest.mark.unprivileged
 @pytest.mark.parametrize("text, phrase", BAD_PROFILES)
 def test_a_bad_profile_is_one_fatal_line(minict_dir, minict, busybox, tmp_path, text, phrase):
     path = tmp_path / "bad.json"
@@ -458,6 +459,7 @@ def test_a_bad_profile_is_one_fatal_line(minict_dir, minict, busybox, tmp_path, 
     assert not (minict_dir / "containers" / "c").exists()
 
 
+@pytest.mark.unprivileged
 @pytest.mark.parametrize("option, phrase", [
     ("seccomp=/no/such/profile.json", "cannot read seccomp profile /no/such/profile.json"),
     ("seccomp=", "invalid --security-opt 'seccomp='"),
@@ -537,6 +539,7 @@ def names_of(section) -> set:
             and rule["action"] == "SCMP_ACT_ALLOW" for name in rule["names"]}
 
 
+@pytest.mark.unprivileged
 @pytest.mark.parametrize("machine, architectures, present, absent", [
     ("x86_64", ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
      {"arch_prctl", "modify_ldt"}, {"cacheflush", "riscv_flush_icache"}),
@@ -555,6 +558,7 @@ def test_architectures_and_their_rules_follow_the_machine(machine, architectures
     assert not absent & names_of(section)
 
 
+@pytest.mark.unprivileged
 def test_s390_checks_clone_flags_in_the_second_argument():
     def clone_args(machine):
         section = seccomp.to_oci(seccomp_profile.DEFAULT_PROFILE, MINICT_CAPS, machine, "6.1.0")
@@ -565,6 +569,7 @@ def test_s390_checks_clone_flags_in_the_second_argument():
     assert clone_args("s390x") == [1]
 
 
+@pytest.mark.unprivileged
 @pytest.mark.parametrize("caps, allowed, refused", [
     (MINICT_CAPS, set(), {"chroot", "mount", "unshare", "reboot", "init_module", "ptrace"}),
     (MINICT_CAPS + ["CAP_SYS_CHROOT"], {"chroot"}, {"mount", "unshare"}),
@@ -584,6 +589,7 @@ def test_capabilities_select_rules_as_docker_does(caps, allowed, refused):
     assert all(r["errnoRet"] == 38 for r in clone3)
 
 
+@pytest.mark.unprivileged
 @pytest.mark.parametrize("release, ptrace", [("4.7.10", False), ("4.8.0-1-amd64", True),
                                              ("6.18.0", True), ("3.12-rc5", False)])
 def test_min_kernel_decides_ptrace(release, ptrace):
@@ -591,6 +597,7 @@ def test_min_kernel_decides_ptrace(release, ptrace):
     assert ("ptrace" in names_of(section)) == ptrace
 
 
+@pytest.mark.unprivileged
 def test_privileged_and_unconfined_have_no_section_and_the_default_has_docker_s():
     image = {"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]}}
     assert "seccomp" not in spec.generate(image, "n", overrides=spec.Overrides(

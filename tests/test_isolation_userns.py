@@ -228,6 +228,7 @@ def test_an_exhausted_range_is_refused(minict, minict_dir, busybox, subid_files)
     assert not (minict_dir / "containers" / "b").exists()
 
 
+@pytest.mark.unprivileged
 @pytest.mark.parametrize("content", ["", "someone:100000:65536\n", "minict:0:65536\n"])
 def test_missing_or_dangerous_entries_are_one_clear_error(minict, minict_dir, busybox,
                                                           subid_files, content):
@@ -241,6 +242,7 @@ def test_missing_or_dangerous_entries_are_one_clear_error(minict, minict_dir, bu
     assert userns.holders() == []
 
 
+@pytest.mark.unprivileged
 def test_the_subuid_file_missing_altogether(minict, busybox, subid_files):
     subid_files["MINICT_SUBGID"].unlink()
     done = minict("run", "--image", busybox, "--name", "c", "--userns", "auto", "--", "true")
@@ -248,6 +250,7 @@ def test_the_subuid_file_missing_altogether(minict, busybox, subid_files):
     assert f"{subid_files['MINICT_SUBGID']} grants no ids to the user 'minict'" in done.stderr
 
 
+@pytest.mark.unprivileged
 def test_old_kernels_are_refused_by_name():
     with pytest.raises(Exception, match="Linux 5.11.0-1-amd64 lacks"):
         userns.check_kernel("5.11.0-1-amd64")
@@ -320,6 +323,7 @@ def test_identity_stays_the_default_and_host_shares_the_hosts_user_namespace(min
 
 # -- make install ---------------------------------------------------------------------------
 
+@pytest.mark.unprivileged
 def test_install_adds_one_free_range_once(subid_files, tmp_path, monkeypatch):
     uid_file, gid_file = subid_files["MINICT_SUBUID"], subid_files["MINICT_SUBGID"]
     # podman's suggested grant for `containers` takes the top half already.
@@ -338,6 +342,7 @@ def test_install_adds_one_free_range_once(subid_files, tmp_path, monkeypatch):
     assert uid_file.read_text().startswith("alice:100000:65536\ncontainers:")
 
 
+@pytest.mark.unprivileged
 def test_install_prefers_the_top_half_when_it_is_free(subid_files):
     for path in subid_files.values():
         path.write_text("")
@@ -345,6 +350,7 @@ def test_install_prefers_the_top_half_when_it_is_free(subid_files):
     assert subids.ranges_of(str(subid_files["MINICT_SUBUID"])) == [(1 << 31, 1 << 30)]
 
 
+@pytest.mark.unprivileged
 def test_record_survives_in_its_own_directory_with_a_lock(minict_dir):
     uid, gid, size = userns.reserve(minict_dir, "x")
     with open(os.path.join(userns.record_dir(), "allocations.json")) as f:

@@ -427,6 +427,7 @@ def test_terminal_session_has_a_tty_job_control_and_window_size(minict_dir, box)
 
 # -- pure parts --------------------------------------------------------------------------
 
+@pytest.mark.unprivileged
 @pytest.mark.parametrize("options, flags, propagation, data", [
     ([], 0, 0, ""),
     (["nosuid", "strictatime", "mode=755", "size=65536k"],

@@ -158,11 +158,11 @@ def test_rmi_during_a_real_pull_of_a_sibling_tag_harms_neither(minict, minict_di
     """The pull finds the shared base present and skips it; rmi of the tag that brought it
     must not delete it before the pull names it."""
     v1, v2 = two_tags()
-    push(registry.url, "test/app", "v1", v1)
-    push(registry.url, "test/app", "v2", v2)
+    push(registry.url, registry.repo("test/app"), "v1", v1)
+    push(registry.url, registry.repo("test/app"), "v2", v2)
     only_v2 = v2.layers[1]
     with FaultProxy(registry.url) as proxy:
-        repo = f"{proxy.host}/test/app"
+        repo = f"{proxy.host}/{registry.repo('test/app')}"
         assert minict("pull", "--image", f"{repo}:v1").returncode == 0
         proxy.add(Fault(only_v2.digest, stall_after=1000))
         pull = spawn(minict_dir, "pull", "--image", f"{repo}:v2")
@@ -176,7 +176,7 @@ def test_rmi_during_a_real_pull_of_a_sibling_tag_harms_neither(minict, minict_di
         _, rmi_err = rmi.communicate(timeout=60)
     assert pull.returncode == 0, pull_err
     assert rmi.returncode == 0, rmi_err
-    layout = minict_dir / "images" / proxy.host / "test" / "app"
+    layout = minict_dir / "images" / proxy.host / registry.repo("test/app")
     assert stored(layout) == blobs_of(v2)
     assert json.loads(minict("list-images").stdout) == [f"{repo}:v2"]
     assert not (layout / ".partial" / only_v2.digest.split(":")[1]).exists()

@@ -152,6 +152,7 @@ def test_rm_state_is_recorded_while_it_runs(minict_dir, running):
 
 # -- --pull ---------------------------------------------------------------------
 
+@pytest.mark.own_registry  # it stops the registry
 def test_pull_policies(minict, minict_dir, busybox_image):
     image = str(busybox_image)
     never = minict("run", "--image", image, "--name", "p", "--", "true")

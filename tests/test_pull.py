@@ -84,13 +84,13 @@ def fails(done, *words):
 
 def test_oci_image_is_stored_as_pushed(registry, minict, minict_dir):
     image = small_image("oci")
-    push(registry.url, "test/app", "latest", image)
-    done = ok(minict("pull", "--image", f"{registry.host}/test/app"))
+    push(registry.url, registry.repo("test/app"), "latest", image)
+    done = ok(minict("pull", "--image", registry.ref("test/app")))
     for digest in [*(layer.digest for layer in image.layers)]:
         assert f"Copying blob {digest[7:19]} done" in done.stderr
     assert f"Copying config {image.config_digest[7:19]} done" in done.stderr
 
-    repo = f"{registry.host}/test/app"
+    repo = registry.ref("test/app")
     descriptor, _ = stored_manifest(minict_dir, repo, "latest")
     assert descriptor["digest"] == image.digest  # OCI bytes are kept as they are
     assert descriptor["annotations"][SOURCE_DIGEST] == image.digest
@@ -106,9 +106,9 @@ def test_oci_image_is_stored_as_pushed(registry, minict, minict_dir):
 
 def test_docker_image_is_converted_to_oci(registry, minict, minict_dir):
     image = small_image("docker", media="docker", compression="gzip")
-    push(registry.url, "team/app", "v1", image)
-    ok(minict("pull", "--image", f"{registry.host}/team/app:v1"))
-    descriptor, manifest = stored_manifest(minict_dir, f"{registry.host}/team/app", "v1")
+    push(registry.url, registry.repo("team/app"), "v1", image)
+    ok(minict("pull", "--image", registry.ref("team/app:v1")))
+    descriptor, manifest = stored_manifest(minict_dir, registry.ref("team/app"), "v1")
     assert descriptor["mediaType"] == OCI_MANIFEST
     assert descriptor["digest"] != image.digest
     assert descriptor["annotations"][SOURCE_DIGEST] == image.digest
@@ -138,9 +138,9 @@ def two_platform_index(media="oci"):
 @pytest.mark.parametrize("media", ["oci", "docker"])
 def test_index_gives_the_host_platform(registry, minict, minict_dir, media):
     index, mine, _ = two_platform_index(media)
-    push(registry.url, "test/multi", "latest", index)
-    ok(minict("pull", "--image", f"{registry.host}/test/multi"))
-    descriptor, manifest = stored_manifest(minict_dir, f"{registry.host}/test/multi", "latest")
+    push(registry.url, registry.repo("test/multi"), "latest", index)
+    ok(minict("pull", "--image", registry.ref("test/multi")))
+    descriptor, manifest = stored_manifest(minict_dir, registry.ref("test/multi"), "latest")
     assert manifest["config"]["digest"] == mine.config_digest
     assert descriptor["annotations"][SOURCE_DIGEST] == index.digest
     if media == "oci":
@@ -149,31 +149,32 @@ def test_index_gives_the_host_platform(registry, minict, minict_dir, media):
 
 def test_platform_option_and_no_match(registry, minict, minict_dir):
     index, _, theirs = two_platform_index()
-    push(registry.url, "test/multi", "latest", index)
+    push(registry.url, registry.repo("test/multi"), "latest", index)
     other = other_platform()
-    ok(minict("pull", "--image", f"{registry.host}/test/multi",
+    ok(minict("pull", "--image", registry.ref("test/multi"),
               "--platform", f"linux/{other['architecture']}"))
-    descriptor, manifest = stored_manifest(minict_dir, f"{registry.host}/test/multi", "latest")
+    descriptor, manifest = stored_manifest(minict_dir, registry.ref("test/multi"), "latest")
     assert manifest["config"]["digest"] == theirs.config_digest
     assert descriptor["annotations"][SOURCE_PLATFORM].startswith(f"linux/{other['architecture']}")
 
-    line = fails(minict("pull", "--image", f"{registry.host}/test/multi",
+    line = fails(minict("pull", "--image", registry.ref("test/multi"),
                         "--platform", "linux/riscv64"), "no image for platform linux/riscv64")
     assert "linux/arm64/v8" in line and "linux/amd64" in line and "unknown" not in line
-    fails(minict("pull", "--image", f"{registry.host}/test/multi", "--platform", "linux"),
+    fails(minict("pull", "--image", registry.ref("test/multi"), "--platform", "linux"),
           "invalid platform")
 
 
+@pytest.mark.own_registry  # it stops the registry
 def test_pull_by_digest(registry, minict, minict_dir):
     image = small_image("by digest", media="docker")
-    digest = push(registry.url, "test/app", "latest", image)
-    ref = f"{registry.host}/test/app@{digest}"
+    digest = push(registry.url, registry.repo("test/app"), "latest", image)
+    ref = registry.ref(f"test/app@{digest}")
     ok(minict("pull", "--image", ref))
     assert list_images(minict) == [ref]
-    descriptor, _ = stored_manifest(minict_dir, f"{registry.host}/test/app", digest)
+    descriptor, _ = stored_manifest(minict_dir, registry.ref("test/app"), digest)
     assert descriptor["annotations"][SOURCE_DIGEST] == digest
     unknown = "sha256:" + "0" * 64
-    fails(minict("pull", "--image", f"{registry.host}/test/app@{unknown}"), "manifest unknown")
+    fails(minict("pull", "--image", registry.ref(f"test/app@{unknown}")), "manifest unknown")
     # Content named by digest cannot change: pulled once, it needs no registry again.
     registry.stop()
     ok(minict("pull", "--image", ref))
@@ -182,9 +183,9 @@ def test_pull_by_digest(registry, minict, minict_dir):
 def test_two_tags_share_blobs_and_a_tag_moves(registry, minict, minict_dir):
     base = [Dir("usr"), File("usr/base", b"shared base layer")]
     one, two = small_image("one", base=base), small_image("two", base=base)
-    push(registry.url, "test/app", "1", one)
-    push(registry.url, "test/app", "2", two)
-    repo = f"{registry.host}/test/app"
+    push(registry.url, registry.repo("test/app"), "1", one)
+    push(registry.url, registry.repo("test/app"), "2", two)
+    repo = registry.ref("test/app")
     ok(minict("pull", "--image", f"{repo}:1"))
     done = ok(minict("pull", "--image", f"{repo}:2"))
     shared = one.layers[0].digest
@@ -193,7 +194,7 @@ def test_two_tags_share_blobs_and_a_tag_moves(registry, minict, minict_dir):
     assert blob_names(minict_dir, repo) == {one.digest, two.digest, *one.blobs, *two.blobs}
 
     three = small_image("three", base=base)
-    push(registry.url, "test/app", "1", three)
+    push(registry.url, registry.repo("test/app"), "1", three)
     ok(minict("pull", "--image", f"{repo}:1"))
     tags = [d["annotations"][REF_NAME] for d in index_of(minict_dir, repo)["manifests"]]
     assert sorted(tags) == ["1", "2"]
@@ -201,32 +202,32 @@ def test_two_tags_share_blobs_and_a_tag_moves(registry, minict, minict_dir):
 
 
 def test_warm_repull_asks_one_head_and_nothing_else(registry, minict):
-    push(registry.url, "test/app", "latest", small_image("warm", media="docker"))
-    ref = f"{registry.host}/test/app:latest"
+    push(registry.url, registry.repo("test/app"), "latest", small_image("warm", media="docker"))
+    ref = registry.ref("test/app:latest")
     ok(minict("pull", "--image", ref))
     done = ok(minict("--debug", "pull", "--image", ref))
     requests = [line.split(" debug ", 1)[1] for line in done.stderr.splitlines()
                 if " debug GET " in line or " debug HEAD " in line]
-    assert requests == [f"GET http://{registry.host}/v2/ 200",
-                        f"HEAD http://{registry.host}/v2/test/app/manifests/latest 200"]
+    manifest = f"{registry.host}/v2/{registry.repo('test/app')}/manifests/latest"
+    assert requests == [f"GET http://{registry.host}/v2/ 200", f"HEAD http://{manifest} 200"]
 
 
 def test_repull_fetches_only_missing_blobs(registry, minict, minict_dir):
     image = small_image("repair")
-    push(registry.url, "test/app", "latest", image)
-    ref = f"{registry.host}/test/app:latest"
+    push(registry.url, registry.repo("test/app"), "latest", image)
+    ref = registry.ref("test/app:latest")
     ok(minict("pull", "--image", ref))
     lost = image.layers[0].digest
-    (layout_dir(minict_dir, f"{registry.host}/test/app") / "blobs/sha256" / lost[7:]).unlink()
+    (layout_dir(minict_dir, registry.ref("test/app")) / "blobs/sha256" / lost[7:]).unlink()
     done = ok(minict("--debug", "pull", "--image", ref))
     fetched = [line for line in done.stderr.splitlines() if "/blobs/sha256:" in line and " GET " in line]
     assert len(fetched) == 1 and lost in fetched[0]
 
 
 def test_unknown_repository_and_tag(registry, minict, minict_dir):
-    push(registry.url, "test/app", "latest", small_image("x"))
-    fails(minict("pull", "--image", f"{registry.host}/test/app:nope"), "manifest unknown", "nope")
-    fails(minict("pull", "--image", f"{registry.host}/no/such"), "unknown")
+    push(registry.url, registry.repo("test/app"), "latest", small_image("x"))
+    fails(minict("pull", "--image", registry.ref("test/app:nope")), "manifest unknown", "nope")
+    fails(minict("pull", "--image", registry.ref("no/such")), "unknown")
     assert list_images(minict) == []
 
 
@@ -235,6 +236,7 @@ def test_connection_refused(minict):
     fails(minict("pull", "--image", f"127.0.0.1:{port}/test/app"), "connection refused")
 
 
+@pytest.mark.root  # unshare: a private mount or network namespace
 def test_dns_failure(minict_dir):
     # In an empty network namespace no packet leaves this machine, and the lookup fails.
     if os.geteuid() != 0 or shutil.which("unshare") is None:
@@ -246,19 +248,20 @@ def test_dns_failure(minict_dir):
     fails(done, "cannot resolve registry host 'registry.example.com'")
 
 
+@pytest.mark.own_registry  # it corrupts a stored blob
 def test_tampered_blob_is_refused_and_nothing_is_stored(registry, minict, minict_dir):
     image = small_image("tampered")
-    push(registry.url, "test/app", "latest", image)
+    push(registry.url, registry.repo("test/app"), "latest", image)
     victim = image.layers[0].digest
     path = registry.blob_data_path(victim)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    line = fails(minict("pull", "--image", f"{registry.host}/test/app"), victim,
+    line = fails(minict("pull", "--image", registry.ref("test/app")), victim,
                  "does not match its digest")
     assert "Traceback" not in line
     assert list_images(minict) == []
-    repo_dir = layout_dir(minict_dir, f"{registry.host}/test/app")
+    repo_dir = layout_dir(minict_dir, registry.ref("test/app"))
     assert not (repo_dir / "blobs/sha256" / victim[7:]).exists()
     partial = repo_dir / ".partial" / victim[7:]
     assert not partial.exists() or partial.stat().st_size == 0
@@ -268,28 +271,28 @@ def test_concurrent_pulls_into_one_repository_both_land(registry, minict_dir):
     base = [Dir("usr"), File("usr/base", os.urandom(300_000))]
     images = {f"t{i}": small_image(f"t{i}", base=base) for i in range(4)}
     for tag, image in images.items():
-        push(registry.url, "test/app", tag, image)
+        push(registry.url, registry.repo("test/app"), tag, image)
     env = {**os.environ, "MINICT_DIR": str(minict_dir)}
     procs = [subprocess.Popen([sys.executable, "-m", "minict", "pull", "--image",
-                               f"{registry.host}/test/app:{tag}"], env=env,
+                               registry.ref(f"test/app:{tag}")], env=env,
                               stderr=subprocess.PIPE, text=True) for tag in images]
     for proc in procs:
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
     done = subprocess.run([sys.executable, "-m", "minict", "list-images"], env=env,
                           capture_output=True, text=True, check=True)
-    assert sorted(json.loads(done.stdout)) == [f"{registry.host}/test/app:{tag}" for tag in images]
+    assert sorted(json.loads(done.stdout)) == [registry.ref(f"test/app:{tag}") for tag in images]
 
 
 def test_skopeo_and_umoci_read_the_layout(registry, minict, minict_dir, require_tool, tmp_path):
     require_tool("skopeo")
     require_tool("umoci")
     index, mine, _ = two_platform_index("docker")
-    push(registry.url, "test/app", "v1", index)
-    ok(minict("pull", "--image", f"{registry.host}/test/app:v1"))
+    push(registry.url, registry.repo("test/app"), "v1", index)
+    ok(minict("pull", "--image", registry.ref("test/app:v1")))
     # skopeo's oci:PATH:REF cannot take a PATH with ':' (the registry's port).
     link = tmp_path / "layout"
-    link.symlink_to(layout_dir(minict_dir, f"{registry.host}/test/app"))
+    link.symlink_to(layout_dir(minict_dir, registry.ref("test/app")))
     inspected = subprocess.run(["skopeo", "inspect", f"oci:{link}:v1"], capture_output=True,
                                text=True, check=False)
     assert inspected.returncode == 0, inspected.stderr
@@ -303,21 +306,21 @@ def test_skopeo_and_umoci_read_the_layout(registry, minict, minict_dir, require_
 
 
 def test_quiet_prints_nothing_but_errors(registry, minict):
-    push(registry.url, "test/app", "latest", small_image("quiet"))
-    done = minict("pull", "--quiet", "--image", f"{registry.host}/test/app")
+    push(registry.url, registry.repo("test/app"), "latest", small_image("quiet"))
+    done = minict("pull", "--quiet", "--image", registry.ref("test/app"))
     assert done.returncode == 0 and done.stderr == ""
-    fails(minict("pull", "--quiet", "--image", f"{registry.host}/test/app:nope"), "manifest unknown")
+    fails(minict("pull", "--quiet", "--image", registry.ref("test/app:nope")), "manifest unknown")
 
 
 def test_progress_bars_on_a_tty_and_no_rich_otherwise(registry, minict_dir):
     image = small_image("tty")
-    push(registry.url, "test/app", "latest", image)
+    push(registry.url, registry.repo("test/app"), "latest", image)
     env = {**os.environ, "MINICT_DIR": str(minict_dir), "COLUMNS": "120", "TERM": "xterm"}
     env.pop("MINICT_LOG_LEVEL", None)
     main, sub = pty.openpty()
     try:
         proc = subprocess.Popen([sys.executable, "-m", "minict", "pull", "--image",
-                                 f"{registry.host}/test/app"], env=env, stdin=subprocess.DEVNULL,
+                                 registry.ref("test/app")], env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=sub)
         os.close(sub)
         output = b""
@@ -341,22 +344,23 @@ def test_progress_bars_on_a_tty_and_no_rich_otherwise(registry, minict_dir):
     code = ("import sys\nfrom minict import cli\n"
             "try:\n    cli.main(['pull', '--image', sys.argv[1]])\nexcept SystemExit as e:\n"
             "    assert e.code == 0, e.code\nprint('rich' in sys.modules)\n")
-    done = subprocess.run([sys.executable, "-c", code, f"{registry.host}/test/app"], env=env,
+    done = subprocess.run([sys.executable, "-c", code, registry.ref("test/app")], env=env,
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
 
 
+@pytest.mark.root  # unshare: a private mount or network namespace
 def test_disk_full_is_one_clear_line_and_nothing_is_listed(registry, minict_dir, tmp_path):
     # A 1 MiB tmpfs as MINICT_DIR, mounted in a private mount namespace that
     # dies with the shell, so nothing stays mounted.
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         ci.skip_or_fail("needs root and unshare for a private tmpfs")
     image = Image([[File("big", os.urandom(3_000_000))]], config={"Cmd": ["sh"]})
-    push(registry.url, "test/app", "latest", image)
+    push(registry.url, registry.repo("test/app"), "latest", image)
     python = sys.executable
     script = (f'mount -t tmpfs -o size=1m tmpfs "$MINICT_DIR" || exit 99\n'
-              f'{python} -m minict pull --image {registry.host}/test/app\n'
+              f'{python} -m minict pull --image {registry.ref("test/app")}\n'
               f'echo "exit=$?" >&2\n{python} -m minict list-images\n')
     done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
                           env={**os.environ, "MINICT_DIR": str(minict_dir)}, capture_output=True,
@@ -371,15 +375,15 @@ def test_disk_full_is_one_clear_line_and_nothing_is_listed(registry, minict_dir,
 def test_config_over_4_mib_is_refused(registry, minict):
     # (The registry itself refuses manifests over 4 MiB; configs are plain blobs.)
     huge = small_image("huge", extra={"filler": "x" * (4 * 1024 * 1024)})
-    push(registry.url, "test/app", "latest", huge)
-    fails(minict("pull", "--image", f"{registry.host}/test/app"), "4194304-byte limit")
+    push(registry.url, registry.repo("test/app"), "latest", huge)
+    fails(minict("pull", "--image", registry.ref("test/app")), "4194304-byte limit")
     assert list_images(minict) == []
 
 
 def test_a_large_layer_is_streamed_not_held_in_memory(registry, minict_dir):
     data = os.urandom(64 * 1024 * 1024)
     image = Image([Layer(data, None, blob=data)], config={"Cmd": ["sh"]})
-    push(registry.url, "test/large", "latest", image)
+    push(registry.url, registry.repo("test/large"), "latest", image)
     del data
     # A fresh parent whose only child is the pull, so RUSAGE_CHILDREN is the pull's peak.
     measure = ("import resource, subprocess, sys\n"
@@ -387,7 +391,7 @@ def test_a_large_layer_is_streamed_not_held_in_memory(registry, minict_dir):
                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
                "sys.exit(code)\n")
     done = subprocess.run([sys.executable, "-c", measure, sys.executable, "-m", "minict", "pull",
-                           "--image", f"{registry.host}/test/large"],
+                           "--image", registry.ref("test/large")],
                           env={**os.environ, "MINICT_DIR": str(minict_dir)},
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr

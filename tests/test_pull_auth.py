@@ -13,6 +13,7 @@ import subprocess
 import pytest
 import requests
 
+from tests.support import ci
 from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.images import Dir, File, Image, push
 from tests.support.registry import Registry
@@ -155,13 +156,15 @@ def test_credential_helper(token_registry, minict, tmp_path):
     assert_no_secrets(done.stderr, *issuer.issued)
 
 
-@pytest.fixture
-def basic_registry(tmp_path, require_tool):
-    require_tool("docker-registry")
-    htpasswd = tmp_path / "htpasswd"
-    subprocess.run([require_tool("htpasswd"), "-Bbc", str(htpasswd), USER, PASSWORD],
+@pytest.fixture(scope="module")
+def basic_registry(tmp_path_factory):
+    """A registry with basic auth serving team/app; its tests only pull, so they share it."""
+    ci.require_tool("docker-registry")
+    workdir = tmp_path_factory.mktemp("basic-registry")
+    htpasswd = workdir / "htpasswd"
+    subprocess.run([ci.require_tool("htpasswd"), "-Bbc", str(htpasswd), USER, PASSWORD],
                    check=True, capture_output=True)
-    with Registry(tmp_path / "registry", htpasswd=htpasswd) as reg:
+    with Registry(workdir / "registry", htpasswd=htpasswd) as reg:
         push(reg.url, "team/app", "latest", image("basic"), auth=(USER, PASSWORD))
         yield reg
 

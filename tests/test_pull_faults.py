@@ -56,35 +56,35 @@ def assert_layout_valid(minict_dir, repo, tag, image):
 
 def test_dropped_connection_resumes_with_range(registry, proxy, minict, minict_dir):
     image = two_layer_image()
-    push(registry.url, "test/app", "latest", image)
+    push(registry.url, registry.repo("test/app"), "latest", image)
     big = image.layers[1]
     proxy.add(Fault(f"/blobs/{big.digest}", drop_after=len(big.blob) // 2))
-    done = ok(minict("--debug", "pull", "--image", f"{proxy.host}/test/app"))
+    done = ok(minict("--debug", "pull", "--image", f"{proxy.host}/{registry.repo('test/app')}"))
     first, second = blob_gets(proxy, big.digest)
     assert "Range" not in first["headers"]
     offset = int(second["headers"]["Range"].removeprefix("bytes=").removesuffix("-"))
     assert 0 < offset <= len(big.blob) // 2
     assert "resuming in" in done.stderr
-    assert_layout_valid(minict_dir, f"{proxy.host}/test/app", "latest", image)
+    assert_layout_valid(minict_dir, f"{proxy.host}/{registry.repo('test/app')}", "latest", image)
 
 
 def test_429_with_retry_after_and_503_are_retried(registry, proxy, minict, minict_dir):
     image = two_layer_image(big=10_000)
-    push(registry.url, "test/app", "latest", image)
+    push(registry.url, registry.repo("test/app"), "latest", image)
     proxy.add(Fault("/manifests/", status=429, headers={"Retry-After": "1"}))
     proxy.add(Fault("/blobs/", status=503))
     started = time.monotonic()
-    done = ok(minict("--debug", "pull", "--image", f"{proxy.host}/test/app"))
+    done = ok(minict("--debug", "pull", "--image", f"{proxy.host}/{registry.repo('test/app')}"))
     assert time.monotonic() - started >= 1.0
     assert len(proxy.paths("GET", "/manifests/")) == 2
     assert "HTTP 429; retrying in 1.0s" in done.stderr and "HTTP 503; retrying" in done.stderr
-    assert_layout_valid(minict_dir, f"{proxy.host}/test/app", "latest", image)
+    assert_layout_valid(minict_dir, f"{proxy.host}/{registry.repo('test/app')}", "latest", image)
 
 
 def test_a_registry_that_keeps_failing_gives_up(registry, proxy, minict):
-    push(registry.url, "test/app", "latest", two_layer_image(big=10_000))
+    push(registry.url, registry.repo("test/app"), "latest", two_layer_image(big=10_000))
     proxy.add(Fault("/blobs/", status=503, times=1000, headers={"Retry-After": "0"}))
-    fails(minict("pull", "--image", f"{proxy.host}/test/app"), "HTTP 503")
+    fails(minict("pull", "--image", f"{proxy.host}/{registry.repo('test/app')}"), "HTTP 503")
     assert list_images(minict) == []
     assert len(proxy.paths("GET", "/blobs/")) <= 3 * 5  # bounded: 5 tries for each of 3 blobs
 
@@ -121,9 +121,9 @@ def wait_for(predicate, what, timeout=20.0):
 @pytest.mark.parametrize("point", ["manifest", "config", "layer"])
 def test_kill_9_then_repull(registry, proxy, minict, minict_dir, point):
     image = two_layer_image()
-    push(registry.url, "test/app", "latest", image)
+    push(registry.url, registry.repo("test/app"), "latest", image)
     small, big = image.layers
-    repo = f"{proxy.host}/test/app"
+    repo = f"{proxy.host}/{registry.repo('test/app')}"
     blobs = layout_dir(minict_dir, repo) / "blobs" / "sha256"
     partial = layout_dir(minict_dir, repo) / ".partial" / big.digest[7:]
     stall_at = len(big.blob) // 2

@@ -209,9 +209,9 @@ def test_wrong_proxy_credentials_are_one_clear_line(proxy, tls_registry, ca, min
 def test_plain_http_through_the_proxy(registry, minict, tmp_path):
     # --insecure: HTTPS is tried first (the tunnel reaches a plain HTTP server), then HTTP,
     # which the proxy forwards.
-    push(registry.url, "test/app", "latest", small_image())
+    push(registry.url, registry.repo("test/app"), "latest", small_image())
     with AuthProxy(USER, PASSWORD, hosts={NAME: "127.0.0.1"}) as proxy:
-        ref = f"{NAME}:{registry.port}/test/app"
+        ref = f"{NAME}:{registry.port}/{registry.repo('test/app')}"
         env = {"HTTP_PROXY": proxy.url_with(USER, PASSWORD),
                "HTTPS_PROXY": proxy.url_with(USER, PASSWORD), "NO_PROXY": ""}
         ok(minict("pull", "--insecure", "--image", ref, env=env))
@@ -238,10 +238,10 @@ def test_a_forwarding_proxy_refusing_credentials_raises_proxy_failed(monkeypatch
 
 
 def test_loopback_registries_bypass_the_proxy(registry, minict):
-    push(registry.url, "test/app", "latest", small_image())
+    push(registry.url, registry.repo("test/app"), "latest", small_image())
     with AuthProxy(USER, PASSWORD) as proxy:
         url = proxy.url_with(USER, PASSWORD)
-        ok(minict("pull", "--image", f"{registry.host}/test/app",
+        ok(minict("pull", "--image", registry.ref("test/app"),
                   env={"HTTP_PROXY": url, "HTTPS_PROXY": url, "NO_PROXY": ""}))
     assert proxy.requests == []
 

@@ -37,7 +37,7 @@ from tests.support.images import (
     write_layout,
 )
 from tests.support.mounts import mounts_under
-from tests.support.registry import Registry
+from tests.support.registry import Namespace, Registry, RegistryError
 
 ACCEPT = f"{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_LIST}"
 CAP_NET_BIND = b"\x01\x00\x00\x02\x00\x04\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
@@ -77,23 +77,39 @@ def test_registry_answers_v2_and_stops(tmp_path):
         requests.get(f"{reg.url}/v2/", timeout=2)
 
 
+def test_a_namespace_sees_only_its_own_repositories(registry):
+    """Tests share one registry process: what one pushes, another cannot pull."""
+    other = Namespace(registry.registry, f"{registry.prefix}-other")
+    mine, theirs = two_layer_image(), two_layer_image(media="docker")
+    push(registry.url, registry.repo("test/app"), "v1", mine)
+    assert registry.ref("test/app:v1") == f"{registry.host}/{registry.prefix}/test/app:v1"
+    response = requests.get(f"{other.url}/v2/{other.repo('test/app')}/manifests/v1",
+                            headers={"Accept": ACCEPT}, timeout=10)
+    assert response.status_code == 404, response.text
+    push(other.url, other.repo("test/app"), "v1", theirs)
+    assert get_manifest(registry, registry.repo("test/app"), "v1").content == mine.manifest_bytes
+    with pytest.raises(RegistryError, match="own_registry"):
+        registry.stop()  # the session's registry: no test may stop it for the others
+    assert requests.get(f"{registry.url}/v2/", timeout=5).status_code == 200
+
+
 def test_push_oci_image_and_fetch_it_back(registry):
     image = two_layer_image()
-    digest = push(registry.url, "test/app", "v1", image)
+    digest = push(registry.url, registry.repo("test/app"), "v1", image)
     assert digest == image.digest
 
-    response = get_manifest(registry, "test/app", "v1")
+    response = get_manifest(registry, registry.repo("test/app"), "v1")
     assert response.headers["Content-Type"] == OCI_MANIFEST
     assert response.headers["Docker-Content-Digest"] == image.digest
     assert response.content == image.manifest_bytes
     manifest = response.json()
     assert [layer["mediaType"] for layer in manifest["layers"]] == [OCI_LAYER["gzip"]] * 2
 
-    config = json.loads(get_blob(registry, "test/app", manifest["config"]["digest"]))
+    config = json.loads(get_blob(registry, registry.repo("test/app"), manifest["config"]["digest"]))
     assert config["config"]["Cmd"] == ["/bin/tool"]
     assert config["rootfs"]["diff_ids"] == [layer.diff_id for layer in image.layers]
     for layer in image.layers:
-        blob = get_blob(registry, "test/app", layer.digest)
+        blob = get_blob(registry, registry.repo("test/app"), layer.digest)
         assert blob == layer.blob
         assert registry.blob_data_path(layer.digest).read_bytes() == blob
         with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
@@ -101,19 +117,20 @@ def test_push_oci_image_and_fetch_it_back(registry):
             assert tar.getnames()
 
 
+@pytest.mark.own_registry  # a stored blob's mtime: no one else's push
 def test_push_skips_blobs_the_registry_has(registry):
     image = two_layer_image()
-    push(registry.url, "test/app", "v1", image)
+    push(registry.url, registry.repo("test/app"), "v1", image)
     mtime = registry.blob_data_path(image.layers[0].digest).stat().st_mtime_ns
-    push(registry.url, "test/app", "v2", image)
+    push(registry.url, registry.repo("test/app"), "v2", image)
     assert registry.blob_data_path(image.layers[0].digest).stat().st_mtime_ns == mtime
-    assert get_manifest(registry, "test/app", "v2").content == image.manifest_bytes
+    assert get_manifest(registry, registry.repo("test/app"), "v2").content == image.manifest_bytes
 
 
 def test_push_docker_media_types(registry):
     image = two_layer_image(media="docker")
-    push(registry.url, "test/docker", "latest", image)
-    response = get_manifest(registry, "test/docker", "latest")
+    push(registry.url, registry.repo("test/docker"), "latest", image)
+    response = get_manifest(registry, registry.repo("test/docker"), "latest")
     assert response.headers["Content-Type"] == DOCKER_MANIFEST
     manifest = response.json()
     assert manifest["config"]["mediaType"] == "application/vnd.docker.container.image.v1+json"
@@ -128,15 +145,16 @@ def test_push_index_with_children(registry, media, list_type):
     arm = Image([[File("arm", b"v7")]], media=media, architecture="arm", variant="v7")
     index = Index([(amd64, {"os": "linux", "architecture": "amd64"}),
                    (arm, {"os": "linux", "architecture": "arm", "variant": "v7"})], media=media)
-    assert push(registry.url, "test/multi", "latest", index) == index.digest
+    assert push(registry.url, registry.repo("test/multi"), "latest", index) == index.digest
 
-    response = get_manifest(registry, "test/multi", "latest")
+    response = get_manifest(registry, registry.repo("test/multi"), "latest")
     assert response.headers["Content-Type"] == list_type
     children = response.json()["manifests"]
     assert [c["platform"]["architecture"] for c in children] == ["amd64", "arm"]
     assert children[1]["platform"]["variant"] == "v7"
     for child, image in zip(children, index.images):
-        assert get_manifest(registry, "test/multi", child["digest"]).content == image.manifest_bytes
+        child_manifest = get_manifest(registry, registry.repo("test/multi"), child["digest"])
+        assert child_manifest.content == image.manifest_bytes
 
 
 def test_zstd_and_uncompressed_layers(registry):
@@ -149,8 +167,9 @@ def test_zstd_and_uncompressed_layers(registry):
     assert unpacked == tar
     raw = Image([tar], compression=None)
     assert raw.layers[0].media_type == OCI_LAYER[None] and raw.layers[0].blob == tar
-    push(registry.url, "test/zstd", "latest", image)
-    assert get_blob(registry, "test/zstd", image.layers[0].digest) == image.layers[0].blob
+    push(registry.url, registry.repo("test/zstd"), "latest", image)
+    zstd_repo = registry.repo("test/zstd")
+    assert get_blob(registry, zstd_repo, image.layers[0].digest) == image.layers[0].blob
 
 
 def test_tar_layer_writes_every_entry_kind():

@@ -334,6 +334,7 @@ def test_truncated_gzip_is_an_error(tmp_path):
         os.close(fd)
 
 
+@pytest.mark.unprivileged
 def test_not_a_tar_is_an_error(tmp_path):
     with pytest.raises(UnpackError, match="layer junk-0: invalid tar: .*not a tar stream"):
         unpack_layers(tmp_path / "rootfs", [os.urandom(2048)], name="junk")

@@ -7,6 +7,13 @@
 The registry stores blobs on the file system under `workdir/storage`, so a
 test can read or corrupt what it serves (`blob_data_path`).  Usable from
 bench/ as well: nothing here imports pytest.
+
+One registry serves a whole test session; each test gets a `Namespace` of it,
+its own repository prefix, so no test sees another's images:
+
+    ns = Namespace(reg, "t12")
+    push(ns.url, ns.repo("test/app"), "latest", image)   # t12/test/app
+    minict("pull", "--image", ns.ref("test/app:latest"))  # 127.0.0.1:PORT/t12/test/app:latest
 """
 
 import json
@@ -70,6 +77,14 @@ class Registry:
     @property
     def auth_enabled(self) -> bool:
         return self.htpasswd is not None or self.token is not None
+
+    def repo(self, name: str) -> str:
+        """Return repository `name` as it is called here (a whole registry has no prefix)."""
+        return name
+
+    def ref(self, name: str) -> str:
+        """Return the reference of `name` ("repo", "repo:tag" or "repo@digest") here."""
+        return f"{self.host}/{self.repo(name)}"
 
     def blob_data_path(self, digest: str) -> Path:
         """Return the file the registry keeps blob `digest`'s bytes in."""
@@ -165,6 +180,44 @@ class Registry:
         return f"<Registry {self.url if self.port else '-'} {state}>"
 
 
+class Namespace:
+    """A test's repositories in a registry others share: every name under `prefix/`.
+
+    It answers as a Registry does (host, url, port, blob_data_path, log, repo,
+    ref), but it cannot be stopped: a test that stops or corrupts its registry
+    needs one of its own.  Blobs are stored once per registry whatever the
+    repository, so their files are shared too.
+    """
+
+    def __init__(self, registry: Registry, prefix: str):
+        self.registry = registry
+        self.prefix = prefix
+
+    host = property(lambda self: self.registry.host)
+    url = property(lambda self: self.registry.url)
+    port = property(lambda self: self.registry.port)
+    auth_enabled = property(lambda self: self.registry.auth_enabled)
+
+    def repo(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def ref(self, name: str) -> str:
+        return f"{self.host}/{self.repo(name)}"
+
+    def blob_data_path(self, digest: str) -> Path:
+        return self.registry.blob_data_path(digest)
+
+    def log(self) -> str:
+        return self.registry.log()
+
+    def stop(self) -> None:
+        raise RegistryError("this registry is shared by the session: a test that stops it "
+                            "needs its own (mark it own_registry)")
+
+    def __repr__(self) -> str:
+        return f"<Namespace {self.prefix or '-'} of {self.registry!r}>"
+
+
 def _status(url: str) -> int | None:
     """Return the HTTP status of GET `url`, or None if nothing answered.
 
@@ -184,7 +237,7 @@ def _status(url: str) -> int | None:
         return None
 
 
-__all__ = ["Registry", "RegistryError", "free_port"]
+__all__ = ["Namespace", "Registry", "RegistryError", "free_port"]
 
 if __name__ == "__main__":  # a quick manual check: python -m tests.support.registry
     import tempfile

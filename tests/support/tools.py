@@ -95,8 +95,9 @@ def build_busybox_layout(workdir) -> Path:
 
 
 def skopeo_push(layout, registry, repo, tag, creds=None) -> PushedImage:
-    """Copy `layout:latest` to `registry` (a tests.support.registry.Registry) as repo:tag."""
+    """Copy `layout:latest` to `registry` (a Registry or a Namespace of one) as repo:tag."""
     layout = _colon_free(Path(layout))
+    repo = registry.repo(repo)
     reference = f"{registry.host}/{repo}:{tag}"
     argv = ["skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false"]
     if creds:
