@@ -370,10 +370,13 @@ class Session:
                 response = self.send(method, url, headers, body, stream=stream)
             except NETWORK_ERRORS as err:
                 attempt += 1
+                host = urllib.parse.urlsplit(url).netloc.rsplit("@", 1)[-1]
                 if attempt >= RETRY.attempts or isinstance(err, RETRY.final):
+                    # A request that got no answer (a failed DNS lookup, a
+                    # refused connection) gets its debug line like every other.
+                    log.debug(f"{method} {what or 'request'}: {describe(err, host)}; giving up")
                     raise
                 wait = RETRY.backoff(attempt)
-                host = urllib.parse.urlsplit(url).netloc.rsplit("@", 1)[-1]
                 log.debug(f"{what}: {describe(err, host)}; retrying in {wait:.1f}s")
                 time.sleep(wait)
                 continue
