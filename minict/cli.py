@@ -23,8 +23,24 @@ ORDER = ["pull", "run", "start", "rm", "list-containers", "list-images", "help",
 ALIASES = {"h": "help"}
 
 
+class StateCommand(click.Command):
+    """A command that uses $MINICT_DIR: images/ and containers/ exist once it runs.
+
+    As in the original, whether it then succeeds or not.  invoke() runs only
+    after the arguments parsed, so `--help` (and a usage error) creates nothing.
+    """
+
+    def invoke(self, ctx):
+        from minict import store
+
+        store.ensure_dirs()
+        return super().invoke(ctx)
+
+
 class MinictGroup(click.Group):
     """A group that keeps the original's command order and the `h` alias."""
+
+    command_class = StateCommand
 
     def list_commands(self, ctx):
         known = [name for name in ORDER if name in self.commands]
@@ -345,7 +361,7 @@ def inspect(name):
     click.echo(json.dumps(listing.inspect(name), indent="\t"))
 
 
-@group.command("help", short_help="Shows a list of commands or help for one command")
+@group.command("help", cls=click.Command, short_help="Shows a list of commands or help for one command")
 @click.argument("command", required=False)
 @click.pass_context
 def help_command(ctx, command):

@@ -46,6 +46,7 @@ def start(name: str) -> None:
     """Start container `name` and exit with its status (the `start` command, both paths)."""
     from minict import container, store
 
+    store.ensure_dirs()  # as every command that uses the state (cli.StateCommand)
     store.check_container_name(name)
     exit_now(container.start(name))
 

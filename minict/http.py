@@ -370,10 +370,16 @@ class Session:
                 response = self.send(method, url, headers, body, stream=stream)
             except NETWORK_ERRORS as err:
                 attempt += 1
+                parts = urllib.parse.urlsplit(url)
+                host = parts.netloc.rsplit("@", 1)[-1]
                 if attempt >= RETRY.attempts or isinstance(err, RETRY.final):
+                    # A request that got no answer (a failed DNS lookup, a
+                    # refused connection) gets its debug line like every other;
+                    # no query string, no user: a signed URL's secrets stay out.
+                    log.debug(f"{method} {parts.scheme}://{host}{parts.path}: "
+                              f"{describe(err, host)}; giving up")
                     raise
                 wait = RETRY.backoff(attempt)
-                host = urllib.parse.urlsplit(url).netloc.rsplit("@", 1)[-1]
                 log.debug(f"{what}: {describe(err, host)}; retrying in {wait:.1f}s")
                 time.sleep(wait)
                 continue

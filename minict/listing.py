@@ -84,7 +84,7 @@ def inspect(name: str) -> dict:
 
 def print_images() -> None:
     """Print the images as a table: name, tag, digest prefix, size, created."""
-    table = _table("NAME", "TAG", "DIGEST", "SIZE", "CREATED")
+    table = _table("NAME", "TAG", "DIGEST", "SIZE", "CREATED", short=("DIGEST", "SIZE"))
     for row in image_rows():
         _add_row(table, row["name"], row["tag"], row["digest"].removeprefix("sha256:")[:12],
                  _size(row["size"]), row["created"][:19].replace("T", " "))
@@ -93,7 +93,7 @@ def print_images() -> None:
 
 def print_containers() -> None:
     """Print the containers as a table: name, image, status with exit code, created, command."""
-    table = _table("NAME", "IMAGE", "STATUS", "CREATED", "COMMAND")
+    table = _table("NAME", "IMAGE", "STATUS", "CREATED", "COMMAND", short=("STATUS",))
     for row in container_rows():
         status = row["status"]
         if status == "exited":
@@ -111,13 +111,19 @@ def _add_row(table, *values) -> None:
     table.add_row(*(text.cell(value) for value in values))
 
 
-def _table(*columns):
+def _table(*columns, short=()):
+    """Return a rich Table; the `short` columns never wrap, the others fold when narrow.
+
+    A terminal of 80 columns cannot hold a 128-character name beside an
+    image reference and a command: rather than drop or cut a column (rich's
+    way with unbreakable cells), long cells fold onto more lines, whole.
+    """
     from rich import box
     from rich.table import Table
 
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for column in columns:
-        table.add_column(column, no_wrap=True, overflow="fold")
+        table.add_column(column, no_wrap=column in short, overflow="fold")
     return table
 
 

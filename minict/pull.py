@@ -109,14 +109,24 @@ class RichProgress:
             TextColumn,
             TransferSpeedColumn,
         )
+        from rich.table import Column
 
+        console = Console(stderr=True)
+
+        def one_line():
+            # A row that wraps is redrawn as two at every refresh: cut instead.
+            return Column(no_wrap=True, overflow="ellipsis")
+
+        # The text beside the bar takes up to ~70 columns ("Copying config
+        # <12 hex>", "123.4/456.7 MiB", "123.4 MB/s", "already exists"): the
+        # bar gets what is left, so a row fits on an 80-column terminal.
         self._progress = Progress(
-            TextColumn("Copying {task.fields[kind]} {task.fields[short]}"),
-            BarColumn(bar_width=40),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TextColumn("{task.fields[status]}"),
-            console=Console(stderr=True),
+            TextColumn("Copying {task.fields[kind]} {task.fields[short]}", table_column=one_line()),
+            BarColumn(bar_width=max(6, min(40, console.width - 72)), table_column=one_line()),
+            DownloadColumn(binary_units=True, table_column=one_line()),
+            TransferSpeedColumn(table_column=one_line()),
+            TextColumn("{task.fields[status]}", table_column=one_line()),
+            console=console,
         )
 
     def __enter__(self):
@@ -133,7 +143,7 @@ class RichProgress:
 
     def skipped(self, kind: str, digest: str, size: int) -> None:
         self._progress.add_task("", total=size, completed=size, kind=kind, short=_short(digest),
-                                status="skipped: already exists")
+                                status="already exists")
 
     class _Task:
         def __init__(self, progress, task):

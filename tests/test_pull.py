@@ -359,7 +359,7 @@ def test_disk_full_is_one_clear_line_and_nothing_is_listed(registry, minict_dir,
     image = Image([[File("big", os.urandom(3_000_000))]], config={"Cmd": ["sh"]})
     push(registry.url, registry.repo("test/app"), "latest", image)
     python = sys.executable
-    script = (f'mount -t tmpfs -o size=1m tmpfs "$MINICT_DIR" || exit 99\n'
+    script = (f'mount -t tmpfs -o size=1m,mode=700 tmpfs "$MINICT_DIR" || exit 99\n'
               f'{python} -m minict pull --image {registry.ref("test/app")}\n'
               f'echo "exit=$?" >&2\n{python} -m minict list-images\n')
     done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
