@@ -44,15 +44,25 @@ test: test-deps $(VENV)/.installed $(VENV)/.seccomp
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests ran" >&2; exit 1; fi; exit $$rc
 
-# What a developer without root can run.  Run by root, it becomes nobody (the checkout
-# must be readable by nobody), with a clean environment but CI; pytest's cache stays off,
-# as nobody cannot write the checkout.
+# What a developer without root can run.  Run by root, it becomes nobody, with a clean
+# environment but CI; pytest's cache stays off, as nobody cannot write the checkout.  A clone
+# nobody cannot read (under /root, 0700) runs from a world-readable copy of the checkout and
+# of the venv's packages under /tmp, by the interpreter the venv links to (as the tests do).
 test-unprivileged: test-deps $(VENV)/.installed $(VENV)/.seccomp
-	@as=""; if [ "$$(id -u)" -eq 0 ]; then \
+	@as=""; python="$(VENV)/bin/python"; if [ "$$(id -u)" -eq 0 ]; then \
 		as="setpriv --reuid=nobody --regid=nogroup --clear-groups --reset-env env CI=$${CI:-}"; \
-		$$as test -r $(VENV)/bin/python || { echo "make test-unprivileged: nobody cannot read $(VENV)" >&2; exit 1; }; \
+		if ! (cd / && $$as $(abspath $(VENV))/bin/python -c 'import minict, pytest' 2>/dev/null); then \
+			copy=$$(mktemp -d /tmp/minict-unprivileged-XXXXXX); trap 'rm -rf "$$copy"' EXIT; \
+			echo "make test-unprivileged: nobody cannot read $(CURDIR)/$(VENV); running a copy in $$copy" >&2; \
+			tar -c --exclude=./$(VENV) --exclude=./.git --exclude='__pycache__' . | tar -x --one-top-level="$$copy/src"; \
+			cp -a "$$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" "$$copy/site"; \
+			chmod -R a+rX "$$copy"; python=$$(readlink -f $(VENV)/bin/python); cd "$$copy/src" || exit 1; \
+			as="$$as PYTHONPATH=$$copy/src:$$copy/site"; \
+			$$as PYTHONDONTWRITEBYTECODE=1 $$python -c 'import minict, pytest' || { \
+				echo "make test-unprivileged: nobody cannot use the copy in $$copy either" >&2; exit 1; }; \
+		fi; \
 	fi; \
-	$$as PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python -m pytest -m 'not root or unprivileged' -p no:cacheprovider $(PYTEST_ARGS); \
+	$$as PYTHONDONTWRITEBYTECODE=1 $$python -m pytest -m 'not root or unprivileged' -p no:cacheprovider $(PYTEST_ARGS); \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "make test-unprivileged: no tests ran" >&2; exit 1; fi; exit $$rc
 
 lint: $(VENV)/.installed

@@ -4,16 +4,18 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
 import pytest
 
 from minict import log
-from tests.support import ci
+from tests.support import ci, nobody
 from tests.support.images import File, Image, push, write_layout
 
 # The original's seven first, in its order, then what minict added ([manage]).
@@ -96,28 +98,21 @@ def test_version(minict):
     assert (done.returncode, done.stdout) == (0, f"minict version {package.__version__}\n")
 
 
-PYTHON_VERSION = f"python{sys.version_info.major}.{sys.version_info.minor}"
 # Our checkout and the venv's packages, for an interpreter outside the venv.
-PYTHONPATH = f"{Path(__file__).parents[1]}:{Path(sys.prefix, 'lib', PYTHON_VERSION, 'site-packages')}"
+PYTHONPATH = f"{Path(__file__).parents[1]}:{sysconfig.get_path('purelib')}"
 
 
-def unprivileged_python() -> str:
-    """Return a Python the nobody user can run with our packages, or skip/fail."""
-    # The venv's interpreter may live under /root (mode 0700); the system's
-    # one of the same version can import the same pure-Python packages.
-    for candidate in (os.path.realpath(sys.executable), f"/usr/bin/{PYTHON_VERSION}",
-                      f"/usr/local/bin/{PYTHON_VERSION}"):
-        try:
-            probe = subprocess.run(
-                [candidate, "-c", "import click, minict"], user=65534, group=65534,
-                extra_groups=[], env={"PYTHONPATH": PYTHONPATH}, capture_output=True,
-                check=False, cwd="/")
-        except OSError:  # not there, or not ours to run
-            continue
-        if probe.returncode == 0:
-            return candidate
-    ci.skip_or_fail("no Python interpreter the nobody user can run")
-    return ""
+@pytest.fixture(scope="session")
+def unprivileged_python():
+    """(interpreter, PYTHONPATH) with which nobody runs minict, from any clone location."""
+    # A clone under /root (0700) is unreadable to nobody: nobody.py copies what it needs.
+    into = nobody.world_readable_tmp()
+    try:
+        yield nobody.python_for_nobody(PYTHONPATH, into / "site")
+    except RuntimeError as e:
+        ci.skip_or_fail(str(e))
+    finally:
+        shutil.rmtree(into)
 
 
 HELP_ARGV = [["--help"], ["help", "run"], ["rm", "--help"], ["--version"]]
@@ -133,13 +128,12 @@ def test_help_creates_nothing(minict, tmp_path, argv):
 
 
 @pytest.mark.parametrize("argv", HELP_ARGV)
-def test_help_needs_no_root(argv):
+def test_help_needs_no_root(request, argv):
     env = dict(os.environ, MINICT_DIR="/nonexistent/minict", PYTHONDONTWRITEBYTECODE="1")
     python, kw = sys.executable, {}
     if os.geteuid() == 0:
-        python = unprivileged_python()
-        env["PYTHONPATH"] = PYTHONPATH
-        kw = {"user": 65534, "group": 65534, "extra_groups": []}
+        python, env["PYTHONPATH"] = request.getfixturevalue("unprivileged_python")
+        kw = nobody.NOBODY
     done = subprocess.run([python, "-m", "minict", *argv], env=env, capture_output=True,
                           text=True, check=False, cwd="/", timeout=60, **kw)
     assert done.returncode == 0, done.stderr
