@@ -88,6 +88,7 @@ def test_pull_and_run_choose_the_same_image_on_every_machine(monkeypatch, machin
     assert by_run["annotations"]["test.platform"] == max(acceptable)  # the newest variant first
 
 
+@pytest.mark.root  # the unpack sets owners and makes device nodes
 @pytest.mark.parametrize("machine", ["i386", "armv6l", "armv7l", "s390x"])
 def test_run_unpacks_the_image_pull_would_choose(minict_dir, monkeypatch, machine):
     """run (bundle.create) and list-images resolve a stored index as pull does, end to end."""
