@@ -718,4 +718,7 @@ def test_leases_count_and_are_reclaimed_only_in_their_own_network_namespace(ns, 
         assert other.minict("rm", "--name", "c").returncode == 0
         assert leftovers(other, "b") == ([], None, []) and ns.all_leases() == []
     finally:
+        # The killed containers' cgroups go with them (rm), not with the test's MINICT_DIR.
+        for name in ("a", "b"):
+            ns.minict("rm", "--name", name)
         other.delete()
