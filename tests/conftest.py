@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,44 @@ def _no_mounts_left_in_session(_pytest_tmp_base):
     yield
     leaked = mounts_under(_pytest_tmp_base)
     assert not leaked, f"mounts left behind under {_pytest_tmp_base}: {sorted(leaked)}"
+
+
+def _container_cgroups() -> set[Path]:
+    """Return every container cgroup minict has on this host (cgroups.py's minict/ parents)."""
+    found = set()
+    for parent in (*Path("/sys/fs/cgroup").glob("*/minict"), Path("/sys/fs/cgroup/minict")):
+        try:
+            found.update(child for child in parent.iterdir() if child.is_dir())
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_container_cgroups_left_in_session():
+    """After the session, no cgroup of a test's container may hold a process.
+
+    Tests that SIGKILL a minict leave its container's empty cgroup for the
+    next start or rm of a container to sweep; with the tests' MINICT_DIRs
+    gone, nothing would, so the empty ones are removed here.
+    """
+    before = _container_cgroups() if os.geteuid() == 0 else set()
+    yield
+    if os.geteuid() != 0:
+        return
+    busy = []
+    for path in sorted(_container_cgroups() - before):
+        for _ in range(50):  # a killed container's last processes may still be exiting
+            try:
+                path.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            busy.append(str(path))
+    assert not busy, f"container cgroups with processes left behind: {busy}"
 
 
 @pytest.fixture(autouse=True)
