@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +31,7 @@ import pytest
 from tests.support import ci
 from tests.support.mounts import mounts_under
 from tests.support.registry import Namespace, Registry
+from tests.support.waiting import rmdir_when_empty
 
 MINICT_TIMEOUT = 120
 
@@ -103,18 +103,9 @@ def _no_container_cgroups_left_in_session():
     yield
     if os.geteuid() != 0:
         return
-    busy = []
-    for path in sorted(_container_cgroups() - before):
-        for _ in range(50):  # a killed container's last processes may still be exiting
-            try:
-                path.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            busy.append(str(path))
+    # A killed container's last processes may still be exiting.
+    busy = [str(path) for path in sorted(_container_cgroups() - before)
+            if not rmdir_when_empty(path, timeout=5.0)]
     assert not busy, f"container cgroups with processes left behind: {busy}"
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from minict import container
 from tests.support.procs import hold_lock, is_gone, state_and_start
+from tests.support.waiting import wait_for
 
 pytest_plugins = ["tests.support.bundles"]  # the box and busybox_rootfs fixtures
 
@@ -44,16 +45,6 @@ def rm_force(env, name):
                           env=env, capture_output=True, text=True, timeout=3 * BOUND,
                           check=False)
     return done, time.monotonic() - began
-
-
-def wait_for(predicate, what, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def children(pid: int) -> list[int]:

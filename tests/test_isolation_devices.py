@@ -28,6 +28,7 @@ import pytest
 from minict import cgroups, devices, linux, spec
 from tests.support import ci, probes
 from tests.support.images import CharDevice, Image, push, rootfs_entries
+from tests.support.waiting import rmdir_when_empty
 from tests.test_container import wait_running as running_pid
 
 pytest_plugins = ["tests.support.bundles"]  # the box and busybox_rootfs fixtures
@@ -677,11 +678,4 @@ def test_orphans_of_gone_state_directories_are_swept_and_nothing_running_is(mc, 
         sleeper.kill()
         sleeper.wait()
         for path in (orphan, young, busy):
-            for _ in range(100):
-                try:
-                    path.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)
+            rmdir_when_empty(path)

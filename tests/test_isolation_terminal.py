@@ -10,6 +10,7 @@ ioctl(TIOCSTI) and keyctl(2).
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import re
@@ -28,9 +29,12 @@ import tty
 import pytest
 
 from minict import execute, spec
+from tests.support import waiting
 from tests.support.probes import compile_probe, install_probe
 
 pytest_plugins = ["tests.support.bundles"]  # the box and busybox_rootfs fixtures
+
+wait_for = functools.partial(waiting.wait_for, timeout=20.0, pause=0.05)  # the 20 s these waits always had
 
 pytestmark = pytest.mark.root
 
@@ -204,16 +208,6 @@ def minict_env(minict_dir, **extra):
     return env
 
 
-def wait_for(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def wait_running(bundle, timeout=20.0):
     def running():
         try:
@@ -222,7 +216,7 @@ def wait_running(bundle, timeout=20.0):
             return None
         return state.get("pid") if state.get("status") == "running" else None
 
-    return wait_for(running, timeout, "the container to run")
+    return wait_for(running, "the container to run", timeout=timeout)
 
 
 @contextlib.contextmanager
@@ -276,8 +270,8 @@ class HostShell:
         marker = secrets.token_hex(4)
         # The marker is built by the shell, so the typed line does not contain it.
         self.type(f'{command}; echo "$?-{marker[:4]}""{marker[4:]}"')
-        found = wait_for(lambda: re.search(rf"(\d+)-{marker}", self.screen()), timeout,
-                         f"{command!r} to finish")
+        found = wait_for(lambda: re.search(rf"(\d+)-{marker}", self.screen()),
+                         f"{command!r} to finish", timeout=timeout)
         return int(found.group(1))
 
     def settle(self):

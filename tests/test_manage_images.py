@@ -1,5 +1,6 @@
 """rmi and prune: only unreferenced blobs go, and never under a pull that is running."""
 
+import functools
 import json
 import os
 import subprocess
@@ -9,10 +10,13 @@ import time
 import pytest
 
 from minict import images as gc
+from tests.support import waiting
 from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.images import File, Image, Index, host_platform, push, write_layout
 
 BASE = [File("etc/base", b"shared\n")]
+
+wait_for = functools.partial(waiting.wait_for, timeout=20.0)  # the 20 s these waits always had
 
 
 def two_tags():
@@ -37,13 +41,6 @@ def spawn(minict_dir, *args):
     return subprocess.Popen([sys.executable, "-m", "minict", *map(str, args)], env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(check, timeout=20):
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_rmi_of_one_tag_keeps_the_layers_the_other_shares(minict, minict_dir):

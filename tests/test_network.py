@@ -24,6 +24,7 @@ from minict import network
 from minict.errors import NetworkError
 from tests.support import ci
 from tests.support.procs import hold_lock, is_gone, state_and_start
+from tests.support.waiting import wait_for
 
 pytest_plugins = ["tests.support.bundles"]  # the box and busybox_rootfs fixtures
 
@@ -206,15 +207,6 @@ def leftovers(ns, name):
 def _same_minict_dir(monkeypatch, minict_dir):
     # network.veth_name hashes $MINICT_DIR with the name, as minict does.
     monkeypatch.setenv("MINICT_DIR", str(minict_dir))
-
-
-def wait_for(predicate, what, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def running(path):

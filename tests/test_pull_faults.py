@@ -7,6 +7,7 @@ without downloading again what was verified, and TLS failures name --insecure.
 """
 
 import datetime
+import functools
 import ipaddress
 import json
 import os
@@ -21,11 +22,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.support import waiting
 from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.images import Dir, File, Image, push, sha256
 from tests.support.registry import Registry
 from tests.test_pull import fails, layout_dir, list_images, ok, stored_manifest
 from tests.test_pull_auth import PASSWORD, USER, basic, basic_registry, docker_config  # noqa: F401
+
+wait_for = functools.partial(waiting.wait_for, timeout=20.0)  # the 20 s these waits always had
 
 
 @pytest.fixture
@@ -109,13 +113,6 @@ def start_pull(minict_dir, ref) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "minict", "--debug", "pull", "--image", ref],
                             env={**os.environ, "MINICT_DIR": str(minict_dir)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(predicate, what, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("point", ["manifest", "config", "layer"])
