@@ -116,7 +116,7 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 # System calls glibc has no wrapper for (or only a recent one), by machine;
 # see syscalls(2).  close_range and mount_setattr have one number everywhere
-# (the unified table from 424 on), as do open_tree and move_mount.
+# (the unified table from 424 on), as do open_tree, move_mount and openat2.
 _SYSCALLS = {
     "x86_64": {"pivot_root": 155, "seccomp": 317, "bpf": 321, "keyctl": 250},
     "aarch64": {"pivot_root": 41, "seccomp": 277, "bpf": 280, "keyctl": 219},
@@ -124,6 +124,7 @@ _SYSCALLS = {
 SYS_OPEN_TREE = 428
 SYS_MOVE_MOUNT = 429
 SYS_CLOSE_RANGE = 436
+SYS_OPENAT2 = 437
 SYS_MOUNT_SETATTR = 442
 
 
@@ -217,6 +218,27 @@ def move_mount_fd(mount_fd: int, target) -> None:
     _check(_libc.syscall(ctypes.c_long(SYS_MOVE_MOUNT), ctypes.c_int(mount_fd), b"",
                          ctypes.c_int(-100), _path(target),
                          ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)), "move_mount", target)
+
+
+# -- openat2(2) (Linux 5.6): struct open_how's resolve bits -------------------
+RESOLVE_NO_XDEV = 0x01        # never cross a mount point
+RESOLVE_NO_MAGICLINKS = 0x02  # refuse /proc/<pid>/fd/N, /proc/<pid>/root and the like
+RESOLVE_NO_SYMLINKS = 0x04    # refuse every symlink
+RESOLVE_BENEATH = 0x08        # refuse anything above dirfd
+RESOLVE_IN_ROOT = 0x10        # resolve as if dirfd were "/": `..` and absolute links stay below it
+# The errnos that mean "this kernel has no openat2 (or not this struct)": fall back.
+OPENAT2_MISSING = (errno.ENOSYS, errno.E2BIG)
+
+
+def openat2(dir_fd: int, path, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    """Open `path` relative to `dir_fd` under the RESOLVE_* rules `resolve` (openat2(2)).
+
+    Return the new descriptor.  A kernel before 5.6 raises OSError with an
+    errno in OPENAT2_MISSING (ENOSYS, or E2BIG for a struct it does not know).
+    """
+    how = struct.pack("QQQ", flags, mode, resolve)  # struct open_how: flags, mode, resolve
+    return _check(_libc.syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_int(dir_fd), _path(path),
+                                how, ctypes.c_size_t(len(how))), "openat2", path)
 
 
 # -- processes ----------------------------------------------------------------
