@@ -2,6 +2,7 @@
 
     found = resolve(root_fd, "/etc/resolv.conf", create=FILE)  # Found(parent_fd, name, fd)
     fd = open_in_root(root_fd, "etc/passwd", os.O_RDONLY)      # an existing path, opened
+    fd = open_dir(root_fd, "/srv/app", create=True)             # a working directory
     dir_fd, real = walk(root_fd, b"bin", create=DIR)            # b"usr/bin" if bin -> usr/bin
 
 What umoci, containerd and runc do with the symlinks real images carry
@@ -254,3 +255,20 @@ def _openat2_or_none(root_fd: int, dir_path: bytes) -> int | None:
         return _openat2(root_fd, dir_path, _O_DIR & ~os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
+
+
+def open_dir(root_fd: int, path, *, create: bool = False) -> int:
+    """Return an O_PATH descriptor of directory `path` in root, made (with its parents) if missing.
+
+    NotADirectoryError if it is something else.
+    """
+    try:
+        return open_in_root(root_fd, path, os.O_PATH | os.O_DIRECTORY)
+    except FileNotFoundError:
+        if not create:
+            raise
+    fd, _ = walk(root_fd, path, create=DIR)
+    if not stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+    return fd
