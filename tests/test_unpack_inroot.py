@@ -15,8 +15,17 @@ import pytest
 
 from minict import bundle, reference
 from tests.support import ci, tools
-from tests.support.images import (Dir, File, Hardlink, Image, Opaque, Symlink, Whiteout, push,
-                                   rootfs_entries)
+from tests.support.images import (
+    Dir,
+    File,
+    Hardlink,
+    Image,
+    Opaque,
+    Symlink,
+    Whiteout,
+    push,
+    rootfs_entries,
+)
 from tests.support.layers import tree
 from tests.support.oracle import umoci_unpack
 
