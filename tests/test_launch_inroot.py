@@ -26,12 +26,6 @@ def host_resolv_conf() -> str:
         return f.read()
 
 
-@pytest.fixture
-def canary(tmp_path):
-    path = tmp_path / "canary"
-    (path / "dir").mkdir(parents=True)
-    (path / "resolv.conf").write_text("host file, untouched\n")
-    return path
 
 
 def in_rootfs(bundle, host_path) -> str:

@@ -68,12 +68,6 @@ def symlinked_image(tmp_path, canary) -> Image:
                  config={"Cmd": ["sh"], "Env": [tools.PATH], "WorkingDir": "/"})
 
 
-@pytest.fixture
-def canary(tmp_path):
-    path = tmp_path / "canary"
-    (path / "dir").mkdir(parents=True)
-    (path / "file").write_text("host file\n")
-    return path
 
 
 def test_an_image_through_symlinks_unpacks_like_umoci_and_runs(registry, minict, minict_dir,
