@@ -45,7 +45,7 @@ from minict.runtime.steps import SetupError, expect, expect_fd, fail, report
 def intermediate(channel, bundle: str, config: dict, terminal: bool, syscall_filter=None):
     """Unshare, get mapped, fork PID 1 of the new pid namespace; never return.
 
-    `syscall_filter` is config.json's seccomp filter (a seccomp.Program), or None.
+    `syscall_filter` is config.json's seccomp filter (a seccomp_filter.Program), or None.
     """
     _never_return(channel, _unshare_and_fork, channel, bundle, config, terminal, syscall_filter)
 
@@ -55,7 +55,7 @@ def container(channel, bundle: str, config: dict, terminal: bool, rootfs_fd: int
     """Set the container up as PID 1 and execve its command; never return.
 
     `rootfs_fd` is the idmapped rootfs the parent made (--userns auto), a detached mount;
-    `syscall_filter` is config.json's seccomp filter (a seccomp.Program), or None.
+    `syscall_filter` is config.json's seccomp filter (a seccomp_filter.Program), or None.
     """
     _never_return(channel, _setup_and_exec, channel, bundle, config, terminal, rootfs_fd,
                   syscall_filter)

@@ -55,9 +55,9 @@ import sys
 import termios
 
 from minict import linux, log, store
-from minict.bundle import seccomp
+from minict.bundle.seccomp import SeccompError
 from minict.errors import LaunchError, MinictError
-from minict.runtime import execute, init, streams, userns
+from minict.runtime import execute, init, seccomp_filter, streams, userns
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 WATCHED = FORWARDED + (signal.SIGCHLD, signal.SIGWINCH)
@@ -139,8 +139,8 @@ def _syscall_filter(bundle: str, config: dict):
     if section is None:
         return None
     try:
-        return seccomp.program(section, store.bundle_file(bundle, store.SECCOMP_CACHE_NAME))
-    except seccomp.SeccompError as err:
+        return seccomp_filter.program(section, store.bundle_file(bundle, store.SECCOMP_CACHE_NAME))
+    except SeccompError as err:
         raise LaunchError(f"config.json's linux.seccomp: {err.message}") from None
 
 
