@@ -193,12 +193,10 @@ def _remove_layout(layout: layouts.Layout) -> None:
     Only the layout's own entries go: a nested repository (images/a/b inside
     images/a) stays.
     """
-    from minict.bundle import (
-        create as bundle,  # its remove_tree stays on one file system, follows no symlink
-    )
+    from minict.rmtree import remove_tree  # stays on one file system, follows no symlink
 
     for sub in (layout.path / store.LAYOUT_BLOBS_NAME, layout.partial_dir):
-        bundle.remove_tree(sub)
+        remove_tree(sub)
     for name in _LAYOUT_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(layout.path / name)

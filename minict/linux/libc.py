@@ -31,7 +31,7 @@ def check(result: int, call: str, path=None) -> int:
     return result
 
 
-def path(value) -> bytes | None:
+def encode_path(value) -> bytes | None:
     return None if value is None else os.fsencode(value)
 
 

@@ -11,8 +11,8 @@ from minict.linux.libc import (
     SYS_MOVE_MOUNT,
     SYS_OPEN_TREE,
     check,
+    encode_path,
     libc,
-    path,
     syscall_number,
 )
 
@@ -65,19 +65,19 @@ MS_TO_MOUNT_ATTR = {MS_RDONLY: MOUNT_ATTR_RDONLY, MS_NOSUID: MOUNT_ATTR_NOSUID,
 
 def mount(source, target, fstype=None, flags: int = 0, data: str | None = None) -> None:
     """Attach a file system or change a mount (mount(2)); raise OSError."""
-    check(libc.mount(path(source), path(target), path(fstype), ctypes.c_ulong(flags),
+    check(libc.mount(encode_path(source), encode_path(target), encode_path(fstype), ctypes.c_ulong(flags),
                        None if not data else data.encode()), "mount", target)
 
 
 def umount2(target, flags: int = 0) -> None:
     """Detach the mount at `target` (umount2(2)); raise OSError."""
-    check(libc.umount2(path(target), ctypes.c_int(flags)), "umount2", target)
+    check(libc.umount2(encode_path(target), ctypes.c_int(flags)), "umount2", target)
 
 
 def pivot_root(new_root, put_old) -> None:
     """Make `new_root` the root of the mount namespace (pivot_root(2))."""
-    check(libc.syscall(ctypes.c_long(syscall_number("pivot_root")), path(new_root),
-                         path(put_old)), "pivot_root", new_root)
+    check(libc.syscall(ctypes.c_long(syscall_number("pivot_root")), encode_path(new_root),
+                         encode_path(put_old)), "pivot_root", new_root)
 
 
 def mount_setattr(target, attr_set: int, *, recursive: bool = False, dir_fd: int = -100,
@@ -93,7 +93,7 @@ def mount_setattr(target, attr_set: int, *, recursive: bool = False, dir_fd: int
     """
     attr = struct.pack("QQQQ", attr_set, 0, 0, userns_fd)
     flags = (AT_RECURSIVE if recursive else 0) | (AT_EMPTY_PATH if target == "" else 0)
-    check(libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(dir_fd), path(target),
+    check(libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(dir_fd), encode_path(target),
                          ctypes.c_uint(flags), attr, ctypes.c_size_t(len(attr))),
            "mount_setattr", target or None)
 
@@ -105,7 +105,7 @@ def open_tree_clone(path) -> int:
     only kind mount_setattr(2) may idmap; `path` itself must not be a
     symlink (AT_SYMLINK_NOFOLLOW), and mounts below it are not copied.
     """
-    return check(libc.syscall(ctypes.c_long(SYS_OPEN_TREE), ctypes.c_int(-100), path(path),
+    return check(libc.syscall(ctypes.c_long(SYS_OPEN_TREE), ctypes.c_int(-100), encode_path(path),
                                 ctypes.c_uint(OPEN_TREE_CLONE | os.O_CLOEXEC
                                               | AT_SYMLINK_NOFOLLOW)), "open_tree", path)
 
@@ -113,7 +113,7 @@ def open_tree_clone(path) -> int:
 def move_mount_fd(mount_fd: int, target) -> None:
     """Attach the detached mount `mount_fd` on top of `target` (move_mount(2))."""
     check(libc.syscall(ctypes.c_long(SYS_MOVE_MOUNT), ctypes.c_int(mount_fd), b"",
-                         ctypes.c_int(-100), path(target),
+                         ctypes.c_int(-100), encode_path(target),
                          ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)), "move_mount", target)
 
 

@@ -12,6 +12,7 @@ minict does not answer is kill.py's.
 import os
 
 from minict import boundedjson, fsutil, linux, log, store
+from minict.bundle import usermap
 from minict.errors import ContainerError, LaunchError, MinictError
 from minict.runtime import kill, launch, userns
 from minict.runtime import state as states
@@ -293,7 +294,7 @@ def _launch(path) -> int:
     from minict.runtime import network
 
     config = _read_config(path)
-    if userns.idmapped(config):  # --userns auto: its host ids are still its own
+    if usermap.idmapped(config):  # --userns auto: its host ids are still its own
         userns.confirm(store.root(), path.name, config)
     identity = states.bundle_identity(path)
     # Its network (network.json): a namespace, an address, published ports.

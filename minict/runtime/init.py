@@ -37,7 +37,8 @@ import os
 import signal
 
 from minict import linux
-from minict.runtime import execute, mounts, userns
+from minict.bundle import usermap
+from minict.runtime import execute, mounts
 from minict.runtime.steps import SetupError, expect, expect_fd, fail, report
 
 # -- the two processes ---------------------------------------------------------
@@ -113,7 +114,7 @@ def _unshare_and_fork(channel, bundle, config, terminal, syscall_filter):
         # uid_map and gid_map (user_namespaces(7)); ask the parent.  Only
         # it can idmap the rootfs too (userns.idmapped_rootfs).
         channel.send(b"userns")
-        if userns.idmapped(config):
+        if usermap.idmapped(config):
             rootfs_fd = expect_fd(channel, b"rootfs")
         expect(channel, b"mapped")
     if flags & linux.CLONE_NEWNET:

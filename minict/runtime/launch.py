@@ -55,6 +55,7 @@ import sys
 import termios
 
 from minict import linux, log, store
+from minict.bundle import usermap
 from minict.bundle.seccomp import SeccompError
 from minict.errors import LaunchError, MinictError
 from minict.runtime import execute, init, seccomp_filter, streams, userns
@@ -181,7 +182,7 @@ def _handshake(channel, intermediate: int, bundle: str, config: dict, on_netns,
                 _send(channel, b"grouped")
             elif kind == b"userns":
                 _write_id_maps(intermediate, config.get("linux") or {})
-                if userns.idmapped(config):
+                if usermap.idmapped(config):
                     _send_idmapped_rootfs(channel, bundle, config, intermediate)
                 _send(channel, b"mapped")
             elif kind == b"netns":
