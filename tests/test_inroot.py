@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from minict import bundle, inroot, linux
+from minict import inroot, linux
+from minict.bundle import create as bundle
 
 
 @pytest.fixture(params=["kernel", "walk"])

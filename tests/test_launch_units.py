@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from minict import execute, inroot, mounts, steps
+from minict import inroot
+from minict.runtime import execute, mounts, steps
 
 
 @pytest.fixture

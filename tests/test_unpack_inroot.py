@@ -13,7 +13,8 @@ import shutil
 
 import pytest
 
-from minict import bundle, reference
+from minict.bundle import create as bundle
+from minict.image import reference
 from tests.support import ci, tools
 from tests.support.images import (
     Dir,
