@@ -231,14 +231,21 @@ def populate_dev(root_fd: int, extra: list) -> None:
         dev.close()
 
 
+def _existing_target(root_fd: int, path: str, step: str) -> inroot.Found | None:
+    """open_target, or None when nothing is there (/proc/kcore on some kernels)."""
+    try:
+        return open_target(root_fd, path)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise fail(step, err) from None
+
+
 def mask(root_fd: int, path: str) -> None:
     """Hide `path`: /dev/null over a file, an empty read-only tmpfs over a directory."""
-    try:
-        target = open_target(root_fd, path)
-    except FileNotFoundError:
-        return  # nothing to hide on this kernel (/proc/kcore on some)
-    except OSError as err:
-        raise fail(f"mask {path}", err) from None
+    target = _existing_target(root_fd, path, f"mask {path}")
+    if target is None:
+        return
     try:
         if stat.S_ISDIR(os.fstat(target.fd).st_mode):
             mount("tmpfs", proc_fd(target.fd), "tmpfs", linux.MS_RDONLY, step=f"mask {path}")
@@ -250,12 +257,9 @@ def mask(root_fd: int, path: str) -> None:
 
 def make_readonly(root_fd: int, path: str) -> None:
     """Bind `path` on itself, then make that mount (and those below) read-only."""
-    try:
-        target = open_target(root_fd, path)
-    except FileNotFoundError:
+    target = _existing_target(root_fd, path, f"make {path} read-only")
+    if target is None:
         return
-    except OSError as err:
-        raise fail(f"make {path} read-only", err) from None
     try:
         mount(proc_fd(target.fd), proc_fd(target.fd), None, linux.MS_BIND | linux.MS_REC,
               step=f"bind {path} on itself")
