@@ -43,6 +43,7 @@ DIR, FILE = "dir", "file"  # what `create` makes of a missing last component
 _O_STEP = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _IN_ROOT = linux.RESOLVE_IN_ROOT | linux.RESOLVE_NO_MAGICLINKS
+_OPENAT2_TRIES = 4
 
 # None until the first call finds out; tests set it False to force walk().
 use_openat2: bool | None = None
@@ -112,10 +113,9 @@ def walk(root_fd: int, path, *, start=None, follow_last=True, create=None,
     path (names of real directories from the root, then the last name).
     `start` = (fd, real) begins below a directory already resolved.  A
     missing component is made a directory when `create` is given (the last
-    one a DIR or a FILE as `create` says), `before_mkdir(parent_fd)` called
-    first (with the parent's resolved path); otherwise it is
-    FileNotFoundError.  A non-directory on the way is
-    NotADirectoryError; too many symlinks, ELOOP.
+    one a DIR or a FILE as `create` says), `before_mkdir(parent_path,
+    parent_fd)` called before each mkdir; otherwise it is FileNotFoundError.
+    A non-directory on the way is NotADirectoryError; too many symlinks, ELOOP.
     """
     start_fd, real = start if start is not None else (root_fd, [])
     real = list(real)
@@ -169,20 +169,28 @@ def walk(root_fd: int, path, *, start=None, follow_last=True, create=None,
 
 
 def _openat2(root_fd: int, path, flags: int) -> int | None:
-    """openat2 in root; None when this kernel has none (remembered for next time)."""
+    """openat2 in root; None when this kernel has none (remembered for next time).
+
+    The kernel answers EAGAIN when a rename or mount raced with a `..`: try
+    again, and after a few, let walk() do it.
+    """
     global use_openat2
     if use_openat2 is False:
         return None
-    try:
-        fd = linux.openat2(root_fd, components(path) and b"/".join(components(path)) or b".",
-                           flags | os.O_CLOEXEC, 0, _IN_ROOT)
-    except OSError as err:
-        if err.errno not in linux.OPENAT2_MISSING:
-            raise
-        use_openat2 = False
-        return None
-    use_openat2 = True
-    return fd
+    relative = b"/".join(components(path)) or b"."
+    for _ in range(_OPENAT2_TRIES):
+        try:
+            fd = linux.openat2(root_fd, relative, flags | os.O_CLOEXEC, 0, _IN_ROOT)
+        except OSError as err:
+            if err.errno == errno.EAGAIN:
+                continue
+            if err.errno not in linux.OPENAT2_MISSING:
+                raise
+            use_openat2 = False
+            return None
+        use_openat2 = True
+        return fd
+    return None
 
 
 def open_in_root(root_fd: int, path, flags: int = os.O_PATH) -> int:
@@ -198,10 +206,11 @@ def open_in_root(root_fd: int, path, flags: int = os.O_PATH) -> int:
     if flags & os.O_PATH:
         return fd
     try:
+        # Opened again for I/O below its parent: it must be the inode the walk found.
         parent = _open_real(root_fd, real[:-1])
         try:
             opened = os.open(real[-1] if real else b".", flags | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             dir_fd=parent if real else fd)
+                             dir_fd=parent)
         finally:
             os.close(parent)
         if _inode(os.fstat(opened)) != _inode(os.fstat(fd)):

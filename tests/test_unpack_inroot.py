@@ -90,9 +90,13 @@ def test_an_image_through_symlinks_unpacks_like_umoci_and_runs(registry, minict,
     assert os.listdir(made / "usr/lib/plugins") == ["new.so"]
     assert (made / str(canary).lstrip("/") / "escape").exists()
 
-    done = minict("run", "--image", ref, "--name", "inroot", "--", "sh", "-c",
-                  "tool; cat /run/app.pid /var/run/app.pid; ls /lib/plugins;"
+    # -w through the link to the host path: made inside the rootfs too.
+    done = minict("run", "--image", ref, "--name", "inroot", "-w", "/host/work", "--", "sh", "-c",
+                  "pwd -P; tool; cat /run/app.pid /var/run/app.pid; ls /lib/plugins;"
                   f" cat {canary}/escape; ls {canary}")
     assert done.returncode == 0, done.stderr
-    assert done.stdout == ("tool ran\n42\n42\nnew.so\nmust land in the rootfs\nescape\n")
+    assert done.stdout == (f"{canary}/work\ntool ran\n42\n42\nnew.so\n"
+                           "must land in the rootfs\nescape\nwork\n")
     assert tree(canary) == before
+    rootfs = minict_dir / "containers/inroot/rootfs"
+    assert (rootfs / str(canary).lstrip("/") / "work").is_dir()
