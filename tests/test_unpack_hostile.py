@@ -155,3 +155,25 @@ def test_whiteouts_below_a_path_this_layer_replaced_are_ignored(tmp_path, outsid
     ])
     assert os.readlink(root / "d") == str(outside)
     assert (outside / "secret").read_bytes() == b"keep me"
+
+
+def _chain(count):
+    """Symlinks l1 -> l2 -> ... -> l<count> -> d, then a member below l1."""
+    links = [Symlink(f"l{i}", f"l{i + 1}") for i in range(1, count)]
+    return [Dir("d"), Symlink(f"l{count}", "d"), *links, File("l1/x", b"1")]
+
+
+@pytest.mark.parametrize("entries", [
+    [Symlink("a", "b"), Symlink("b", "/a"), File("a/x", b"1")],
+    [Symlink("a", "./a/"), File("a/x", b"1")],
+    _chain(41),
+], ids=["loop", "self-loop", "41-links"])
+def test_a_link_loop_or_41_links_is_an_error_naming_the_layer_and_entry(tmp_path, entries):
+    with pytest.raises(UnpackError, match=r"layer loop-0: entry '.*/x': more than 40 symbolic "
+                                          r"links \(or a loop\)"):
+        unpack_layers(tmp_path / "rootfs", [entries], name="loop")
+
+
+def test_forty_links_are_followed(tmp_path):
+    root = unpack_layers(tmp_path / "rootfs", [_chain(40)])
+    assert (root / "d/x").read_bytes() == b"1"
