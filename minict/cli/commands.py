@@ -173,7 +173,7 @@ def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull
     from minict import store
     from minict.bundle import options
     from minict.runtime import container
-    from minict.runtime.network import parse_publish
+    from minict.runtime.netsettings import parse_publish
 
     store.check_container_name(name)
     ref = _parse_reference(image)

@@ -14,7 +14,7 @@ import os
 from minict import boundedjson, errors, fsutil, linux, log, store
 from minict.bundle import usermap
 from minict.errors import ContainerError, ImageNotFound, LaunchError, MinictError
-from minict.runtime import kill, launch, userns
+from minict.runtime import kill, launch, netsettings, userns
 from minict.runtime import state as states
 
 EXITED_MESSAGE = "Container process exited. It can be started again using the 'start' option."
@@ -28,7 +28,7 @@ def run(ref, name: str, overrides=None, *, auto_remove: bool = False,
     so that `start` repeats them.  `auto_remove` deletes the container when
     it exits (`--rm`).  `pull` is "never" (the image must be stored),
     "missing" or "always".  `network` ("host", "none", "bridge") and
-    `publish` (network.parse_publish's ports) are kept in the bundle for
+    `publish` (netsettings.parse_publish's ports) are kept in the bundle for
     `start` too.  Raise ContainerError if the name is taken (also by a
     concurrent run), PullError, UnpackError, NetworkError or LaunchError.
     """
@@ -36,9 +36,8 @@ def run(ref, name: str, overrides=None, *, auto_remove: bool = False,
 
     from minict.bundle import create as bundles
     from minict.image import gc as images
-    from minict.runtime import network as networking
 
-    settings = networking.check(network, list(publish))
+    settings = netsettings.check(network, list(publish))
 
     store.ensure_dirs()
     lock = states.take_lock(name, wait=False)
@@ -59,7 +58,7 @@ def run(ref, name: str, overrides=None, *, auto_remove: bool = False,
         with images.using():  # no sweep deletes the layers being unpacked
             path = bundles.create(ref, name, overrides)
         if settings["mode"] != "host":
-            networking.save(path, settings)
+            netsettings.save(path, settings)
         states.write_state(path, {"status": "created", **({"autoRemove": True} if auto_remove else {})})
         try:
             return _launch(path)
