@@ -45,6 +45,7 @@ from minict.fsutil import open_dir_at
 from minict.rmtree import remove_at
 from minict.rootdirs import RootDirs, split_name
 from minict.tar import REGULAR, Member, Refused, TarStream, members
+from minict.tarsparse import SparseMap, place
 
 _O_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # xattr failures that mean "this file system will not store it": warned about, not fatal.
@@ -179,9 +180,12 @@ class _Applier:
         fd = self.create(lambda: os.open(base, _O_NEW_FILE, 0o600, dir_fd=parent_fd),
                          parent_fd, base, path)
         try:
-            for chunk in reader.data():
-                while chunk:
-                    chunk = chunk[os.write(fd, chunk):]
+            if e.sparse is None:
+                for chunk in reader.data():
+                    while chunk:
+                        chunk = chunk[os.write(fd, chunk):]
+            else:
+                write_sparse(fd, e.sparse, reader.data())
             # chown clears setuid/setgid and security.capability: chmod and xattrs after it.
             os.fchown(fd, e.uid, e.gid)
             os.fchmod(fd, e.mode)
@@ -334,6 +338,15 @@ class _Applier:
                 os.utime(fd, ns=(atime_ns, mtime_ns))
             finally:
                 os.close(fd)
+
+
+def write_sparse(fd: int, sparse: SparseMap, chunks) -> None:
+    """Write a GNU sparse member's data segments where they go: the holes are skipped over."""
+    for offset, piece in place(sparse, chunks):
+        while piece:
+            written = os.pwrite(fd, piece, offset)
+            piece, offset = piece[written:], offset + written
+    os.ftruncate(fd, sparse.size)  # the file may end in a hole
 
 
 def apply_layer(root_fd: int, stream, layer: str) -> None:
