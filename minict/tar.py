@@ -359,16 +359,18 @@ def _read_sparse(e: Member, block: bytes, records: dict[bytes, bytes], reader: T
 def _xattrs(records: dict[bytes, bytes]) -> dict[bytes, bytes] | None:
     """Return the xattrs pax records carry: SCHILY.xattr.NAME=VALUE, LIBARCHIVE.xattr.*.
 
-    bsdtar writes LIBARCHIVE.xattr.<NAME, %-escaped>=<VALUE in base64> (and
-    SCHILY.xattr for the same xattr); where both name one, SCHILY's wins, as
-    Go's archive/tar (which reads only those) and so umoci apply it.
+    bsdtar writes LIBARCHIVE.xattr.<NAME, %-escaped>=<VALUE in unpadded
+    base64>, and SCHILY.xattr for the same xattr unless its name is not
+    UTF-8; where both name one, SCHILY's wins, as Go's archive/tar (which
+    reads only those) and so umoci apply it.
     """
     xattrs = {}
     for key, value in records.items():
         if key.startswith(b"LIBARCHIVE.xattr."):
             try:
                 name = urllib.parse.unquote_to_bytes(key[17:])
-                xattrs.setdefault(name, base64.b64decode(value, validate=True))
+                padded = value + b"=" * (-len(value) % 4)  # libarchive leaves out the padding
+                xattrs.setdefault(name, base64.b64decode(padded, validate=True))
             except ValueError:
                 raise ValueError(f"pax record {key[:60]!r} is not base64") from None
     xattrs.update((k[13:], v) for k, v in records.items() if k.startswith(b"SCHILY.xattr."))
