@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from minict import container, linux, store
+from minict import linux, store
+from minict.runtime import container
 
 pytest_plugins = ["tests.support.bundles"]  # the box and busybox_rootfs fixtures
 

@@ -398,7 +398,7 @@ def test_a_killed_runs_partial_bundle_is_pruned_by_age_or_force(minict, minict_d
 
 @pytest.mark.unprivileged
 def test_prune_force_takes_young_leftovers_but_never_locked_ones(minict, minict_dir, monkeypatch):
-    from minict import container
+    from minict.runtime import container
 
     containers = minict_dir / "containers"
     partial_dl = minict_dir / "images" / "app" / ".partial"

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from minict import container
+from minict.runtime import container
 from tests.support.procs import hold_lock, is_gone, state_and_start
 from tests.support.waiting import wait_for
 

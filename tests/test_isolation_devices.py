@@ -25,7 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from minict import cgroups, devices, linux, spec
+from minict import linux
+from minict.bundle import devices, spec
+from minict.runtime import cgroups
 from tests.support import ci, probes
 from tests.support.images import CharDevice, Image, push, rootfs_entries
 from tests.support.waiting import rmdir_when_empty

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from minict import seccomp, seccomp_profile, spec, store
+from minict import store
+from minict.bundle import seccomp, seccomp_profile, spec
 from tests.support import ci
 from tests.support.probes import compile_probe, install_probe
 from tests.test_launch import wait_running

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from minict import subids, userns
+from minict.runtime import subids, userns
 
 pytest_plugins = ["tests.support.bundles"]  # the box fixture
 

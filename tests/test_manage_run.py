@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from minict import container, linux
+from minict import linux
+from minict.runtime import container
 
 pytestmark = pytest.mark.root
 

@@ -20,8 +20,8 @@ import uuid
 
 import pytest
 
-from minict import network
 from minict.errors import NetworkError
+from minict.runtime import network
 from tests.support import ci
 from tests.support.procs import hold_lock, is_gone, state_and_start
 from tests.support.waiting import wait_for
@@ -210,7 +210,7 @@ def _same_minict_dir(monkeypatch, minict_dir):
 
 
 def running(path):
-    from minict import container
+    from minict.runtime import container
 
     return container.read_state(path).get("status") == "running"
 

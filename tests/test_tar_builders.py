@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from minict import bundle, reference
+from minict.bundle import create as bundle
+from minict.image import reference
 from tests.support import ci
 from tests.support.images import File, Image, Layer, push, tar_layer, write_layout
 from tests.support.layers import describe, tree

@@ -22,12 +22,14 @@ import stat
 import time
 from pathlib import Path
 
-from minict import fsutil, log, mediatypes, spec, store
-from minict import layout as layouts
-from minict.apply import apply_layer
+from minict import fsutil, log, store
+from minict.bundle import spec
+from minict.bundle.apply import apply_layer
+from minict.bundle.layerstream import LayerStream
 from minict.errors import MinictError, UnpackError
-from minict.layerstream import LayerStream
-from minict.reference import Reference
+from minict.image import layout as layouts
+from minict.image import mediatypes
+from minict.image.reference import Reference
 from minict.rmtree import remove_tree  # the bundle's delete; callers use bundle.remove_tree
 
 _USER_DB_MAX = 4 * 1024 * 1024

@@ -36,8 +36,9 @@ imported up front: after pivot_root the host's Python library is out of reach.
 import os
 import signal
 
-from minict import execute, linux, mounts, userns
-from minict.steps import SetupError, expect, expect_fd, fail, report
+from minict import linux
+from minict.runtime import execute, mounts, userns
+from minict.runtime.steps import SetupError, expect, expect_fd, fail, report
 
 # -- the two processes ---------------------------------------------------------
 

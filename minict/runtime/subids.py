@@ -8,7 +8,7 @@ away from everyone else's ranges.  So the user `minict` needs no login
 account, only its lines, as podman's `--userns=auto` needs only the lines
 of `containers` (podman-run(1) suggests `containers:2147483647:2147483648`).
 
-`make install` runs this module (`python -m minict.subids`) to add minict's
+`make install` runs this module (`python -m minict.runtime.subids`) to add minict's
 lines once: a run of ids free in both files, placed above the window shadow's
 useradd hands out to new users (SUB_UID_MIN .. SUB_UID_MAX in login.defs), so
 neither a later useradd nor an existing grant (podman's, say) overlaps it.

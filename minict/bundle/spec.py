@@ -23,8 +23,8 @@ runc's and docker's default allow list, plus run's --device and --privileged
 import copy
 from dataclasses import dataclass
 
-from minict import capabilities, seccomp, seccomp_profile
-from minict import devices as device_rules
+from minict.bundle import capabilities, seccomp, seccomp_profile
+from minict.bundle import devices as device_rules
 
 OCI_VERSION = "1.0.0"
 DEFAULT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"]
@@ -236,7 +236,7 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
     section = _seccomp(overrides, document["process"]["capabilities"]["bounding"])
     if section is not None:
         document["linux"]["seccomp"] = section
-    from minict import userns
+    from minict.runtime import userns
 
     userns.configure(document, overrides.userns, overrides.userns_range)
     return document

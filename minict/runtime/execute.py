@@ -16,7 +16,7 @@ import signal
 import termios
 
 from minict import linux
-from minict.steps import SCM_RIGHTS, SOL_SOCKET, SetupError, expect, fail
+from minict.runtime.steps import SCM_RIGHTS, SOL_SOCKET, SetupError, expect, fail
 
 # A working directory reached through a descriptor could be one leaked from
 # the host (CVE-2024-21626): refuse /proc/<pid>/fd/... and /proc/<pid>/task/<tid>/fd/...

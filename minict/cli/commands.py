@@ -13,7 +13,8 @@ import sys
 
 import click
 
-from minict import __version__, entry, log
+from minict import __version__, log
+from minict.cli import outcome
 from minict.errors import MinictError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -82,7 +83,7 @@ def group(ctx, debug):
 
 
 def _parse_reference(text):
-    from minict import reference
+    from minict.image import reference
 
     return reference.parse(text)
 
@@ -106,7 +107,7 @@ def pull(image, platform, insecure, jobs, quiet):
     ref = _parse_reference(image)
     if quiet:
         log.set_quiet(True)
-    from minict import pull as pulling
+    from minict.image import pull as pulling
 
     pulling.pull(ref, platform=platform, insecure=insecure, jobs=jobs)
     log.info("Image pulled successfully.")
@@ -169,8 +170,10 @@ def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull
     A COMMAND after `--` replaces the image's Cmd.  Whatever is given here
     is kept in the container's config.json, so `start` repeats it.
     """
-    from minict import capabilities, container, devices, spec, store
-    from minict.network import parse_publish
+    from minict import store
+    from minict.bundle import capabilities, devices, spec
+    from minict.runtime import container
+    from minict.runtime.network import parse_publish
 
     store.check_container_name(name)
     ref = _parse_reference(image)
@@ -183,7 +186,7 @@ def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull
         no_new_keyring=no_new_keyring, **_security_options(security_opts))
     status = container.run(ref, name, overrides, auto_remove=auto_remove, pull=pull_policy,
                            network=network, publish=ports)
-    entry.exit_now(status)
+    outcome.exit_now(status)
 
 
 def _env_options(items) -> tuple[str, ...]:
@@ -212,7 +215,7 @@ def _security_options(items) -> dict:
         elif key == "seccomp" and value == "unconfined":
             fields.update(seccomp_unconfined=True, seccomp_profile=None)
         elif key == "seccomp" and value:
-            from minict import seccomp
+            from minict.bundle import seccomp
 
             fields.update(seccomp_unconfined=False, seccomp_profile=seccomp.read_profile(value))
         else:
@@ -225,7 +228,7 @@ def _security_options(items) -> dict:
 @click.option("--name", required=True, help="The container to start.")
 def start(name):
     """Start an existing container that was exited."""
-    entry.start(name)
+    outcome.start(name)
 
 
 @group.command(short_help="Remove an existing container.")
@@ -233,7 +236,8 @@ def start(name):
 @click.option("--force", "-f", is_flag=True, help="Kill the container first if it is running.")
 def rm(name, force):
     """Remove an existing container."""
-    from minict import container, store
+    from minict import store
+    from minict.runtime import container
 
     store.check_container_name(name)
     container.remove(name, force=force)
@@ -249,7 +253,7 @@ _FORMAT = click.option("--format", "output", type=click.Choice(["json", "table"]
 def list_containers(output):
     """List all current containers."""
     if output == "table":
-        from minict import listing
+        from minict.cli import listing
 
         listing.print_containers()
         return
@@ -263,11 +267,11 @@ def list_containers(output):
 def list_images(output):
     """List all images."""
     if output == "table":
-        from minict import listing
+        from minict.cli import listing
 
         listing.print_images()
         return
-    from minict import layout
+    from minict.image import layout
 
     _print_json_list(layout.list_images())
 
@@ -286,10 +290,11 @@ def exec_command(name, env, workdir, user, command):
 
     Exits with the command's exit status.
     """
-    from minict import container, store
+    from minict import store
+    from minict.runtime import container
 
     store.check_container_name(name)
-    entry.exit_now(container.exec_in(name, list(command), env=_env_options(env), workdir=workdir,
+    outcome.exit_now(container.exec_in(name, list(command), env=_env_options(env), workdir=workdir,
                                 user=user))
 
 
@@ -297,7 +302,7 @@ def exec_command(name, env, workdir, user, command):
 @click.option("--image", required=True, help="The image to remove, as list-images shows it.")
 def rmi(image):
     """Remove an image's tag, then every blob of its repository no tag references any more."""
-    from minict import images
+    from minict.image import gc as images
 
     names, deleted = images.remove(_parse_reference(image))
     for name in names:
@@ -316,7 +321,8 @@ def prune(force):
     downloads an hour old, or all of them with --force (never one that a
     run or pull is still writing).
     """
-    from minict import container, images
+    from minict.image import gc as images
+    from minict.runtime import container
 
     if not force and not _confirm("This removes all stopped containers, all unreferenced "
                                   "image blobs and leftovers of interrupted runs and pulls. "
@@ -355,7 +361,8 @@ def _confirm(question: str) -> bool:
 @click.option("--name", required=True, help="The container.")
 def inspect(name):
     """Show a container's state and config as JSON."""
-    from minict import listing, store
+    from minict import store
+    from minict.cli import listing
 
     store.check_container_name(name)
     click.echo(json.dumps(listing.inspect(name), indent="\t"))
@@ -378,7 +385,7 @@ def help_command(ctx, command):
 
 
 def main(argv=None):
-    """Run the CLI; turn every failure into one `fatal` line and exit 1 (entry.guard)."""
+    """Run the CLI; turn every failure into one `fatal` line and exit 1 (outcome.guard)."""
     if os.environ.get("MINICT_LOG_LEVEL", "").lower() == "debug":
         log.set_debug(True)
 
@@ -394,7 +401,7 @@ def main(argv=None):
             log.fatal("aborted")
             sys.exit(1)
 
-    entry.guard(invoke)
+    outcome.guard(invoke)
     sys.exit(0)
 
 

@@ -54,8 +54,10 @@ import signal
 import sys
 import termios
 
-from minict import execute, init, linux, log, seccomp, store, streams, userns
+from minict import linux, log, store
+from minict.bundle import seccomp
 from minict.errors import LaunchError, MinictError
+from minict.runtime import execute, init, streams, userns
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 WATCHED = FORWARDED + (signal.SIGCHLD, signal.SIGWINCH)

@@ -40,12 +40,12 @@ import os
 import stat
 
 from minict import log
+from minict.bundle.rootdirs import RootDirs, split_name
+from minict.bundle.tar import REGULAR, Member, Refused, TarStream, members
+from minict.bundle.tarsparse import SparseMap, place
 from minict.errors import UnpackError
 from minict.fsutil import open_dir_at
 from minict.rmtree import remove_at
-from minict.rootdirs import RootDirs, split_name
-from minict.tar import REGULAR, Member, Refused, TarStream, members
-from minict.tarsparse import SparseMap, place
 
 _O_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # xattr failures that mean "this file system will not store it": warned about, not fatal.

@@ -21,10 +21,11 @@ import re
 import stat
 from pathlib import Path
 
-from minict import layout as layouts
-from minict import log, mediatypes, store
+from minict import log, store
 from minict.errors import MinictError
-from minict.reference import Reference
+from minict.image import layout as layouts
+from minict.image import mediatypes
+from minict.image.reference import Reference
 
 # What an image layout holds besides blobs/: removed when its last tag goes.
 _LAYOUT_FILES = (store.LAYOUT_INDEX_NAME, store.LAYOUT_MARKER_NAME, store.LAYOUT_LOCK_NAME)
@@ -192,7 +193,9 @@ def _remove_layout(layout: layouts.Layout) -> None:
     Only the layout's own entries go: a nested repository (images/a/b inside
     images/a) stays.
     """
-    from minict import bundle  # its remove_tree stays on one file system, follows no symlink
+    from minict.bundle import (
+        create as bundle,  # its remove_tree stays on one file system, follows no symlink
+    )
 
     for sub in (layout.path / store.LAYOUT_BLOBS_NAME, layout.partial_dir):
         bundle.remove_tree(sub)

@@ -38,8 +38,9 @@ import json
 import os
 import re
 
-from minict import fsutil, leases, linux, log, store
+from minict import fsutil, linux, log, store
 from minict.errors import NetworkError
+from minict.runtime import leases
 
 MODES = ("host", "none", "bridge")
 DEFAULT_BRIDGE = "minict0"

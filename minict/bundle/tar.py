@@ -11,9 +11,9 @@ The second of the three stages of applying a layer (layerstream -> tar ->
 apply).  It owns the tar format: POSIX ustar headers, pax extended and
 global headers (path, linkpath, uid, gid, size, mtime, SCHILY.xattr.*,
 LIBARCHIVE.xattr.*; uname and gname are read past: owners are numeric, as
-umoci's), GNU long names and long link names, GNU sparse members (their maps
-are minict.tarsparse's), octal and GNU base-256 numbers; and the bounds on
-what a header may make it hold.  It never touches the file
+umoci's), GNU long names and long link names, GNU sparse members (their
+maps are minict.bundle.tarsparse's), octal and GNU base-256 numbers; and the
+bounds on what a header may make it hold.  It never touches the file
 system: what a member means for the rootfs is minict.apply's business.
 
 Bounds (a layer is a few hundred kilobytes that may inflate to gigabytes):
@@ -34,7 +34,7 @@ import base64
 import struct
 import urllib.parse
 
-from minict import tarsparse
+from minict.bundle import tarsparse
 from minict.errors import UnpackError
 
 # Go's archive/tar refuses pax and GNU long name/link headers past 1 MiB
@@ -50,7 +50,7 @@ _ZERO_BLOCK = bytes(512)
 # name mode uid gid size mtime chksum typeflag linkname magic(6) [version uname gname
 # devmajor devminor] prefix [pad]; devmajor/devminor are read from the block when needed.
 _HEADER = struct.Struct("100s8s8s8s12s12s8s1s100s6s82x155s12x")
-# The type flags of members that carry data; 'S' is old GNU sparse (minict.tarsparse).
+# The type flags of members that carry data; 'S' is old GNU sparse (minict.bundle.tarsparse).
 REGULAR = (b"0", b"\0", b"7", b"S")
 
 
@@ -232,7 +232,7 @@ class Member:
     `devmajor`/`devminor` are 0 but for devices; `xattrs` (from pax
     SCHILY.xattr.* and LIBARCHIVE.xattr.* records) is None when there are
     none.  A GNU sparse member (any of its four forms) has `size` its real
-    size and `sparse` its minict.tarsparse.SparseMap; `data()` then yields
+    size and `sparse` its minict.bundle.tarsparse.SparseMap; `data()` then yields
     the stored segments, which tarsparse.place puts where they go.  Others
     have `sparse` None.
     """

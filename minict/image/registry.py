@@ -30,12 +30,12 @@ import time
 import urllib.parse
 
 from minict import boundedjson, log
-from minict.auth import Credentials
 from minict.errors import PullError, shorten
-from minict.http import Response, Session, is_loopback
-from minict.http_errors import NETWORK_ERRORS, ProxyFailed, describe, split_host
-from minict.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
-from minict.timeouts import DeadlineExceeded
+from minict.image.auth import Credentials
+from minict.image.http import Response, Session, is_loopback
+from minict.image.http_errors import NETWORK_ERRORS, ProxyFailed, describe, split_host
+from minict.image.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from minict.image.timeouts import DeadlineExceeded
 
 ACCEPT = f"{OCI_INDEX}, {OCI_MANIFEST}, {DOCKER_LIST}, {DOCKER_MANIFEST}"
 

@@ -7,15 +7,15 @@
 
 A sparse member stores only its data segments, one after another; the map
 says at which offset of the real file each goes, and the real size (the file
-may end in a hole).  minict.tar calls this module while it reads a member's
-header; minict.apply writes the segments where `place` says.  The four forms
+may end in a hole).  minict.bundle.tar calls this module while it reads a member's
+header; minict.bundle.apply writes the segments where `place` says.  The four forms
 GNU tar writes, read as Go's archive/tar and Python's tarfile read them:
 
     old GNU   type 'S': four (offset, length) pairs in the header, then
               512-byte extension blocks of 21 while "isextended" is set;
               the real size in the header's realsize field.
     pax 0.0   GNU.sparse.size, GNU.sparse.numblocks and GNU.sparse.offset /
-              GNU.sparse.numbytes records repeated (minict.tar collects
+              GNU.sparse.numbytes records repeated (minict.bundle.tar collects
               them, in order, into GNU.sparse.map, as Go does).
     pax 0.1   GNU.sparse.size, GNU.sparse.numblocks, GNU.sparse.map "o,n,o,n,...".
     pax 1.0   GNU.sparse.major=1, GNU.sparse.minor=0, GNU.sparse.realsize,
@@ -29,12 +29,12 @@ MAP_MAX bytes, held as one array of 64-bit numbers (4 MiB at most); a
 real size of at most SPARSE_SIZE_MAX; segments in order, not overlapping,
 within the real size; and the segments' lengths must add up to the data the
 member stores.  Past any of them, or for a malformed map: SparseError (which
-minict.tar raises as its Refused, naming the member).
+minict.bundle.tar raises as its Refused, naming the member).
 """
 
 from array import array
 
-# As minict.tar's SPECIAL_MAX: Go's archive/tar caps pax headers (where 0.x maps live) at 1 MiB.
+# As minict.bundle.tar's SPECIAL_MAX: Go's archive/tar caps pax headers (where 0.x maps live) at 1 MiB.
 MAP_MAX = 1 << 20
 SPARSE_ENTRIES_MAX = MAP_MAX // 4  # "0\n0\n" is the shortest entry a map can spell
 # ext4's largest file (16 TiB with 4 KiB blocks); a map claiming more is hostile.
@@ -100,7 +100,7 @@ def _decimal(text: bytes, what: str) -> int:
 def old_gnu_map(block: bytes, reader, stored: int, number) -> SparseMap:
     """Return the map of a type 'S' member whose header is `block`; read its extension blocks.
 
-    `number` parses a numeric header field (minict.tar's, octal or base-256).
+    `number` parses a numeric header field (minict.bundle.tar's, octal or base-256).
     """
     if block[257:265] != b"ustar  \0":
         raise SparseError("type 'S' member that is not in the GNU format")

@@ -38,9 +38,9 @@ import urllib3
 import urllib3.exceptions
 
 from minict import boundedjson, log
-from minict.http_errors import NETWORK_ERRORS, RETRY, ConnectTimedOut, ProxyFailed, describe
-from minict.timeouts import Clock, DeadlineExceeded, Limits, TooSlow
-from minict.tls import tls_context
+from minict.image.http_errors import NETWORK_ERRORS, RETRY, ConnectTimedOut, ProxyFailed, describe
+from minict.image.timeouts import Clock, DeadlineExceeded, Limits, TooSlow
+from minict.image.tls import tls_context
 
 CONNECT_TIMEOUT = 10  # seconds to connect and finish the TLS handshake
 

@@ -10,9 +10,11 @@ needs nothing more: json.dumps escapes every control character.
 import os
 import shlex
 
-from minict import container, fsutil, mediatypes, store, text
-from minict import layout as layouts
+from minict import fsutil, store, text
 from minict.errors import ContainerError, MinictError
+from minict.image import layout as layouts
+from minict.image import mediatypes
+from minict.runtime import container
 
 
 def image_rows() -> list[dict]:
@@ -39,7 +41,7 @@ def _manifest(layout: layouts.Layout, descriptor: dict) -> dict:
     """Return the image manifest `descriptor` names (this host's one, for an index)."""
     manifest = layout.read_json_blob(descriptor["digest"])
     if mediatypes.is_index(descriptor.get("mediaType"), manifest):
-        from minict import bundle
+        from minict.bundle import create as bundle
 
         manifest = layout.read_json_blob(bundle.pick_platform(manifest)["digest"])
     return manifest

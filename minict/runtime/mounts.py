@@ -11,8 +11,9 @@ the host (the CVE-2021-30465 class).
 import os
 import stat
 
-from minict import devices, linux
-from minict.steps import SetupError, fail
+from minict import linux
+from minict.bundle import devices
+from minict.runtime.steps import SetupError, fail
 
 # Device nodes bind-mounted from the host: mknod(2) is refused in a user
 # namespace, and the OCI runtime spec requires these six (config-linux.md,

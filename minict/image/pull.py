@@ -17,10 +17,11 @@ import sys
 import threading
 import time
 
-from minict import auth, fsutil, http_errors, log, registry
+from minict import fsutil, log
 from minict.errors import MinictError, PullError, shorten
-from minict.layout import SOURCE_DIGEST, SOURCE_PLATFORM, DigestMismatch, DiskFull, Layout
-from minict.mediatypes import (  # pull.X names kept: the pull's unit tests call them here
+from minict.image import auth, http_errors, registry
+from minict.image.layout import SOURCE_DIGEST, SOURCE_PLATFORM, DigestMismatch, DiskFull, Layout
+from minict.image.mediatypes import (  # pull.X names kept: the pull's unit tests call them here
     OCI_MANIFEST,
     check_descriptor,
     check_manifest,
@@ -30,8 +31,8 @@ from minict.mediatypes import (  # pull.X names kept: the pull's unit tests call
     host_platform,
     parse_platform,
 )
-from minict.reference import Reference
-from minict.timeouts import TooSlow
+from minict.image.reference import Reference
+from minict.image.timeouts import TooSlow
 
 CHUNK = 512 * 1024
 
@@ -194,7 +195,7 @@ class Puller:
         self.progress = None
 
     def run(self) -> None:
-        from minict import images
+        from minict.image import gc as images
 
         # From the first look at the layout to the tag: blobs found present
         # must stay so until index.json names them (images.py).

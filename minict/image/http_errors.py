@@ -20,7 +20,7 @@ import time
 import urllib.parse
 
 from minict.errors import shorten
-from minict.timeouts import DeadlineExceeded, TooSlow
+from minict.image.timeouts import DeadlineExceeded, TooSlow
 
 
 class ProxyFailed(OSError):

@@ -279,7 +279,7 @@ def forces_nodev(destination: str, options) -> bool:
 
 def cgroup_version() -> int:
     """Return 1 or 2: the devices cgroup minict uses here (MINICT_CGROUP_DEVICES overrides)."""
-    from minict import cgroups
+    from minict.runtime import cgroups
 
     wanted = os.environ.get(ENV_VERSION, "")
     if wanted in ("v1", "1"):
@@ -296,7 +296,7 @@ def create_cgroup(name: str, config: dict):
 
     Raise DeviceError or cgroups.CgroupError; nothing is left on failure.
     """
-    from minict import cgroups
+    from minict.runtime import cgroups
 
     rules = rules_of(config)
     version = cgroup_version()

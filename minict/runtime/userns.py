@@ -31,8 +31,9 @@ import errno
 import fcntl
 import os
 
-from minict import fsutil, linux, store, subids
+from minict import fsutil, linux, store
 from minict.errors import LaunchError, MinictError
+from minict.runtime import subids
 
 MODES = ("identity", "auto", "host")
 DEFAULT_MODE = "identity"

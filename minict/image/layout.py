@@ -23,8 +23,8 @@ from pathlib import Path
 
 from minict import boundedjson, fsutil, store
 from minict.errors import MinictError
-from minict.mediatypes import DIGEST, JSON_BLOB_MAX, check_digest
-from minict.reference import Reference
+from minict.image.mediatypes import DIGEST, JSON_BLOB_MAX, check_digest
+from minict.image.reference import Reference
 
 REF_NAME = "org.opencontainers.image.ref.name"
 # What the pulled tag or digest named at the registry (an index, or a Docker

@@ -28,8 +28,9 @@ import os
 import signal
 import time
 
-from minict import boundedjson, fsutil, launch, linux, log, store, userns
+from minict import boundedjson, fsutil, linux, log, store
 from minict.errors import ContainerError, LaunchError, MinictError, NetworkError
+from minict.runtime import launch, userns
 
 # bundle.py's names, repeated so that `start` need not import the unpacker
 # (tests check they agree): the completion mark and the config's name.
@@ -54,9 +55,9 @@ def run(ref, name: str, overrides=None, *, auto_remove: bool = False,
     """
     from dataclasses import replace
 
-    from minict import bundle as bundles
-    from minict import images
-    from minict import network as networking
+    from minict.bundle import create as bundles
+    from minict.image import gc as images
+    from minict.runtime import network as networking
 
     settings = networking.check(network, list(publish))
 
@@ -99,7 +100,7 @@ def _pull(ref, policy: str) -> None:
         return
     if policy not in ("missing", "always"):
         raise ContainerError(f"unknown pull policy {policy!r}: use missing, always or never")
-    from minict import layout
+    from minict.image import layout
 
     if policy == "missing":
         try:
@@ -107,7 +108,7 @@ def _pull(ref, policy: str) -> None:
             return
         except MinictError:
             pass
-    from minict import pull as pulling  # requests with it: only when a registry is asked
+    from minict.image import pull as pulling  # requests with it: only when a registry is asked
 
     pulling.pull(ref, platform=None, insecure=False, jobs=4)
 
@@ -142,7 +143,7 @@ def remove(name: str, force: bool) -> None:
     a minict that does not (stopped, hung) is done without.  Raise
     ContainerError.
     """
-    from minict import bundle as bundles
+    from minict.bundle import create as bundles
 
     path = store.container_dir(name)
     if not os.path.lexists(path):
@@ -159,7 +160,7 @@ def remove(name: str, force: bool) -> None:
     try:
         if not os.path.lexists(path):  # a concurrent rm was first
             raise ContainerError(f"Container with name {name} does not exist.")
-        from minict import cgroups
+        from minict.runtime import cgroups
 
         cgroups.remove_leftovers(name)  # a killed minict's
         unmount_below(path)
@@ -167,7 +168,7 @@ def remove(name: str, force: bool) -> None:
         userns.release(store.root(), name)  # its host ids, with --userns auto
         # A container whose minict crashed may have left its address lease
         # and port rules; drop them (and any other container's stale ones).
-        from minict import network
+        from minict.runtime import network
 
         network.cleanup(name)
     finally:
@@ -200,7 +201,7 @@ def exec_in(name: str, args: list[str], *, env=(), workdir: str | None = None,
         raise ContainerError(f"Container with name {name} is not running; "
                              "start it with 'minict start'")
     try:
-        from minict import cgroups
+        from minict.runtime import cgroups
 
         config = _read_config(path)
         config["process"] = _exec_process(path, config, args, env, workdir, user)
@@ -221,7 +222,8 @@ def _exec_process(path, config: dict, args, env, workdir, user) -> dict:
         process["cwd"] = workdir
     variables = list(process.get("env") or [])
     if user is not None:
-        from minict import bundle, spec
+        from minict.bundle import create as bundle
+        from minict.bundle import spec
 
         rootfs = os.path.join(path, (config.get("root") or {}).get("path", store.ROOTFS_NAME))
         try:
@@ -274,7 +276,7 @@ def prune_partial_bundles(force: bool) -> list[str]:
     lock (a `run` building it does) and, unless `force`, when it is an hour
     old (store.LEFTOVER_AGE).  One that cannot be removed is warned about.
     """
-    from minict import bundle as bundles
+    from minict.bundle import create as bundles
 
     removed = []
     try:
@@ -342,7 +344,7 @@ def read_state(path) -> dict:
 
 def _launch(path) -> int:
     """Launch the bundle at `path` (its lock held); record and return the exit status."""
-    from minict import network
+    from minict.runtime import network
 
     config = _read_config(path)
     if userns.idmapped(config):  # --userns auto: its host ids are still its own
@@ -382,7 +384,7 @@ def _launch(path) -> int:
 
 def _create_cgroup(name: str, config: dict):
     """Create the container's cgroup with its device rules (devices.py); raise LaunchError."""
-    from minict import devices
+    from minict.bundle import devices
 
     try:
         return devices.create_cgroup(name, config)
@@ -522,8 +524,8 @@ def _remove_unowned(name: str, path) -> None:
     The lock file stays: that minict unlinks it when it exits, and until
     then no `run` or `start` of the name can begin under its feet.
     """
-    from minict import bundle as bundles
-    from minict import network
+    from minict.bundle import create as bundles
+    from minict.runtime import network
 
     holder = linux.flock_holder(_lock_path(name))
     log.warn(f"the minict that runs container {name}"
@@ -539,7 +541,7 @@ def _remove_unowned(name: str, path) -> None:
     except OSError as err:
         raise ContainerError(f"cannot move {path} aside to remove it: {err.strerror}") from None
     bundles.remove_tree(aside)
-    from minict import cgroups
+    from minict.runtime import cgroups
 
     cgroups.remove_leftovers(name)  # its init is dead: nothing of it runs in there
     userns.release(store.root(), name)  # its host ids, with --userns auto

@@ -18,7 +18,7 @@ import errno
 import os
 import stat
 
-from minict.tar import Refused
+from minict.bundle.tar import Refused
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_CACHE_MAX = 256  # open directory descriptors kept per layer (the soft RLIMIT_NOFILE is 1024)
