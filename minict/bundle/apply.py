@@ -42,7 +42,7 @@ import stat
 from minict import log
 from minict.bundle.rootdirs import RootDirs, split_name
 from minict.bundle.tar import REGULAR, Member, Refused, TarStream, members
-from minict.bundle.tarsparse import SparseMap, place
+from minict.bundle.tarsparse import write_sparse
 from minict.errors import UnpackError
 from minict.fsutil import open_dir_at
 from minict.rmtree import remove_at
@@ -338,15 +338,6 @@ class _Applier:
                 os.utime(fd, ns=(atime_ns, mtime_ns))
             finally:
                 os.close(fd)
-
-
-def write_sparse(fd: int, sparse: SparseMap, chunks) -> None:
-    """Write a GNU sparse member's data segments where they go: the holes are skipped over."""
-    for offset, piece in place(sparse, chunks):
-        while piece:
-            written = os.pwrite(fd, piece, offset)
-            piece, offset = piece[written:], offset + written
-    os.ftruncate(fd, sparse.size)  # the file may end in a hole
 
 
 def apply_layer(root_fd: int, stream, layer: str) -> None:

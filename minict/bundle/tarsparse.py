@@ -1,15 +1,15 @@
 """GNU sparse members: where a sparse file's data lies, read from the archive and bounded.
 
-    sparse = old_gnu_map(block, reader)          # type 'S': the header and its extension blocks
-    sparse = pax_map(records, reader, stored)    # pax 0.0, 0.1 (records) or 1.0 (in the data)
-    for offset, piece in place(sparse, stream.data()):
-        os.pwrite(fd, piece, offset)             # and ftruncate to sparse.size: the holes
+    sparse = old_gnu_map(block, reader, stored, number)     # type 'S': header + extensions
+    sparse, left = pax_map(version, records, reader, stored)  # pax 0.0, 0.1, 1.0
+    write_sparse(fd, sparse, stream.data())   # the segments where they go, holes between
 
 A sparse member stores only its data segments, one after another; the map
-says at which offset of the real file each goes, and the real size (the file
-may end in a hole).  minict.bundle.tar calls this module while it reads a member's
-header; minict.bundle.apply writes the segments where `place` says.  The four forms
-GNU tar writes, read as Go's archive/tar and Python's tarfile read them:
+says at which offset of the real file each goes, and the real size (the
+file may end in a hole).  minict.bundle.tar calls this module while it reads
+a member's header; minict.bundle.apply has write_sparse write the segments
+where `place` says, seeking over the holes.  The four forms GNU tar writes,
+read as Go's archive/tar and Python's tarfile read them:
 
     old GNU   type 'S': four (offset, length) pairs in the header, then
               512-byte extension blocks of 21 while "isextended" is set;
@@ -32,6 +32,7 @@ member stores.  Past any of them, or for a malformed map: SparseError (which
 minict.bundle.tar raises as its Refused, naming the member).
 """
 
+import os
 from array import array
 
 # As minict.bundle.tar's SPECIAL_MAX: Go's archive/tar caps pax headers (where 0.x maps live) at 1 MiB.
@@ -130,7 +131,7 @@ def _old_gnu_entries(data: bytes, count: int, entries: array, number) -> None:
 
 
 def pax_version(records: dict[bytes, bytes]) -> str | None:
-    """Return "0.x" or "1.0" for a member the records make sparse, None for others (as Go)."""
+    """Return "0.x" or "1.0" for a member the records make sparse, None for others."""
     major, minor = records.get(b"GNU.sparse.major"), records.get(b"GNU.sparse.minor")
     if major == b"0" and minor in (b"0", b"1"):
         return "0.x"
@@ -138,7 +139,9 @@ def pax_version(records: dict[bytes, bytes]) -> str | None:
         return "1.0"
     if major is not None or minor is not None:
         return None  # a version nobody writes: not read as sparse (Go does the same)
-    return "0.x" if records.get(b"GNU.sparse.map") else None
+    # Go asks for a map; GNU tar and tarfile read GNU.sparse.size alone as a
+    # 0.0 member without segments (all hole), and so does minict.
+    return "0.x" if b"GNU.sparse.map" in records or b"GNU.sparse.size" in records else None
 
 
 def pax_map(version: str, records: dict[bytes, bytes], reader,
@@ -210,3 +213,12 @@ def place(sparse: SparseMap, chunks):
             offset += len(piece)
             left -= len(piece)
             chunk = chunk[len(piece):]
+
+
+def write_sparse(fd: int, sparse: SparseMap, chunks) -> None:
+    """Write a sparse member's data `chunks` into the new file `fd`: holes are skipped over."""
+    for offset, piece in place(sparse, chunks):
+        while piece:
+            written = os.pwrite(fd, piece, offset)
+            piece, offset = piece[written:], offset + written
+    os.ftruncate(fd, sparse.size)  # the file may end in a hole

@@ -32,15 +32,15 @@ def _checksummed(block: bytearray) -> bytes:
     return bytes(block)
 
 
-def old_gnu(name: str, real_size: int, segments, data: bytes, *, extended_per_block: int = 21,
-            stored: int | None = None) -> bytes:
+def old_gnu(name: str, real_size: int, segments, data: bytes, *,
+            extended_per_block: int = 21) -> bytes:
     """A type 'S' member: four map entries in the header, the rest in extension blocks."""
     entries = [_octal(o, 12) + _octal(n, 12) for o, n in segments]
     block = bytearray(512)
     block[0:100] = name.encode().ljust(100, b"\0")
     block[100:108] = b"0000644\0"
     block[108:116] = block[116:124] = b"0000000\0"
-    block[124:136] = _octal(len(data) if stored is None else stored, 12)
+    block[124:136] = _octal(len(data), 12)
     block[136:148] = _octal(1_700_000_000, 12)
     block[156:157] = b"S"
     block[257:265] = b"ustar  \0"
@@ -49,11 +49,11 @@ def old_gnu(name: str, real_size: int, segments, data: bytes, *, extended_per_bl
     block[482] = 1 if rest else 0
     block[483:495] = _octal(real_size, 12)
     out = [_checksummed(block)]
-    while rest:
-        chunk, rest = rest[:extended_per_block], rest[extended_per_block:]
+    for start in range(0, len(rest), extended_per_block):
+        chunk = rest[start:start + extended_per_block]
         extension = bytearray(512)
         extension[0:24 * len(chunk)] = b"".join(chunk)
-        extension[504] = 1 if rest else 0
+        extension[504] = 1 if start + extended_per_block < len(rest) else 0
         out.append(bytes(extension))
     return b"".join(out) + _pad(data)
 
