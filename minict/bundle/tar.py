@@ -4,7 +4,7 @@
     for member in members(stream):          # Member: name, type, size, mode, uid, gid, ...
         if member.type in REGULAR:
             for chunk in stream.data():     # its data, as memoryviews, as it arrives
-                ...
+                ...                         # (member.sparse set: tarsparse.place says where)
     stream.drain()                          # read to the end (the diff_id hashes it all)
 
 The second of the three stages of applying a layer (layerstream -> tar ->
