@@ -236,9 +236,9 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
     section = _seccomp(overrides, document["process"]["capabilities"]["bounding"])
     if section is not None:
         document["linux"]["seccomp"] = section
-    from minict.runtime import userns
+    from minict.bundle import usermap
 
-    userns.configure(document, overrides.userns, overrides.userns_range)
+    usermap.configure(document, overrides.userns, overrides.userns_range)
     return document
 
 

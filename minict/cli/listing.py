@@ -15,6 +15,7 @@ from minict.errors import ContainerError, MinictError
 from minict.image import layout as layouts
 from minict.image import mediatypes
 from minict.runtime import container
+from minict.runtime import state as states
 
 
 def image_rows() -> list[dict]:
@@ -54,9 +55,9 @@ def container_rows() -> list[dict]:
         path = store.container_dir(name)
         mark = fsutil.read_json(store.bundle_file(path, store.COMPLETE_MARK), {})
         config = fsutil.read_json(store.bundle_file(path, store.CONFIG_NAME), {})
-        state = container.read_state(path)
+        state = states.read_state(path)
         status = state.get("status") or "created"
-        if status == "running" and container.running_pid(path) is None:
+        if status == "running" and states.running_pid(path) is None:
             status = "exited"  # its minict died (and took the container along)
         rows.append({
             "name": name, "image": mark.get("image", ""), "status": status,
@@ -69,17 +70,17 @@ def container_rows() -> list[dict]:
 def inspect(name: str) -> dict:
     """Return container `name`'s state and config.json; raise ContainerError if it does not exist."""
     path = store.container_dir(name)
-    if not container.is_complete(path):
+    if not states.is_complete(path):
         raise ContainerError(f"Container with name {name} does not exist.")
     mark = fsutil.read_json(store.bundle_file(path, store.COMPLETE_MARK), {})
-    state = container.read_state(path)
+    state = states.read_state(path)
     return {
         "Name": name,
         "Path": str(path),
         "Image": mark.get("image", ""),
         "ImageManifest": mark.get("manifest", ""),
         "Created": mark.get("created", ""),
-        "State": {**state, "running": container.running_pid(path) is not None},
+        "State": {**state, "running": states.running_pid(path) is not None},
         "Config": fsutil.read_json(store.bundle_file(path, store.CONFIG_NAME), {}),
     }
 

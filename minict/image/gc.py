@@ -22,7 +22,7 @@ import stat
 from pathlib import Path
 
 from minict import log, store
-from minict.errors import MinictError
+from minict.errors import ImageNotFound, MinictError
 from minict.image import layout as layouts
 from minict.image import mediatypes
 from minict.image.reference import Reference
@@ -72,10 +72,10 @@ def remove(ref: Reference) -> tuple[list[str], list[str]]:
     layout = layouts.Layout.for_reference(ref)
     with sweeping():
         if not layout.exists():
-            raise MinictError(f"image {ref.familiar()} not found")
+            raise ImageNotFound(f"image {ref.familiar()} not found")
         removed = layout.untag(ref)
         if not removed:
-            raise MinictError(f"image {ref.familiar()} not found")
+            raise ImageNotFound(f"image {ref.familiar()} not found")
         names = [layouts.image_name(ref.familiar_name, d["annotations"][layouts.REF_NAME])
                  for d in removed]
         deleted = _sweep(layout)
@@ -193,12 +193,10 @@ def _remove_layout(layout: layouts.Layout) -> None:
     Only the layout's own entries go: a nested repository (images/a/b inside
     images/a) stays.
     """
-    from minict.bundle import (
-        create as bundle,  # its remove_tree stays on one file system, follows no symlink
-    )
+    from minict.rmtree import remove_tree  # stays on one file system, follows no symlink
 
     for sub in (layout.path / store.LAYOUT_BLOBS_NAME, layout.partial_dir):
-        bundle.remove_tree(sub)
+        remove_tree(sub)
     for name in _LAYOUT_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(layout.path / name)

@@ -37,7 +37,8 @@ import os
 import signal
 
 from minict import linux
-from minict.runtime import execute, mounts, userns
+from minict.bundle import usermap
+from minict.runtime import execute, mounts
 from minict.runtime.steps import SetupError, expect, expect_fd, fail, report
 
 # -- the two processes ---------------------------------------------------------
@@ -45,7 +46,7 @@ from minict.runtime.steps import SetupError, expect, expect_fd, fail, report
 def intermediate(channel, bundle: str, config: dict, terminal: bool, syscall_filter=None):
     """Unshare, get mapped, fork PID 1 of the new pid namespace; never return.
 
-    `syscall_filter` is config.json's seccomp filter (a seccomp.Program), or None.
+    `syscall_filter` is config.json's seccomp filter (a seccomp_filter.Program), or None.
     """
     _never_return(channel, _unshare_and_fork, channel, bundle, config, terminal, syscall_filter)
 
@@ -55,7 +56,7 @@ def container(channel, bundle: str, config: dict, terminal: bool, rootfs_fd: int
     """Set the container up as PID 1 and execve its command; never return.
 
     `rootfs_fd` is the idmapped rootfs the parent made (--userns auto), a detached mount;
-    `syscall_filter` is config.json's seccomp filter (a seccomp.Program), or None.
+    `syscall_filter` is config.json's seccomp filter (a seccomp_filter.Program), or None.
     """
     _never_return(channel, _setup_and_exec, channel, bundle, config, terminal, rootfs_fd,
                   syscall_filter)
@@ -113,7 +114,7 @@ def _unshare_and_fork(channel, bundle, config, terminal, syscall_filter):
         # uid_map and gid_map (user_namespaces(7)); ask the parent.  Only
         # it can idmap the rootfs too (userns.idmapped_rootfs).
         channel.send(b"userns")
-        if userns.idmapped(config):
+        if usermap.idmapped(config):
             rootfs_fd = expect_fd(channel, b"rootfs")
         expect(channel, b"mapped")
     if flags & linux.CLONE_NEWNET:

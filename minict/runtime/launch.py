@@ -55,9 +55,10 @@ import sys
 import termios
 
 from minict import linux, log, store
-from minict.bundle import seccomp
-from minict.errors import LaunchError, MinictError
-from minict.runtime import execute, init, streams, userns
+from minict.bundle import usermap
+from minict.bundle.seccomp import SeccompError
+from minict.errors import STAGE_PREFIXES, LaunchError
+from minict.runtime import execute, init, seccomp_filter, streams, userns
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 WATCHED = FORWARDED + (signal.SIGCHLD, signal.SIGWINCH)
@@ -139,8 +140,8 @@ def _syscall_filter(bundle: str, config: dict):
     if section is None:
         return None
     try:
-        return seccomp.program(section, store.bundle_file(bundle, store.SECCOMP_CACHE_NAME))
-    except seccomp.SeccompError as err:
+        return seccomp_filter.program(section, store.bundle_file(bundle, store.SECCOMP_CACHE_NAME))
+    except SeccompError as err:
         raise LaunchError(f"config.json's linux.seccomp: {err.message}") from None
 
 
@@ -174,14 +175,11 @@ def _handshake(channel, intermediate: int, bundle: str, config: dict, on_netns,
             kind, _, rest = data.partition(b" ")
             if kind == b"cgroup":
                 if cgroup is not None:
-                    try:
-                        cgroup.add(intermediate)
-                    except MinictError as err:
-                        raise LaunchError(err.message) from None
+                    cgroup.add(intermediate)  # its errors are the run stage's (container._launch)
                 _send(channel, b"grouped")
             elif kind == b"userns":
                 _write_id_maps(intermediate, config.get("linux") or {})
-                if userns.idmapped(config):
+                if usermap.idmapped(config):
                     _send_idmapped_rootfs(channel, bundle, config, intermediate)
                 _send(channel, b"mapped")
             elif kind == b"netns":
@@ -283,7 +281,7 @@ def _failed(started: _Started) -> int:
     if started.master is not None:
         os.close(started.master)
     if status in (execute.NOT_EXECUTABLE, execute.NOT_FOUND):
-        log.error(LaunchError.prefix + text)
+        log.error(STAGE_PREFIXES["run"] + text)
         return status
     raise LaunchError(text)
 

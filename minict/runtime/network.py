@@ -1,6 +1,7 @@
 """Container networking: `--network host|none|bridge` and published ports.
 
-Every pyroute2 call and every `nft` command minict makes is here.
+Every pyroute2 call minict makes is here; the nftables rules are firewall.py's,
+the container's /etc/hosts and /etc/resolv.conf etc_files.py's.
 
     host     the host's network, as the original did: no namespace, nothing to do
     none     a network namespace of its own with only `lo`, brought up
@@ -40,14 +41,12 @@ import re
 
 from minict import fsutil, linux, log, store
 from minict.errors import NetworkError
-from minict.runtime import leases
+from minict.runtime import etc_files, firewall, leases
 
 MODES = ("host", "none", "bridge")
 DEFAULT_BRIDGE = "minict0"
 # Rarely used by anything else (docker takes 172.17/16, podman 10.88/16).
 DEFAULT_SUBNET = "10.254.37.0/24"
-NFT_TABLE = "minict"
-RESOLV_SOURCES = ("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf")
 _PUBLISH = re.compile(r"(\d{1,5}):(\d{1,5})(?:/(tcp|udp))?\Z")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}\Z")
 
@@ -80,7 +79,7 @@ def check(mode: str, publish) -> dict:
 
 def save(bundle, settings: dict) -> None:
     """Record `settings` in the bundle (network.json), replaced by rename."""
-    _write_file(store.bundle_file(bundle, store.NETWORK_SETTINGS_NAME), json.dumps(settings) + "\n")
+    etc_files.write_file(store.bundle_file(bundle, store.NETWORK_SETTINGS_NAME), json.dumps(settings) + "\n")
 
 
 def load(bundle) -> dict:
@@ -114,7 +113,7 @@ class Attachment:
             if self.mode == "bridge":
                 _plug(self.lease, pid, inside)
         if self.mode == "bridge" and self.lease["publish"]:
-            _nft(_dnat_rules(self.lease))
+            firewall.apply(firewall.dnat_rules(self.lease))
 
     def release(self) -> None:
         """Remove the veth, the DNAT rules and the lease (bridge), free the ports; safe twice."""
@@ -156,7 +155,7 @@ def prepare(name: str, bundle, config: dict) -> Attachment:
     attachment = Attachment(name, mode, lease, sockets)
     hostname = config.get("hostname") or name
     try:
-        _adjust_mounts(bundle, config, hostname, lease)
+        etc_files.adjust_mounts(bundle, config, hostname, lease)
     except BaseException:
         attachment.release()
         raise
@@ -228,7 +227,7 @@ def _ensure_bridge() -> dict:
     # Published ports reached at 127.0.0.1: the host's packet keeps its
     # loopback source on its way out to the bridge (then masqueraded).
     _sysctl_on(f"net/ipv4/conf/{name}/route_localnet")
-    _nft(_base_rules(name, subnet))
+    firewall.apply(firewall.base_rules(name, subnet))
     return {"name": name, "subnet": str(subnet), "gateway": str(subnet[1])}
 
 
@@ -286,7 +285,7 @@ def _drop(registry, lease: dict) -> None:
             for index in ipr.link_lookup(ifname=veth):
                 with _tolerate(_ENODEV):  # its namespace died and took it along
                     ipr.link("del", index=index)  # deleting one end deletes the pair
-        _delete_tagged(veth)
+        firewall.delete_tagged(veth)
     registry.remove(lease)
 
 
@@ -419,157 +418,3 @@ def _tolerate(code: int):
     except NetlinkError as err:
         if err.code != code:
             raise
-
-
-# -- nftables ---------------------------------------------------------------------------
-
-def _base_rules(bridge: str, subnet) -> str:
-    """The table, its chains and the bridge's rules; the rules are rewritten unless all there."""
-    script = [
-        f"add table ip {NFT_TABLE}",
-        # dstnat/srcnat priorities, as iptables' nat table: published ports
-        # for packets that arrive (prerouting) and that the host sends (output).
-        f"add chain ip {NFT_TABLE} prerouting {{ type nat hook prerouting priority -100; }}",
-        f"add chain ip {NFT_TABLE} output {{ type nat hook output priority -100; }}",
-        f"add chain ip {NFT_TABLE} postrouting {{ type nat hook postrouting priority 100; }}",
-        # Before conntrack (raw priority), for the guard below.
-        f"add chain ip {NFT_TABLE} guard {{ type filter hook prerouting priority -300; }}",
-    ]
-    wanted = [
-        ("postrouting", f"ip saddr {subnet} ip daddr != {subnet} masquerade"),
-        # A published port reached at 127.0.0.1 (route_localnet): the
-        # container answers the bridge's address, not its own loopback.
-        ("postrouting", f'ip saddr 127.0.0.0/8 oifname "{bridge}" masquerade'),
-        # route_localnet would also let a container send to the host's
-        # loopback-only services; refuse that (as kube-proxy, CVE-2020-8558).
-        ("guard", f'iifname "{bridge}" ip daddr 127.0.0.0/8 drop'),
-    ]
-    tag = f"bridge {bridge}"
-    present = rules_tagged(tag)
-    if len(present) != len(wanted):
-        script += [f"delete rule ip {NFT_TABLE} {r['chain']} handle {r['handle']}"
-                   for r in present]
-        script += [f'add rule ip {NFT_TABLE} {chain} {rule} comment "{tag}"'
-                   for chain, rule in wanted]
-    return "\n".join(script) + "\n"
-
-
-def _dnat_rules(lease: dict) -> str:
-    lines = []
-    for port in lease["publish"]:
-        match = (f"fib daddr type local {port['protocol']} dport {port['host']} "
-                 f"dnat to {lease['address']}:{port['container']} comment \"{lease['veth']}\"")
-        lines += [f"add rule ip {NFT_TABLE} prerouting {match}",
-                  f"add rule ip {NFT_TABLE} output {match}"]
-    return "\n".join(lines) + "\n"
-
-
-def _rules() -> list[dict]:
-    """Return the rules of table `ip minict` as nft's JSON objects (none if it is missing)."""
-    import subprocess
-
-    done = subprocess.run([_nft_path(), "-j", "-a", "list", "table", "ip", NFT_TABLE],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        if "No such file or directory" in done.stderr:
-            return []
-        raise NetworkError(f"nft list table ip {NFT_TABLE}: {done.stderr.strip()}")
-    return [item["rule"] for item in json.loads(done.stdout).get("nftables", [])
-            if "rule" in item]
-
-
-def rules_tagged(tag: str) -> list[dict]:
-    """Return the rules of table `ip minict` whose comment is `tag`."""
-    return [rule for rule in _rules() if rule.get("comment") == tag]
-
-
-def _delete_tagged(tag: str) -> None:
-    script = "".join(f"delete rule ip {NFT_TABLE} {rule['chain']} handle {rule['handle']}\n"
-                     for rule in rules_tagged(tag))
-    if script:
-        _nft(script)
-
-
-def _nft(script: str) -> None:
-    """Apply `script` as one nftables transaction (all of it or nothing)."""
-    import subprocess
-
-    done = subprocess.run([_nft_path(), "-f", "-"], input=script, capture_output=True,
-                          text=True, check=False)
-    if done.returncode != 0:
-        raise NetworkError(f"nft: {done.stderr.strip() or 'failed'}")
-
-
-def _nft_path() -> str:
-    import shutil
-
-    path = shutil.which("nft", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
-    if path is None:
-        raise NetworkError("bridge networking needs nftables' `nft` command; install nftables")
-    return path
-
-
-# -- /etc/hosts and /etc/resolv.conf ---------------------------------------------------------
-
-def _adjust_mounts(bundle, config: dict, hostname: str, lease: dict | None) -> None:
-    """Mount a fresh sysfs; write hosts (and resolv.conf for bridge) in the bundle, bind them."""
-    hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-    if lease is not None:
-        hosts += f"{lease['address']}\t{hostname}\n"
-    files = {"/etc/hosts": (store.HOSTS_NAME, hosts)}
-    if lease is not None:
-        files["/etc/resolv.conf"] = (store.RESOLV_NAME, resolv_conf())
-    mounts = config.setdefault("mounts", [])
-    # The host's /sys would show the host's interfaces under /sys/class/net;
-    # a sysfs mounted in the new namespace shows the container's own.
-    for entry in mounts:
-        if entry.get("destination") == "/sys":
-            entry.update(type="sysfs", source="sysfs", options=["nosuid", "noexec", "nodev", "ro"])
-    for destination, (filename, text) in files.items():
-        source = str(store.bundle_file(os.path.abspath(bundle), filename))
-        _write_file(source, text, mode=0o644)
-        mounts[:] = [m for m in mounts if m.get("destination") != destination]
-        mounts.append({"destination": destination, "type": "bind", "source": source,
-                       "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]})
-
-
-def resolv_conf(sources=RESOLV_SOURCES) -> str:
-    """Return the host's resolv.conf without loopback name servers (unreachable inside).
-
-    A host whose only server is a local stub (systemd-resolved's 127.0.0.53)
-    has its upstream servers in /run/systemd/resolve/resolv.conf; use those.
-    """
-    for path in sources:
-        try:
-            with open(path) as f:
-                lines = f.read().splitlines()
-        except OSError:
-            continue
-        kept, servers = [], 0
-        for line in lines:
-            words = line.split()
-            if words[:1] == ["nameserver"] and len(words) > 1:
-                if _is_loopback(words[1]):
-                    continue
-                servers += 1
-            kept.append(line)
-        if servers:
-            return "\n".join(kept) + "\n"
-    log.warn("the host has only loopback name servers; the container gets none")
-    return "# minict: the host's name servers are all on loopback, unreachable from here\n"
-
-
-def _is_loopback(address: str) -> bool:
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(address.split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
-def _write_file(path, text: str, mode: int = 0o600) -> None:
-    try:
-        fsutil.write_atomic(path, text, fsync=False, mode=mode)
-    except OSError as err:
-        raise NetworkError(f"cannot write {path}: {err.strerror}") from None

@@ -35,10 +35,6 @@ from minict import fsutil, linux, store
 from minict.errors import LaunchError, MinictError
 from minict.runtime import subids
 
-MODES = ("identity", "auto", "host")
-DEFAULT_MODE = "identity"
-ANNOTATION = "org.minict.userns"
-IDMAPPED_ROOTFS = "auto"  # the annotation's value: the rootfs is idmapped through the userns
 SIZE = 65536  # container ids 0..65535: every id an image's files normally use
 DEFAULT_RECORD_DIR = "/var/lib/minict-userns"
 _IDMAP_KERNEL = (5, 12)
@@ -46,28 +42,6 @@ _IDMAP_KERNEL = (5, 12)
 
 def record_dir() -> str:
     return os.environ.get("MINICT_USERNS_DIR") or DEFAULT_RECORD_DIR
-
-
-# -- config.json ----------------------------------------------------------------------
-
-def configure(config: dict, mode: str, id_range: tuple[int, int, int] | None) -> None:
-    """Shape the runtime `config` for `mode`; `id_range` is (uid, gid, size) for auto."""
-    if mode not in MODES:
-        raise MinictError(f"unknown --userns {mode!r}: use {', '.join(MODES)}")
-    linux_config = config.setdefault("linux", {})
-    if mode == "host":
-        linux_config["namespaces"] = [ns for ns in linux_config.get("namespaces", [])
-                                      if ns.get("type") != "user"]
-    elif mode == "auto":
-        uid, gid, size = id_range
-        linux_config["uidMappings"] = [{"containerID": 0, "hostID": uid, "size": size}]
-        linux_config["gidMappings"] = [{"containerID": 0, "hostID": gid, "size": size}]
-        config.setdefault("annotations", {})[ANNOTATION] = IDMAPPED_ROOTFS
-
-
-def idmapped(config: dict) -> bool:
-    """Return whether `config` asks for its rootfs idmapped through the container's userns."""
-    return (config.get("annotations") or {}).get(ANNOTATION) == IDMAPPED_ROOTFS
 
 
 # -- the idmapped rootfs (the parent, host root) ---------------------------------------
