@@ -1,6 +1,6 @@
 """Media types, manifest and index checks, and the platform choice: one rule for every reader.
 
-Pull (what a registry sent), run (bundle.py: what the layout holds), the
+Pull (what a registry sent), run (bundle/create.py: what the layout holds), the
 listings and the garbage collector all ask the same questions of the same
 documents: is this an index, which entry is this host's, is this manifest
 well formed, which layer types can be applied.  They are answered here, so

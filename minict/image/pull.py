@@ -191,7 +191,7 @@ class Puller:
         from minict.image import gc as images
 
         # From the first look at the layout to the tag: blobs found present
-        # must stay so until index.json names them (images.py).
+        # must stay so until index.json names them (gc.py).
         try:
             with images.using():
                 if self._up_to_date():
