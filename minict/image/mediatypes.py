@@ -46,6 +46,7 @@ LAYER_MEDIA_TYPES = {
     "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
     "application/vnd.docker.image.rootfs.diff.tar": None,
     "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar": None,
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
 }
 # Manifests, indexes and configs are small; refusing big ones keeps a hostile

@@ -362,15 +362,18 @@ class Registry:
         media = response.headers.get("Content-Type", "").split(";")[0].strip()
         return data, media, response.headers.get("Docker-Content-Digest")
 
-    def blob(self, digest: str, offset: int = 0) -> Response:
+    def blob(self, digest: str, offset: int = 0, missing_ok: bool = False) -> Response:
         """Return a streaming response for blob `digest`, from byte `offset` if > 0.
 
         The status is 200 (whole blob), 206 (from `offset`) or 416 (the
-        registry cannot serve that range); the caller reads the body with
-        read1() and closes it.
+        registry cannot serve that range), or with `missing_ok` 404 (a
+        foreign layer's URLs may have it: minict.image.foreign); the caller
+        reads the body with read1() and closes it.
         """
         headers = {"Range": f"bytes={offset}-"} if offset else None
         statuses = {200, 206, 416} if offset else {200}
+        if missing_ok:
+            statuses.add(404)
         what = f"fetching blob {digest}"
         return self.request("GET", f"/v2/{self.repository}/blobs/{digest}", statuses=statuses,
                             what=what, headers=headers, stream=True)
