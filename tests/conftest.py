@@ -9,6 +9,8 @@
     minict         run `python -m minict ARGS...` with MINICT_DIR set; returns CompletedProcess
     busybox_image  a busybox image built by umoci, pushed once by skopeo to the session's
                    registry (or, for an `own_registry` test, to the test's registry)
+    debian_layout  the bench's debootstrap bookworm image (bench/image.py), built once
+                   and cached on disk under bench/.cache/
     require_tool   require_tool("skopeo") -> path; skips locally, fails under CI=true
 
 Mark tests that need root with `@pytest.mark.root`: they skip locally when not
@@ -231,3 +233,17 @@ def busybox_image(request, busybox_layout):
         return request.getfixturevalue("session_busybox_image")
     registry = request.getfixturevalue("registry")
     return tools.skopeo_push(busybox_layout, registry, "test/busybox", "latest")
+
+
+@pytest.fixture(scope="session")
+def debian_layout():
+    """The bench's debootstrap minbase bookworm image (bench/image.py; cached on disk)."""
+    for tool in ("debootstrap", "umoci", "tar"):
+        ci.require_tool(tool)
+    from bench import image
+
+    try:
+        image.debian_mirror()
+    except image.BenchError as err:
+        ci.skip_or_fail(str(err))
+    return image.layout()
