@@ -93,21 +93,47 @@ def _container_cgroups() -> set[Path]:
     return found
 
 
+def _state_dir_keys(base: str, depth: int = 4) -> set[str]:
+    """The cgroup keys (<dev>-<ino> in hex, as cgroups.leaf_name makes them) of every
+    directory up to `depth` levels below `base`: the session's MINICT_DIRs are among them."""
+    keys = set()
+    level = [base]
+    for _ in range(depth):
+        below = []
+        for directory in level:
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    keys.add(f"{st.st_dev:x}-{st.st_ino:x}")
+                    below.append(entry.path)
+        level = below
+    return keys
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _no_container_cgroups_left_in_session():
+def _no_container_cgroups_left_in_session(_pytest_tmp_base):
     """After the session, no cgroup of a test's container may hold a process.
 
     Tests that SIGKILL a minict leave its container's empty cgroup for the
     next start or rm of a container to sweep; with the tests' MINICT_DIRs
-    gone, nothing would, so the empty ones are removed here.
+    gone, nothing would, so the empty ones are removed here.  Only this
+    session's: another session running at the same time (make test next to
+    a developer's pytest) has containers of its own, running or being made
+    (empty between the cgroup's mkdir and its first process).
     """
     before = _container_cgroups() if os.geteuid() == 0 else set()
     yield
     if os.geteuid() != 0:
         return
+    ours = _state_dir_keys(_pytest_tmp_base)
+    made = [path for path in sorted(_container_cgroups() - before)
+            if "-".join(path.name.split("-", 2)[:2]) in ours]
     # A killed container's last processes may still be exiting.
-    busy = [str(path) for path in sorted(_container_cgroups() - before)
-            if not rmdir_when_empty(path, timeout=5.0)]
+    busy = [str(path) for path in made if not rmdir_when_empty(path, timeout=5.0)]
     assert not busy, f"container cgroups with processes left behind: {busy}"
 
 
