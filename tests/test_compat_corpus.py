@@ -96,6 +96,31 @@ def test_debootstrap_merged_usr_image(debian_layout, registry, minict, minict_di
     assert out == "bookworm\none-ls\nhello\n"
 
 
+@pytest.fixture(scope="module")
+def debian_tarball_layout(debian_layout, tmp_path_factory):
+    """The debootstrap rootfs as `tar --xattrs -C rootfs -c .` made it (a `docker import`
+    input: pax headers, "./" names, the root's own entry), as one layer."""
+    from bench import image
+
+    layout = tmp_path_factory.mktemp("debian-tarball") / "layout"
+    tools.run("umoci", "init", "--layout", layout)
+    tools.run("umoci", "new", "--image", f"{layout}:{corpus.TAG}")
+    tools.run("umoci", "config", "--image", f"{layout}:{corpus.TAG}", "--config.cmd", "/bin/sh",
+              "--config.env", corpus.PATH)
+    tools.run("umoci", "raw", "add-layer", "--image", f"{layout}:{corpus.TAG}",
+              image.rootfs_tarball())
+    return layout
+
+
+def test_debootstrap_rootfs_tarred_by_gnu_tar(debian_tarball_layout, registry, minict,
+                                              minict_dir, tmp_path, monkeypatch):
+    ref = tools.skopeo_push(debian_tarball_layout, registry, "corpus/debian-tar", "latest")
+    made = pulled_and_unpacked_like_umoci(ref, minict, minict_dir, tmp_path, monkeypatch)
+    assert os.readlink(made / "bin") == "usr/bin"
+    out = runs(minict, ref, ". /lib/os-release; echo $VERSION_CODENAME; /bin/dpkg-query -W dash")
+    assert out.startswith("bookworm\ndash\t0.5.12")
+
+
 # -- umoci: changes made through symlinked directories -----------------------------------
 
 
