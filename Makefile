@@ -28,7 +28,7 @@ install: deps
 	$(call link_seccomp,$(PREFIX))
 	ln -sf $(PREFIX)/bin/minict $(BINDIR)/minict
 	@# Subordinate ids for `run --userns auto` (subuid(5)); kept by uninstall, like /var/lib/minict.
-	$(PREFIX)/bin/python -m minict.subids
+	$(PREFIX)/bin/python -m minict.runtime.subids
 	@$(BINDIR)/minict --version
 
 uninstall:

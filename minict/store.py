@@ -38,7 +38,7 @@ from minict import log
 from minict.errors import InvalidName, MinictError
 
 if TYPE_CHECKING:  # `start` and `rm` never parse a reference: keep its import off their path
-    from minict.reference import Reference
+    from minict.image.reference import Reference
 
 DEFAULT_ROOT = "/var/lib/minict"
 DEFAULT_RUN_DIR = "/run/minict"

@@ -18,10 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from minict import bundle, fsutil, listing, mediatypes, pull, reference, store
+from minict import fsutil, store
+from minict.bundle import create as bundle
+from minict.cli import listing
+from minict.image import mediatypes, pull, reference
 from tests.support.images import File, Image, Index, write_layout
 
-MINICT = Path(mediatypes.__file__).parent
+MINICT = Path(mediatypes.__file__).parent.parent  # the minict package
 
 # `uname -m` -> the platform both pull and run must choose (containerd's table).
 MACHINES = {
@@ -208,7 +211,7 @@ def _string_constants(path: Path):
 
 
 def _modules_except(*owners: str):
-    return [p for p in sorted(MINICT.glob("*.py")) if p.name not in owners]
+    return [p for p in sorted(MINICT.rglob("*.py")) if p.name not in owners]
 
 
 def test_only_store_names_files_under_minict_dir():
@@ -234,13 +237,14 @@ def test_start_does_not_import_the_image_side():
                           capture_output=True, text=True)
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert "minict.container" in imported
-    assert not imported & {"minict.mediatypes", "minict.pull", "minict.bundle", "minict.layout"}
+    assert "minict.runtime.container" in imported
+    assert not imported & {"minict.image.mediatypes", "minict.image.pull", "minict.bundle.create",
+                           "minict.image.layout"}
 
 
 def test_a_seccomp_profile_nested_too_deep_is_refused_in_one_line(tmp_path):
     """Files a user hands over are parsed by boundedjson too: no RecursionError traceback."""
-    from minict import seccomp
+    from minict.bundle import seccomp
 
     profile = tmp_path / "deep.json"
     profile.write_text("[" * 200_000 + "]" * 200_000)

@@ -20,8 +20,8 @@ import uuid
 
 import pytest
 
-from minict import network
 from minict.errors import NetworkError
+from minict.runtime import etc_files, network
 from tests.support import ci
 from tests.support.procs import hold_lock, is_gone, state_and_start
 from tests.support.waiting import wait_for
@@ -73,9 +73,9 @@ def test_resolv_conf_drops_loopback_servers(tmp_path):
     stub, upstream = tmp_path / "stub", tmp_path / "upstream"
     stub.write_text("nameserver 127.0.0.53\noptions edns0\nsearch lan\n")
     upstream.write_text("nameserver ::1\nnameserver 192.0.2.53\nsearch lan\n")
-    assert network.resolv_conf([stub, upstream]) == "nameserver 192.0.2.53\nsearch lan\n"
-    assert network.resolv_conf([tmp_path / "missing", upstream]).startswith("nameserver 192.0.2")
-    only_stub = network.resolv_conf([stub])
+    assert etc_files.resolv_conf([stub, upstream]) == "nameserver 192.0.2.53\nsearch lan\n"
+    assert etc_files.resolv_conf([tmp_path / "missing", upstream]).startswith("nameserver 192.0.2")
+    only_stub = etc_files.resolv_conf([stub])
     assert "nameserver" not in only_stub.replace("name servers", "")
 
 
@@ -210,9 +210,9 @@ def _same_minict_dir(monkeypatch, minict_dir):
 
 
 def running(path):
-    from minict import container
+    from minict.runtime import state as states
 
-    return container.read_state(path).get("status") == "running"
+    return states.read_state(path).get("status") == "running"
 
 
 # -- none ---------------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def test_bridge_container_gets_an_address_and_reaches_the_host(ns, bridged, tmp_
     assert address != f"{GATEWAY}/24"
     assert f"default via {GATEWAY} dev eth0" in done.stdout
     assert f"{address.split('/')[0]}\tclient\n" in done.stdout
-    assert network.resolv_conf() in done.stdout
+    assert etc_files.resolv_conf() in done.stdout
     assert done.stdout.endswith("hello from the host\n")
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from minict.layout import REF_NAME, SOURCE_DIGEST, SOURCE_PLATFORM
+from minict.image.layout import REF_NAME, SOURCE_DIGEST, SOURCE_PLATFORM
 from tests.support import ci
 from tests.support.images import (
     OCI_CONFIG,
@@ -341,7 +341,7 @@ def test_progress_bars_on_a_tty_and_no_rich_otherwise(registry, minict_dir):
     assert "Image pulled successfully." in text
 
     # Not on a TTY, rich (~100 ms to import) is never loaded.
-    code = ("import sys\nfrom minict import cli\n"
+    code = ("import sys\nfrom minict.cli import commands as cli\n"
             "try:\n    cli.main(['pull', '--image', sys.argv[1]])\nexcept SystemExit as e:\n"
             "    assert e.code == 0, e.code\nprint('rich' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code, registry.ref("test/app")], env=env,

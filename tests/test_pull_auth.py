@@ -193,7 +193,7 @@ def test_basic_auth_wrong_password(basic_registry, minict, tmp_path):
 
 
 def test_a_token_without_expires_in_lives_60_seconds(tmp_path):
-    from minict import registry
+    from minict.image import registry
 
     with TokenIssuer(tmp_path, public={"pub/app"}, expires_in=0, field="access_token") as issuer:
         client = registry.Registry("127.0.0.1:1", "pub/app", insecure=False)

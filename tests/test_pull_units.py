@@ -8,10 +8,10 @@ import stat
 
 import pytest
 
-from minict import auth, pull, registry
 from minict.errors import MinictError, PullError
-from minict.layout import SOURCE_DIGEST, DigestMismatch, Layout
-from minict.reference import parse
+from minict.image import auth, pull, registry
+from minict.image.layout import SOURCE_DIGEST, DigestMismatch, Layout
+from minict.image.reference import parse
 
 
 def test_parse_challenge():
@@ -52,7 +52,7 @@ def test_redact_keeps_secrets_out_of_logs():
 
 
 def test_proxies_from_the_environment_but_never_for_loopback(monkeypatch):
-    from minict import http
+    from minict.image import http
 
     for key in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
         monkeypatch.delenv(key, raising=False)
@@ -67,7 +67,7 @@ def test_proxies_from_the_environment_but_never_for_loopback(monkeypatch):
 
 
 def test_retry_after():
-    from minict.http_errors import RETRY
+    from minict.image.http_errors import RETRY
 
     assert RETRY.retry_after({"Retry-After": "2"}, 1) == 2.0
     assert RETRY.retry_after({"Retry-After": "100000"}, 1) == RETRY.backoff_max

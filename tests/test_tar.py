@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from minict.bundle.tar import REGULAR, TarStream, members
 from minict.errors import UnpackError
-from minict.tar import REGULAR, TarStream, members
 
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
 _TEXT = st.characters(blacklist_categories=("Cs",))  # any character UTF-8 can encode

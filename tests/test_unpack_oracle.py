@@ -20,7 +20,8 @@ import subprocess
 
 import pytest
 
-from minict import bundle, reference
+from minict.bundle import create as bundle
+from minict.image import reference
 from tests.support import ci
 from tests.support.layers import tree, tree_differences
 

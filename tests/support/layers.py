@@ -12,8 +12,8 @@ import os
 import stat
 from pathlib import Path
 
-from minict.apply import apply_layer
-from minict.layerstream import LayerStream
+from minict.bundle.apply import apply_layer
+from minict.bundle.layerstream import LayerStream
 from tests.support.images import Layer, compress, sha256, tar_layer
 
 
