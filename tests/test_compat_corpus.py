@@ -18,7 +18,8 @@ import tarfile
 import pytest
 import requests
 
-from minict import bundle, reference
+from minict.bundle import create as bundle
+from minict.image import reference
 from tests.support import ci, corpus, tools
 from tests.support.layers import tree, tree_differences
 
