@@ -164,6 +164,39 @@ def test_umoci_symlinked_paths_resolve_in_the_rootfs(umoci_symlinked, registry, 
                    "hardlinked under /bin/hl\ngone\n")
 
 
+def _host_state(paths) -> dict:
+    """What the host has at `paths` (type and content), to show a run left it alone."""
+    state = {}
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                state[path] = (os.lstat(path).st_mode, f.read())
+        except OSError as err:
+            state[path] = err.errno
+    return state
+
+
+def test_etc_files_bound_through_their_symlinks_in_the_rootfs(base_layout, registry, minict,
+                                                              minict_dir, tmp_path, monkeypatch):
+    """/etc/resolv.conf and /etc/hosts as symlinks: the binds land where they lead in the
+    rootfs (made when missing), as runc resolves mount destinations, never on the host."""
+    layout = corpus.etc_links_layout(base_layout, tmp_path / "image")
+    ref = tools.skopeo_push(layout, registry, "corpus/etc-links", "latest")
+    pulled_and_unpacked_like_umoci(ref, minict, minict_dir, tmp_path, monkeypatch)
+    host = ["/run/systemd/resolve/stub-resolv.conf", "/run/hosts-file"]
+    before = _host_state(host)
+    with open("/etc/resolv.conf") as f:
+        resolv = f.read()
+    out = runs(minict, ref, "readlink /etc/resolv.conf; cat /etc/resolv.conf;"
+                            " cat /run/systemd/resolve/stub-resolv.conf")
+    assert out == "../run/systemd/resolve/stub-resolv.conf\n" + resolv * 2
+    done = minict("run", "--image", ref, "--name", "none", "--rm", "--network", "none", "--",
+                  "/bin/sh", "-c", "readlink /etc/hosts; cat /run/hosts-file")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("/run/hosts-file\n127.0.0.1\tlocalhost\n")
+    assert _host_state(host) == before
+
+
 # -- GNU tar and bsdtar layers from a real directory tree --------------------------------
 
 # name: (what the tree holds, archiver, its options)

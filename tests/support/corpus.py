@@ -288,6 +288,24 @@ def umoci_rootfs(reference: str, workdir) -> Path:
     return workdir / "bundle/rootfs"
 
 
+def etc_links_layout(base, workdir) -> Path:
+    """Return a copy of `base` whose /etc/resolv.conf and /etc/hosts are symlinks (`umoci repack`).
+
+    resolv.conf -> ../run/systemd/resolve/stub-resolv.conf, as systemd-resolved
+    hosts have it, and hosts -> /run/hosts-file (absolute); neither target exists.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True)
+    layout = copy_layout(base, workdir / "layout")
+    image, bundle = f"{layout}:{TAG}", workdir / "bundle"
+    run("umoci", "unpack", "--image", image, bundle)
+    os.symlink("../run/systemd/resolve/stub-resolv.conf", bundle / "rootfs/etc/resolv.conf")
+    os.symlink("/run/hosts-file", bundle / "rootfs/etc/hosts")
+    run("umoci", "repack", "--refresh-bundle", "--history.created_by", "etc links",
+        "--image", image, bundle)
+    return layout
+
+
 def symlinked_tree(root) -> tuple[Path, tuple[str, ...]]:
     """A tree with the base's bin -> usr/bin and var/run -> ../run, and files below them.
 
