@@ -136,13 +136,15 @@ def test_umoci_repack_names_real_paths_and_insert_the_symlinked_ones(umoci_symli
     layers = [members(blob) for blob in layer_blobs(umoci_symlinked)]
     # (It lists run/ and usr/bin/ too when their mtimes moved to another second.)
     assert [member for member in layers[1] if member[1] != tarfile.DIRTYPE] == [
-        ("run/app.pid", b"0", ""), ("usr/bin/newtool", b"0", ""),
+        ("run/app.pid", b"0", ""), ("run/opaque/hidden", b"0", ""), ("usr/bin/newtool", b"0", ""),
         ("usr/bin/newtool-hard", b"1", "usr/bin/newtool"), ("usr/bin/.wh.oldtool", b"0", "")]
     assert layers[2:] == [
         [("bin/inserted", b"0", "")], [("var/run/inserted.pid", b"0", "")],
         [(corpus.ABSOLUTE_LINKED, b"0", "")],
         [("bin/hl", b"5", ""), ("bin/hl/a", b"0", ""), ("bin/hl/b", b"1", "bin/hl/a")],
-        [("bin/.wh.oldtool2", b"0", "")]]
+        [("bin/.wh.oldtool2", b"0", "")],
+        [("var/run/opaque/.wh..wh..opq", b"0", ""), ("var/run/opaque", b"5", ""),
+         ("var/run/opaque/shown", b"0", "")]]
 
 
 def test_umoci_symlinked_paths_resolve_in_the_rootfs(umoci_symlinked, registry, minict,
@@ -158,10 +160,11 @@ def test_umoci_symlinked_paths_resolve_in_the_rootfs(umoci_symlinked, registry, 
     assert sorted(os.listdir(made / "usr/bin/hl")) == ["a", "b"]
     out = runs(minict, ref, "cat /bin/newtool /bin/newtool-hard /var/run/app.pid /bin/inserted"
                             " /var/run/inserted.pid /lib/minict-corpus-abs.so /bin/hl/b;"
-                            " test ! -e /bin/oldtool && test ! -e /usr/bin/oldtool2 && echo gone")
+                            " test ! -e /bin/oldtool && test ! -e /usr/bin/oldtool2 && echo gone;"
+                            " ls /run/opaque")
     assert out == ("new through bin\n" * 2 + "42\ninserted at /bin/inserted\n"
                    "inserted at /var/run/inserted.pid\ninserted at /lib/minict-corpus-abs.so\n"
-                   "hardlinked under /bin/hl\ngone\n")
+                   "hardlinked under /bin/hl\ngone\nshown\n")
 
 
 def _host_state(paths) -> dict:

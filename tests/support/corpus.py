@@ -82,12 +82,12 @@ def umoci_symlinked_layout(base, workdir) -> Path:
     """Return a copy of `base` with layers umoci made through its symlinked directories.
 
     `umoci repack` of changes made on disk through bin -> usr/bin and
-    var/run -> ../run (a new file, a hardlink, a deletion): its diff names
+    var/run -> ../run (a new file, a hardlink, a deletion, a directory): its diff names
     the real paths.  Then `umoci insert` at symlinked paths, which writes
     the path as given: bin/inserted, var/run/inserted.pid, ABSOLUTE_LINKED
     (lib -> /usr/lib, absolute: followed on the host, it would land in its /usr/lib), a directory of two hardlinked files at
-    bin/hl (the link's target goes through bin too) and a whiteout
-    bin/.wh.oldtool2.
+    bin/hl (the link's target goes through bin too), a whiteout
+    bin/.wh.oldtool2 and an opaque directory var/run/opaque.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True)
@@ -100,6 +100,8 @@ def umoci_symlinked_layout(base, workdir) -> Path:
     (rootfs / "var/run/app.pid").write_text("42\n")
     os.link(rootfs / "bin/newtool", rootfs / "bin/newtool-hard")
     os.unlink(rootfs / "bin/oldtool")
+    (rootfs / "var/run/opaque").mkdir()
+    (rootfs / "var/run/opaque/hidden").write_text("hidden by the opaque whiteout\n")
     run("umoci", "repack", "--refresh-bundle", "--history.created_by", "changes through links",
         "--image", image, bundle)
     sources = workdir / "sources"
@@ -109,12 +111,16 @@ def umoci_symlinked_layout(base, workdir) -> Path:
     (sources / "so").write_text(f"inserted at /{ABSOLUTE_LINKED}\n")
     (sources / "hl/a").write_text("hardlinked under /bin/hl\n")
     os.link(sources / "hl/a", sources / "hl/b")
+    (sources / "opaque").mkdir()
+    (sources / "opaque/shown").write_text("the opaque directory's own\n")
     for source, target in [("inserted", "/bin/inserted"), ("pid", "/var/run/inserted.pid"),
                            ("so", f"/{ABSOLUTE_LINKED}"), ("hl", "/bin/hl")]:
         run("umoci", "insert", "--history.created_by", f"insert {target}", "--image", image,
             sources / source, target)
     run("umoci", "insert", "--history.created_by", "whiteout /bin/oldtool2", "--image", image,
         "--whiteout", "/bin/oldtool2")
+    run("umoci", "insert", "--history.created_by", "opaque /var/run/opaque", "--image", image,
+        "--opaque", sources / "opaque", "/var/run/opaque")
     return layout
 
 
