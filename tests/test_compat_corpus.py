@@ -167,6 +167,16 @@ def test_umoci_symlinked_paths_resolve_in_the_rootfs(umoci_symlinked, registry, 
                    "hardlinked under /bin/hl\ngone\nshown\n")
 
 
+def test_repeated_and_empty_layers(base_layout, registry, minict, minict_dir, tmp_path,
+                                   monkeypatch):
+    layout = corpus.repeated_and_empty_layout(base_layout, tmp_path / "image")
+    digests = [blob.name for blob in layer_blobs(layout)]
+    assert len(digests) == 6 and digests[1] == digests[2] and digests[3] == digests[4]
+    ref = tools.skopeo_push(layout, registry, "corpus/repeated", "latest")
+    pulled_and_unpacked_like_umoci(ref, minict, minict_dir, tmp_path, monkeypatch)
+    assert runs(minict, ref, "cat /same") == "inserted twice\n"
+
+
 def _host_state(paths) -> dict:
     """What the host has at `paths` (type and content), to show a run left it alone."""
     state = {}

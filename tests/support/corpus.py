@@ -294,6 +294,29 @@ def umoci_rootfs(reference: str, workdir) -> Path:
     return workdir / "bundle/rootfs"
 
 
+def repeated_and_empty_layout(base, workdir) -> Path:
+    """Return a copy of `base` with layers builders repeat or leave empty.
+
+    The same `umoci insert` twice (one blob, listed twice, as `RUN` steps
+    that change nothing twice make), GNU tar's archive of nothing twice
+    (10240 zero bytes), and a layer whose only entry is "./" (`tar -C empty -c .`).
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True)
+    layout = copy_layout(base, workdir / "layout")
+    image = f"{layout}:{TAG}"
+    (workdir / "same").write_text("inserted twice\n")
+    for _ in range(2):
+        run("umoci", "insert", "--image", image, workdir / "same", "/same")
+    run("tar", "-cf", workdir / "nothing.tar", "-T", "/dev/null")
+    (workdir / "empty").mkdir()
+    os.chmod(workdir / "empty", 0o755)
+    run("tar", "-C", workdir / "empty", "-cf", workdir / "dot.tar", ".")
+    for layer in ("nothing.tar", "nothing.tar", "dot.tar"):
+        run("umoci", "raw", "add-layer", "--image", image, workdir / layer)
+    return layout
+
+
 def etc_links_layout(base, workdir) -> Path:
     """Return a copy of `base` whose /etc/resolv.conf and /etc/hosts are symlinks (`umoci repack`).
 
