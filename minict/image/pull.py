@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from minict import fsutil, log
+from minict import errors, fsutil, log
 from minict.errors import MinictError, PullError, shorten
 from minict.image import auth, http_errors, registry
 from minict.image.layout import SOURCE_DIGEST, SOURCE_PLATFORM, DigestMismatch, DiskFull, Layout
@@ -38,16 +38,9 @@ CHUNK = 512 * 1024
 
 
 def pull(ref: Reference, *, platform: str | None, insecure: bool, jobs: int) -> None:
-    """Pull `ref` into its image layout; raise PullError."""
-    try:
+    """Pull `ref` into its image layout; raise MinictError (of the pull stage)."""
+    with errors.stage(PullError):
         Puller(ref, platform=platform, insecure=insecure, jobs=jobs).run()
-    except PullError:
-        raise
-    except MinictError as err:
-        raise PullError(err.message, hint=err.hint) from None
-    except OSError as err:
-        where = f": {err.filename}" if err.filename else ""
-        raise PullError(f"{err.strerror or err}{where}") from None
 
 
 
@@ -198,7 +191,7 @@ class Puller:
         from minict.image import gc as images
 
         # From the first look at the layout to the tag: blobs found present
-        # must stay so until index.json names them (images.py).
+        # must stay so until index.json names them (gc.py).
         try:
             with images.using():
                 if self._up_to_date():

@@ -11,9 +11,9 @@ minict does not answer is kill.py's.
 
 import os
 
-from minict import boundedjson, fsutil, linux, log, store
+from minict import boundedjson, errors, fsutil, linux, log, store
 from minict.bundle import usermap
-from minict.errors import ContainerError, LaunchError, MinictError
+from minict.errors import ContainerError, ImageNotFound, LaunchError, MinictError
 from minict.runtime import kill, launch, userns
 from minict.runtime import state as states
 
@@ -85,7 +85,7 @@ def _pull(ref, policy: str) -> None:
         try:
             layout.Layout.for_reference(ref).resolve(ref)
             return
-        except MinictError:
+        except ImageNotFound:
             pass
     from minict.image import pull as pulling  # requests with it: only when a registry is asked
 
@@ -185,8 +185,9 @@ def exec_in(name: str, args: list[str], *, env=(), workdir: str | None = None,
         config = _read_config(path)
         config["process"] = _exec_process(path, config, args, env, workdir, user)
         # The command joins the container's cgroup too: its device rules hold for it.
-        return launch.launch(str(path), config, join=proc_fd,
-                             cgroup=cgroups.existing_cgroup(name))
+        with errors.stage(LaunchError):
+            return launch.launch(str(path), config, join=proc_fd,
+                                 cgroup=cgroups.existing_cgroup(name))
     finally:
         os.close(proc_fd)
 
@@ -308,11 +309,14 @@ def _launch(path) -> int:
 
     cgroup = None
     try:
-        cgroup = _create_cgroup(path.name, config)
-        status = launch.launch(str(path), config, on_start=started, on_netns=attachment.attach,
-                               cgroup=cgroup)
-    except LaunchError as err:
-        states.record(path, identity, {"status": "exited", "exitStatus": None, "error": err.message})
+        with errors.stage(LaunchError):
+            cgroup = _create_cgroup(path.name, config)
+            status = launch.launch(str(path), config, on_start=started,
+                                   on_netns=attachment.attach, cgroup=cgroup)
+    except MinictError as err:
+        if err.stage == "run":  # not a network's failure: those say nothing of the container
+            states.record(path, identity, {"status": "exited", "exitStatus": None,
+                                           "error": err.message})
         raise
     finally:
         attachment.release()
@@ -333,10 +337,7 @@ def _create_cgroup(name: str, config: dict):
     """Create the container's cgroup with its device rules (device_cgroup.py); raise LaunchError."""
     from minict.runtime import device_cgroup
 
-    try:
-        return device_cgroup.create_cgroup(name, config)
-    except MinictError as err:
-        raise LaunchError(err.message, err.hint) from None
+    return device_cgroup.create_cgroup(name, config)
 
 
 def _read_config(path) -> dict:
