@@ -7,12 +7,12 @@
         .index.lock                     held while index.json is rewritten
         .partial/<hex>                  resumable downloads
       containers/<name>/              an OCI runtime bundle per container (bundle_file):
-        config.json, rootfs/          the runtime config and root (bundle.py)
-        .minict-complete              the completion mark, written last (bundle.py)
+        config.json, rootfs/          the runtime config and root (bundle/create.py)
+        .minict-complete              the completion mark, written last (bundle/create.py)
         state.json                    status, pid, exit status (container.py)
         network.json, hosts,          the network settings and the files bound
         resolv.conf                     over /etc's (network.py)
-        seccomp-bpf.json              the compiled filter, reused by start (seccomp.py)
+        seccomp-bpf.json              the compiled filter, reused by start (runtime/seccomp_filter.py)
       containers/.partial-<name>/     a bundle being built (partial_bundle_dir)
       containers/.<name>.lock         held while a minict creates, runs or removes it
 

@@ -304,7 +304,7 @@ def test_unusable_minict_dir(minict, tmp_path, request, argv, where):
     assert snapshot(tmp_path / "blocker") == before
 
 
-# -- `start --name N` without click (minict/entry.py) --------------------------------------
+# -- `start --name N` without click (minict/cli/main.py) --------------------------------------
 
 
 def _message(stderr: str) -> str:

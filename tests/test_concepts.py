@@ -250,3 +250,24 @@ def test_a_seccomp_profile_nested_too_deep_is_refused_in_one_line(tmp_path):
     profile.write_text("[" * 200_000 + "]" * 200_000)
     with pytest.raises(seccomp.SeccompError, match="nested deeper than"):
         seccomp.read_profile(str(profile))
+
+
+# -- errors: typed, and the stage prefix added in one place ----------------------------
+
+def test_a_step_names_its_failures_once_and_typed_errors_keep_their_type():
+    from minict import errors
+
+    with pytest.raises(errors.UnpackError) as caught, errors.stage(errors.UnpackError):
+        raise FileNotFoundError(2, "No such file or directory", "/x/config.json")
+    assert str(caught.value) == ("Failed to unpack image. Error received: "
+                                 "No such file or directory: /x/config.json")
+    with pytest.raises(errors.ImageNotFound) as caught, errors.stage(errors.UnpackError):
+        raise errors.ImageNotFound("image a:1 not found")
+    assert str(caught.value) == "Failed to unpack image. Error received: image a:1 not found"
+    # A pull inside run stays a pull; the request's own errors are never prefixed.
+    with pytest.raises(errors.RegistryError) as caught, errors.stage(errors.LaunchError):
+        raise errors.RegistryError("manifest: not found", 404)
+    assert caught.value.status == 404 and str(caught.value).startswith("Failed to pull image.")
+    with pytest.raises(errors.ContainerError) as caught, errors.stage(errors.LaunchError):
+        raise errors.ContainerError("Container with name x is already running.")
+    assert str(caught.value) == "Container with name x is already running."

@@ -260,7 +260,7 @@ def test_endless_or_odd_expires_in_is_clamped(hostile, minict, minict_dir, expir
 
 
 def test_token_lifetime_is_finite_and_clamped():
-    from minict.image.registry import TOKEN_DEFAULT_TTL, TOKEN_MAX_TTL, token_lifetime
+    from minict.image.challenge import TOKEN_DEFAULT_TTL, TOKEN_MAX_TTL, token_lifetime
 
     assert token_lifetime(float("inf")) == TOKEN_MAX_TTL
     assert token_lifetime(10 ** 400) == TOKEN_MAX_TTL

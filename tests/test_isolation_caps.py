@@ -328,20 +328,6 @@ APT_SOURCES = [Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d")]
 APT_CONF = Path("/etc/apt/apt.conf.d")
 
 
-@pytest.fixture(scope="session")
-def debian_layout():
-    """The bench's debootstrap minbase bookworm image (bench/image.py; cached on disk)."""
-    for tool in ("debootstrap", "umoci", "tar"):
-        ci.require_tool(tool)
-    from bench import image
-
-    try:
-        image.debian_mirror()
-    except image.BenchError as err:
-        ci.skip_or_fail(str(err))
-    return image.layout()
-
-
 def _mirror_answers() -> str | None:
     """Return None if the host's Debian mirror serves bookworm's Release, else why not."""
     from bench import image

@@ -299,8 +299,8 @@ def test_run_of_a_present_image_never_imports_requests(busybox_layout, minict_di
     assert done.returncode == 0, done.stderr[-3000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert "minict.container" in imported  # the check sees what ran
-    assert not imported & {"requests", "urllib3", "minict.http", "minict.registry"}
+    assert "minict.runtime.container" in imported  # the check sees what ran
+    assert not imported & {"requests", "urllib3", "minict.image.http", "minict.image.registry"}
 
 
 def test_a_connection_nobody_accepts_times_out_once(monkeypatch):

@@ -42,6 +42,7 @@ import stat
 from minict import log
 from minict.bundle.rootdirs import RootDirs, split_name
 from minict.bundle.tar import REGULAR, Member, Refused, TarStream, members
+from minict.bundle.tarsparse import write_sparse
 from minict.errors import UnpackError
 from minict.fsutil import open_dir_at
 from minict.rmtree import remove_at
@@ -181,9 +182,12 @@ class _Applier:
         fd = self.create(lambda: os.open(base, _O_NEW_FILE, 0o600, dir_fd=parent_fd),
                          parent_fd, base, path)
         try:
-            for chunk in reader.data():
-                while chunk:
-                    chunk = chunk[os.write(fd, chunk):]
+            if e.sparse is None:
+                for chunk in reader.data():
+                    while chunk:
+                        chunk = chunk[os.write(fd, chunk):]
+            else:
+                write_sparse(fd, e.sparse, reader.data())
             # chown clears setuid/setgid and security.capability: chmod and xattrs after it.
             os.fchown(fd, e.uid, e.gid)
             os.fchmod(fd, e.mode)

@@ -23,7 +23,7 @@ import stat
 import time
 from pathlib import Path
 
-from minict import fsutil, inroot, log, store
+from minict import errors, fsutil, inroot, log, store
 from minict.bundle import spec
 from minict.bundle.apply import apply_layer
 from minict.bundle.layerstream import LayerStream
@@ -49,19 +49,18 @@ def create(ref: Reference, name: str, overrides: spec.Overrides | None = None) -
     lock); a leftover bundle without the completion mark is removed first.
     Raise UnpackError; on any failure nothing of the bundle remains.
     """
+    with errors.stage(UnpackError):
+        return _create(ref, name, overrides)
+
+
+def _create(ref: Reference, name: str, overrides: spec.Overrides | None) -> Path:
     bundle = store.container_dir(name)
     image = layouts.Layout.for_reference(ref)
-    try:
-        descriptor = image.resolve(ref)
-    except MinictError as err:
-        if "not found" not in err.message:  # an unreadable index.json, say
-            raise UnpackError(err.message) from None
-        raise UnpackError(f"image {ref.familiar()} not found; "
-                          f"pull it first with 'minict pull --image {ref.familiar()}'") from None
+    descriptor = image.resolve(ref)
     try:
         manifest, config = _read_image(image, descriptor)
     except MinictError as err:
-        raise UnpackError(f"image {ref.familiar()}: {err.message}") from None
+        raise UnpackError(f"image {ref.familiar()}: {err.message}") from None  # which image
 
     store.ensure_dirs()
     partial = store.partial_bundle_dir(name)
@@ -84,15 +83,12 @@ def create(ref: Reference, name: str, overrides: spec.Overrides | None = None) -
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         fsutil.write_json_atomic(store.bundle_file(partial, store.COMPLETE_MARK), mark, fsync=False)
         os.rename(partial, bundle)  # fails rather than replace a bundle made meanwhile
-    except BaseException as err:
+    except BaseException:
         try:
             remove_tree(partial)
         except (OSError, MinictError) as cleanup:
             log.error(f"cannot remove the half-made bundle {partial}: {cleanup}")
-        if isinstance(err, OSError):
-            raise UnpackError(f"{err.strerror or err}"
-                              + (f": {err.filename}" if err.filename else "")) from None
-        raise
+        raise  # an OSError becomes the unpack stage's error (errors.stage)
     log.info(f"unpacked image bundle: {bundle}")
     return bundle
 

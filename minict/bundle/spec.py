@@ -104,7 +104,7 @@ class Overrides:
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     privileged: bool = False
-    # --userns: "identity", "auto" or "host" (userns.py); for auto, the
+    # --userns: "identity", "auto" or "host" (usermap.py, runtime/userns.py); for auto, the
     # (host uid, host gid, size) range container.run reserved.
     userns: str = "identity"
     userns_range: tuple[int, int, int] | None = None
@@ -158,7 +158,7 @@ def generate(image: dict, hostname: str, passwd: str | None = None,
     `overrides` name a host name.  `passwd` and `group` are the contents of
     the rootfs's /etc/passwd and /etc/group, or None when absent;
     `overrides` are run's options; `host_masked` are masked paths that
-    depend on the host (bundle.py finds them).  Raise SpecError for what
+    depend on the host (bundle/create.py finds them).  Raise SpecError for what
     cannot be converted.
     """
     if overrides is None:

@@ -4,13 +4,15 @@
     for member in members(stream):          # Member: name, type, size, mode, uid, gid, ...
         if member.type in REGULAR:
             for chunk in stream.data():     # its data, as memoryviews, as it arrives
-                ...
+                ...                         # (member.sparse set: tarsparse.place says where)
     stream.drain()                          # read to the end (the diff_id hashes it all)
 
 The second of the three stages of applying a layer (layerstream -> tar ->
 apply).  It owns the tar format: POSIX ustar headers, pax extended and
-global headers (path, linkpath, uid, gid, size, mtime, SCHILY.xattr.*), GNU
-long names and long link names, octal and GNU base-256 numbers; and the
+global headers (path, linkpath, uid, gid, size, mtime, SCHILY.xattr.*,
+LIBARCHIVE.xattr.*; uname and gname are read past: owners are numeric, as
+umoci's), GNU long names and long link names, GNU sparse members (their
+maps are minict.bundle.tarsparse's), octal and GNU base-256 numbers; and the
 bounds on what a header may make it hold.  It never touches the file
 system: what a member means for the rootfs is minict.apply's business.
 
@@ -28,8 +30,11 @@ not read.  Other types carry no data, whatever their size field says (as
 Go's archive/tar).
 """
 
+import base64
 import struct
+import urllib.parse
 
+from minict.bundle import tarsparse
 from minict.errors import UnpackError
 
 # Go's archive/tar refuses pax and GNU long name/link headers past 1 MiB
@@ -45,7 +50,8 @@ _ZERO_BLOCK = bytes(512)
 # name mode uid gid size mtime chksum typeflag linkname magic(6) [version uname gname
 # devmajor devminor] prefix [pad]; devmajor/devminor are read from the block when needed.
 _HEADER = struct.Struct("100s8s8s8s12s12s8s1s100s6s82x155s12x")
-REGULAR = (b"0", b"\0", b"7")  # the type flags of members that carry data
+# The type flags of members that carry data; 'S' is old GNU sparse (minict.bundle.tarsparse).
+REGULAR = (b"0", b"\0", b"7", b"S")
 
 
 class Refused(Exception):
@@ -145,8 +151,13 @@ class TarStream:
 # -- headers ----------------------------------------------------------------------
 
 
-def _number(field: bytes) -> int:
-    """Parse a numeric header field: octal text, or GNU base-256 for large values."""
+def _number(field: bytes, *, signed: bool = False) -> int:
+    """Parse a numeric header field: octal text, or GNU base-256 for large values.
+
+    Base-256 is two's complement (0xFF first: negative).  Only a time may be
+    negative (GNU tar writes an mtime before 1970 so, and Go reads it); a
+    negative size, id or device number is refused.
+    """
     if field[-1] in (0, 32):  # the usual "0000644\0": one int() call (it takes bytes)
         try:
             return int(field[:-1], 8)
@@ -154,7 +165,9 @@ def _number(field: bytes) -> int:
             pass
     if field[0] & 0x80:
         if field[0] == 0xFF:
-            raise ValueError("negative number in a tar header")
+            if not signed:
+                raise ValueError("negative number in a tar header")
+            return int.from_bytes(field, "big", signed=True)
         return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
     text = field.split(b"\0", 1)[0].strip()
     try:
@@ -176,6 +189,7 @@ def _header_name(name: bytes, prefix: bytes, magic: bytes) -> bytes:
 def _pax_records(data: bytes) -> dict[bytes, bytes]:
     """Parse `<length> <key>=<value>\\n` records (pax extended header)."""
     records = {}
+    sparse_pairs: list[bytes] = []  # pax 0.0 sparse maps repeat two keys
     pos = 0
     while pos < len(data) and data[pos] != 0:
         space = data.index(b" ", pos)
@@ -186,8 +200,13 @@ def _pax_records(data: bytes) -> dict[bytes, bytes]:
         if not record.endswith(b"\n") or b"=" not in record:
             raise ValueError("malformed pax record")
         key, value = record[:-1].split(b"=", 1)
-        records[key] = value
+        if key in (b"GNU.sparse.offset", b"GNU.sparse.numbytes"):
+            tarsparse.collect_pax_0x0(key, value, sparse_pairs)
+        else:
+            records[key] = value
         pos += length
+    if sparse_pairs:
+        records[b"GNU.sparse.map"] = b",".join(sparse_pairs)  # as pax 0.1 spells it (and Go)
     return records
 
 
@@ -218,7 +237,11 @@ class Member:
     Names are bytes as the archive has them (a directory's may end in "/");
     `type` is the type flag (b"0", b"5", ...); `mtime_ns` in nanoseconds;
     `devmajor`/`devminor` are 0 but for devices; `xattrs` (from pax
-    SCHILY.xattr.* records) is None when there are none.
+    SCHILY.xattr.* and LIBARCHIVE.xattr.* records) is None when there are
+    none.  A GNU sparse member (any of its four forms) has `size` its real
+    size and `sparse` its minict.bundle.tarsparse.SparseMap; `data()` then yields
+    the stored segments, which tarsparse.place puts where they go.  Others
+    have `sparse` None.
     """
 
     __slots__ = (
@@ -230,6 +253,7 @@ class Member:
         "mtime_ns",
         "name",
         "size",
+        "sparse",
         "type",
         "uid",
         "xattrs",
@@ -287,12 +311,14 @@ def members(reader: TarStream):
             e.gid = _pax_int(records, b"gid", _ID_MAX) if b"gid" in records else _number(gid)
             e.size = _pax_int(records, b"size", _SIZE_MAX) if b"size" in records else size
             e.mtime_ns = (_pax_time_ns(records[b"mtime"]) if b"mtime" in records
-                          else _number(mtime) * 1_000_000_000)
+                          else _number(mtime, signed=True) * 1_000_000_000)
+            if tarsparse.pax_version(records):  # its path is GNU tar's made-up one
+                e.name = records.get(b"GNU.sparse.name", e.name)
         else:
             e.name = long_name or name
             e.linkname = long_link or _cstring(linkname)
             e.uid, e.gid, e.size = _number(uid), _number(gid), size
-            e.mtime_ns = _number(mtime) * 1_000_000_000
+            e.mtime_ns = _number(mtime, signed=True) * 1_000_000_000
         for what, value in (("name", e.name), ("link name", e.linkname)):
             if len(value) > PATH_MAX:
                 raise Refused(f"its {what} is {len(value)} bytes long, more than PATH_MAX "
@@ -303,20 +329,56 @@ def members(reader: TarStream):
             e.devmajor, e.devminor = _number(block[329:337]), _number(block[337:345])
         else:
             e.devmajor = e.devminor = 0
-        e.xattrs = None
-        if records:
-            if any(k.startswith(b"GNU.sparse.") for k in records):
-                raise ValueError(f"sparse file {e.name!r} is not supported")
-            xattrs = {k[13:]: v for k, v in records.items() if k.startswith(b"SCHILY.xattr.")}
-            e.xattrs = xattrs or None
+        e.xattrs = _xattrs(records) if records else None
         pax, long_name, long_link = {}, None, None
+        e.sparse = None
+        stored, padding = e.size, -e.size % 512  # the data that follows the header
+        if kind == b"S" or (records and tarsparse.pax_version(records)):
+            stored = _read_sparse(e, block, records, reader)  # a 1.0 map took 512s of it
         # Only regular files carry data (the caller may read it with
         # reader.data()); the other types are header-only whatever their size
         # field says (as Go's archive/tar).
         if kind in REGULAR:
-            reader._left, reader._padding = e.size, -e.size % 512  # what data() reads
+            reader._left, reader._padding = stored, padding  # what data() reads
             yield e
             if reader._left or reader._padding:  # the caller did not read it all
                 reader.end_member()
         else:
             yield e
+
+
+def _read_sparse(e: Member, block: bytes, records: dict[bytes, bytes], reader: TarStream) -> int:
+    """Read a GNU sparse member's map into e.sparse, e.size its real size; return its data's size."""
+    if e.type not in REGULAR:
+        raise Refused(f"a sparse map on a member of type {e.type!r}", e.name)
+    try:
+        if e.type == b"S":
+            e.sparse, stored = tarsparse.old_gnu_map(block, reader, e.size, _number), e.size
+        else:
+            version = tarsparse.pax_version(records)
+            e.sparse, stored = tarsparse.pax_map(version, records, reader, e.size)
+    except tarsparse.SparseError as err:
+        raise Refused(str(err), e.name) from None
+    e.size = e.sparse.size
+    return stored
+
+
+def _xattrs(records: dict[bytes, bytes]) -> dict[bytes, bytes] | None:
+    """Return the xattrs pax records carry: SCHILY.xattr.NAME=VALUE, LIBARCHIVE.xattr.*.
+
+    bsdtar writes LIBARCHIVE.xattr.<NAME, %-escaped>=<VALUE in unpadded
+    base64>, and SCHILY.xattr for the same xattr unless its name is not
+    UTF-8; where both name one, SCHILY's wins, as Go's archive/tar (which
+    reads only those) and so umoci apply it.
+    """
+    xattrs = {}
+    for key, value in records.items():
+        if key.startswith(b"LIBARCHIVE.xattr."):
+            try:
+                name = urllib.parse.unquote_to_bytes(key[17:])
+                padded = value + b"=" * (-len(value) % 4)  # libarchive leaves out the padding
+                xattrs.setdefault(name, base64.b64decode(padded, validate=True))
+            except ValueError:
+                raise ValueError(f"pax record {key[:60]!r} is not base64") from None
+    xattrs.update((k[13:], v) for k, v in records.items() if k.startswith(b"SCHILY.xattr."))
+    return xattrs or None

@@ -171,57 +171,21 @@ def run(image, name, auto_remove, env, workdir, user, hostname, entrypoint, pull
     is kept in the container's config.json, so `start` repeats it.
     """
     from minict import store
-    from minict.bundle import capabilities, devices, spec
+    from minict.bundle import options
     from minict.runtime import container
-    from minict.runtime.network import parse_publish
+    from minict.runtime.netsettings import parse_publish
 
     store.check_container_name(name)
     ref = _parse_reference(image)
     ports = [parse_publish(p) for p in publish]
-    overrides = spec.Overrides(
-        entrypoint=entrypoint, cmd=tuple(command) if command else None,
-        env=_env_options(env), workdir=workdir, user=user, hostname=hostname,
-        cap_add=capabilities.normalize(cap_add), cap_drop=capabilities.normalize(cap_drop),
-        privileged=privileged, userns=userns, devices=devices.from_options(device, privileged),
-        no_new_keyring=no_new_keyring, **_security_options(security_opts))
+    overrides = options.overrides(
+        entrypoint=entrypoint, cmd=command, env=env, workdir=workdir, user=user,
+        hostname=hostname, cap_add=cap_add, cap_drop=cap_drop, privileged=privileged,
+        userns=userns, security_opts=security_opts, device_options=device,
+        no_new_keyring=no_new_keyring)
     status = container.run(ref, name, overrides, auto_remove=auto_remove, pull=pull_policy,
                            network=network, publish=ports)
     outcome.exit_now(status)
-
-
-def _env_options(items) -> tuple[str, ...]:
-    """Return -e options as NAME=value; a bare NAME takes minict's own value, as docker does."""
-    result = []
-    for item in items:
-        name, sep, _ = item.partition("=")
-        if not name:
-            raise MinictError(f"invalid environment variable {item!r}: use KEY=VALUE or KEY")
-        if sep:
-            result.append(item)
-        elif name in os.environ:
-            result.append(f"{name}={os.environ[name]}")
-    return tuple(result)
-
-
-def _security_options(items) -> dict:
-    """Return --security-opt values as spec.Overrides fields (docker's spellings, = or :)."""
-    fields = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            key, sep, value = item.partition(":")
-        if key == "no-new-privileges" and value in ("", "true", "false"):
-            fields["no_new_privileges"] = value != "false"
-        elif key == "seccomp" and value == "unconfined":
-            fields.update(seccomp_unconfined=True, seccomp_profile=None)
-        elif key == "seccomp" and value:
-            from minict.bundle import seccomp
-
-            fields.update(seccomp_unconfined=False, seccomp_profile=seccomp.read_profile(value))
-        else:
-            raise MinictError(f"invalid --security-opt {item!r}: use seccomp=unconfined, "
-                              "seccomp=PROFILE.json or no-new-privileges[=true|false]")
-    return fields
 
 
 @group.command(short_help="Start an existing container that was exited.")
@@ -291,11 +255,12 @@ def exec_command(name, env, workdir, user, command):
     Exits with the command's exit status.
     """
     from minict import store
+    from minict.bundle import options
     from minict.runtime import container
 
     store.check_container_name(name)
-    outcome.exit_now(container.exec_in(name, list(command), env=_env_options(env), workdir=workdir,
-                                user=user))
+    outcome.exit_now(container.exec_in(name, list(command), env=options.env_options(env),
+                                       workdir=workdir, user=user))
 
 
 @group.command(short_help="Remove an image and the blobs only it used.")

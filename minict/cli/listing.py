@@ -1,6 +1,6 @@
 """Readable listings: the `--format table` of list-images and list-containers, and inspect.
 
-The JSON arrays stay the default (cli.py prints them, as the original did);
+The JSON arrays stay the default (commands.py prints them, as the original did);
 the tables are for people and import rich, so only this code path pays for it.
 Cells quote images (a Cmd, a `created` date): minict.text escapes them, and
 hands them to rich as Text, which is never parsed as markup.  inspect's JSON

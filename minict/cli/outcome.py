@@ -8,7 +8,7 @@ import os
 import sys
 
 from minict import log
-from minict.errors import MinictError
+from minict.errors import MinictError, describe_os_error
 
 
 def start(name: str) -> None:
@@ -50,5 +50,5 @@ def guard(work) -> None:
         sys.exit(1)
     except OSError as err:
         # An unforeseen OS failure still reaches the user as one line, not a traceback.
-        log.fatal(f"{err.strerror or err}" + (f": {err.filename}" if err.filename else ""))
+        log.fatal(describe_os_error(err))
         sys.exit(1)

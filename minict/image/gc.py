@@ -22,7 +22,7 @@ import stat
 from pathlib import Path
 
 from minict import log, store
-from minict.errors import MinictError
+from minict.errors import ImageNotFound, MinictError
 from minict.image import layout as layouts
 from minict.image import mediatypes
 from minict.image.reference import Reference
@@ -72,10 +72,10 @@ def remove(ref: Reference) -> tuple[list[str], list[str]]:
     layout = layouts.Layout.for_reference(ref)
     with sweeping():
         if not layout.exists():
-            raise MinictError(f"image {ref.familiar()} not found")
+            raise ImageNotFound(f"image {ref.familiar()} not found")
         removed = layout.untag(ref)
         if not removed:
-            raise MinictError(f"image {ref.familiar()} not found")
+            raise ImageNotFound(f"image {ref.familiar()} not found")
         names = [layouts.image_name(ref.familiar_name, d["annotations"][layouts.REF_NAME])
                  for d in removed]
         deleted = _sweep(layout)

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from minict import boundedjson, fsutil, store
-from minict.errors import MinictError
+from minict.errors import ImageNotFound, MinictError
 from minict.image.mediatypes import DIGEST, JSON_BLOB_MAX, check_digest
 from minict.image.reference import Reference
 
@@ -184,14 +184,12 @@ class Layout:
         return result
 
     def resolve(self, ref: Reference) -> dict:
-        """Return the index.json descriptor `ref` names; raise MinictError if none."""
+        """Return the index.json descriptor `ref` names; raise ImageNotFound if none."""
         for name, descriptor in self.refs():
             if _names(ref, name, descriptor):
                 return descriptor
-        raise MinictError(
-            f"image {ref.familiar()} not found",
-            hint=f"pull it first with 'minict pull --image {ref.familiar()}'",
-        )
+        raise ImageNotFound(f"image {ref.familiar()} not found; "
+                            f"pull it first with 'minict pull --image {ref.familiar()}'")
 
 
 def _names(ref: Reference, name: str, descriptor: dict) -> bool:

@@ -1,6 +1,6 @@
 """Media types, manifest and index checks, and the platform choice: one rule for every reader.
 
-Pull (what a registry sent), run (bundle.py: what the layout holds), the
+Pull (what a registry sent), run (bundle/create.py: what the layout holds), the
 listings and the garbage collector all ask the same questions of the same
 documents: is this an index, which entry is this host's, is this manifest
 well formed, which layer types can be applied.  They are answered here, so
@@ -13,7 +13,7 @@ import os
 import re
 
 from minict import boundedjson
-from minict.errors import MinictError, PullError, shorten
+from minict.errors import InvalidImage, MinictError, shorten
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -46,6 +46,7 @@ LAYER_MEDIA_TYPES = {
     "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
     "application/vnd.docker.image.rootfs.diff.tar": None,
     "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar": None,
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
 }
 # Manifests, indexes and configs are small; refusing big ones keeps a hostile
@@ -106,10 +107,10 @@ def host_platform() -> str:
 
 
 def parse_platform(text: str) -> str:
-    """Return the normalised platform `os/arch[/variant]`; raise PullError."""
+    """Return the normalised platform `os/arch[/variant]`; raise InvalidImage."""
     parts = text.split("/")
     if not 2 <= len(parts) <= 3 or not all(parts):
-        raise PullError(f"invalid platform {text!r}: use os/arch[/variant], e.g. linux/arm64")
+        raise InvalidImage(f"invalid platform {text!r}: use os/arch[/variant], e.g. linux/arm64")
     return normalize_platform(*parts)
 
 
@@ -146,12 +147,12 @@ def select_platform(index: dict, want: str) -> dict | None:
 
 
 def choose_platform(index: dict, want: str, what: str) -> dict:
-    """Return the entry of `index` for platform `want`; raise PullError listing the offers."""
+    """Return the entry of `index` for platform `want`; raise InvalidImage listing the offers."""
     entry = select_platform(index, want)
     if entry is not None:
         return entry
     offers = sorted({p for _, p in _offers(index) if p})
-    raise PullError(f"{what} has no image for platform {want}; it offers "
+    raise InvalidImage(f"{what} has no image for platform {want}; it offers "
                     + (", ".join(offers) if offers else "no platforms"),
                     hint="choose one with --platform")
 
@@ -173,7 +174,7 @@ def go_json(value) -> bytes:
 
 
 def classify(data: bytes, media: str, what: str) -> tuple[str, dict]:
-    """Return ("index" | "oci" | "docker", document) of a manifest; raise PullError.
+    """Return ("index" | "oci" | "docker", document) of a manifest; raise InvalidImage.
 
     The body's mediaType wins over Content-Type; umoci writes manifests
     without one, so then the header, then the shape decides.
@@ -184,12 +185,12 @@ def classify(data: bytes, media: str, what: str) -> tuple[str, dict]:
         if media in SCHEMA1 and not isinstance(err, boundedjson.UnsafeJSON):
             doc = {}
         else:
-            raise PullError(f"{what}: the manifest is {boundedjson.explain(err)}") from None
+            raise InvalidImage(f"{what}: the manifest is {boundedjson.explain(err)}") from None
     if not isinstance(doc, dict):
-        raise PullError(f"{what}: the manifest is not a JSON object")
+        raise InvalidImage(f"{what}: the manifest is not a JSON object")
     kind = doc.get("mediaType") if isinstance(doc.get("mediaType"), str) else media
     if kind in SCHEMA1 or doc.get("schemaVersion") == 1:
-        raise PullError(f"{what}: the image has a Docker schema 1 manifest, which minict does not "
+        raise InvalidImage(f"{what}: the image has a Docker schema 1 manifest, which minict does not "
                         "support", hint="push it again with a current Docker or skopeo (schema 2)")
     if is_index(kind, doc):
         return "index", doc
@@ -197,33 +198,33 @@ def classify(data: bytes, media: str, what: str) -> tuple[str, dict]:
         return "docker", doc
     if kind == OCI_MANIFEST or "config" in doc:
         return "oci", doc
-    raise PullError(f"{what}: unsupported manifest media type {shorten(kind or 'unknown')!r}")
+    raise InvalidImage(f"{what}: unsupported manifest media type {shorten(kind or 'unknown')!r}")
 
 
 def check_descriptor(value, what: str) -> dict:
-    """Return `value` if it is a descriptor with a sha256 digest and a sane size; raise PullError."""
+    """Return `value` if it is a descriptor with a sha256 digest and a sane size; raise InvalidImage."""
     if not isinstance(value, dict):
-        raise PullError(f"{what}: a descriptor is not a JSON object")
+        raise InvalidImage(f"{what}: a descriptor is not a JSON object")
     check_digest(value.get("digest"))
     size = value.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise PullError(f"{what}: descriptor {value.get('digest')} has no valid size")
+        raise InvalidImage(f"{what}: descriptor {value.get('digest')} has no valid size")
     if size > BLOB_SIZE_MAX:
-        raise PullError(f"{what}: descriptor {value['digest']} declares {size} bytes, over the "
+        raise InvalidImage(f"{what}: descriptor {value['digest']} declares {size} bytes, over the "
                         f"{BLOB_SIZE_MAX}-byte limit")
     return value
 
 
 def check_manifest(doc: dict, what: str) -> tuple[dict, list[dict]]:
-    """Return (config, layers) descriptors of an image manifest; raise PullError."""
+    """Return (config, layers) descriptors of an image manifest; raise InvalidImage."""
     if doc.get("schemaVersion") != 2:
-        raise PullError(f"{what}: schemaVersion is {doc.get('schemaVersion')!r}, not 2")
+        raise InvalidImage(f"{what}: schemaVersion is {doc.get('schemaVersion')!r}, not 2")
     config = check_descriptor(doc.get("config"), what)
     layers = doc.get("layers")
     if not isinstance(layers, list):
-        raise PullError(f"{what}: the manifest has no layers list")
+        raise InvalidImage(f"{what}: the manifest has no layers list")
     if config["size"] > JSON_BLOB_MAX:
-        raise PullError(f"{what}: the config is {config['size']} bytes, over the "
+        raise InvalidImage(f"{what}: the config is {config['size']} bytes, over the "
                         f"{JSON_BLOB_MAX}-byte limit")
     return config, [check_descriptor(layer, what) for layer in layers]
 

@@ -17,9 +17,9 @@ import sys
 import threading
 import time
 
-from minict import fsutil, log
+from minict import errors, fsutil, log
 from minict.errors import MinictError, PullError, shorten
-from minict.image import auth, http_errors, registry
+from minict.image import auth, foreign, http_errors, registry
 from minict.image.layout import SOURCE_DIGEST, SOURCE_PLATFORM, DigestMismatch, DiskFull, Layout
 from minict.image.mediatypes import (  # pull.X names kept: the pull's unit tests call them here
     OCI_MANIFEST,
@@ -38,16 +38,9 @@ CHUNK = 512 * 1024
 
 
 def pull(ref: Reference, *, platform: str | None, insecure: bool, jobs: int) -> None:
-    """Pull `ref` into its image layout; raise PullError."""
-    try:
+    """Pull `ref` into its image layout; raise MinictError (of the pull stage)."""
+    with errors.stage(PullError):
         Puller(ref, platform=platform, insecure=insecure, jobs=jobs).run()
-    except PullError:
-        raise
-    except MinictError as err:
-        raise PullError(err.message, hint=err.hint) from None
-    except OSError as err:
-        where = f": {err.filename}" if err.filename else ""
-        raise PullError(f"{err.strerror or err}{where}") from None
 
 
 
@@ -198,7 +191,7 @@ class Puller:
         from minict.image import gc as images
 
         # From the first look at the layout to the tag: blobs found present
-        # must stay so until index.json names them (images.py).
+        # must stay so until index.json names them (gc.py).
         try:
             with images.using():
                 if self._up_to_date():
@@ -334,13 +327,14 @@ class Puller:
             task = self.progress.start(kind, digest, size, writer.offset)
             resumed = writer.offset > 0
             failures = 0
+            source = None  # a foreign layer's URL, when that served it
             while True:
                 before = writer.offset
                 try:
                     if self.stop.is_set():
                         raise Cancelled()
                     if not writer.complete():
-                        self._fetch(writer, task)
+                        source = self._fetch(writer, task, d)
                     writer.commit()
                     break
                 except DiskFull:
@@ -350,9 +344,9 @@ class Puller:
                     if self.disk_full.is_set():
                         writer.discard()  # resuming it later would need the room it takes
                     raise
-                except DigestMismatch:
+                except DigestMismatch as err:
                     if not resumed:
-                        raise
+                        raise DigestMismatch(foreign.mismatch(err.message, source)) from None
                     # Kept bytes from an earlier attempt may be what was wrong.
                     log.debug(f"blob {digest} failed its check after resuming; downloading it again")
                     resumed = False
@@ -370,12 +364,15 @@ class Puller:
                     time.sleep(wait)
             task.finish()
 
-    def _fetch(self, writer, task) -> None:
-        """Stream the rest of a blob into `writer`; raise _Interrupted if the body breaks."""
+    def _fetch(self, writer, task, d: dict) -> str | None:
+        """Stream the rest of blob `d` into `writer`; return the foreign URL that served it, if any.
+
+        Raise _Interrupted if the body breaks.
+        """
         offset = writer.offset
         if offset:
             log.debug(f"blob {writer.digest}: asking for bytes {offset}- (Range)")
-        response = self.registry.blob(writer.digest, offset)
+        response, source = foreign.open_layer(self.registry, d, offset)
         with response:
             if offset and response.status_code == 206:
                 start = response.headers.get("Content-Range", "").removeprefix("bytes ").split("-")[0]
@@ -411,6 +408,7 @@ class Puller:
                 task.advance(len(chunk))
         if not writer.complete():
             raise _Interrupted(f"the body ended after {writer.offset} of {writer.size} bytes")
+        return source
 
 
 class _Interrupted(Exception):

@@ -22,16 +22,16 @@ and query strings of URLs on other hosts (signed storage URLs) are cut.
 
 import base64
 import http.client
-import math
-import re
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
 
 from minict import boundedjson, log
-from minict.errors import PullError, shorten
+from minict.errors import PullError, RegistryError, shorten
 from minict.image.auth import Credentials
+from minict.image.challenge import check_header_safe, parse_challenge, token_lifetime
 from minict.image.http import Response, Session, is_loopback
 from minict.image.http_errors import NETWORK_ERRORS, ProxyFailed, describe, split_host
 from minict.image.mediatypes import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
@@ -41,15 +41,10 @@ ACCEPT = f"{OCI_INDEX}, {OCI_MANIFEST}, {DOCKER_LIST}, {DOCKER_MANIFEST}"
 
 MANIFEST_MAX = 4 * 1024 * 1024
 MAX_REDIRECTS = 5
-TOKEN_DEFAULT_TTL = 60  # seconds, when the token server gives no expires_in
-TOKEN_MAX_TTL = 24 * 3600  # a longer expires_in is cut to this: the token is asked again
-TOKEN_MAX = 64 * 1024      # characters: tokens are a few KB; this is a header, not a body
-# What may follow "Bearer " in a header: visible ASCII, no space, no CR/LF
-# (RFC 9110 field-vchar; a token is RFC 6750's b64token, narrower still).
-_HEADER_SAFE = re.compile(r"[!-~]+\Z")
 
-class Unauthorized(PullError):
-    """The registry refused us even after authenticating."""
+
+class Unauthorized(RegistryError):
+    """The registry refused us even after authenticating (401 or 403)."""
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -70,39 +65,6 @@ def schemes(endpoint: str, insecure: bool) -> list[str]:
     if insecure:
         return ["https", "http"]
     return ["https"]
-
-
-def parse_challenge(header: str) -> tuple[str, dict[str, str]] | None:
-    """Return (scheme, params) of the best challenge in WWW-Authenticate, or None.
-
-    A header may carry several challenges (`Basic realm="x", Bearer ...`);
-    Bearer is preferred.  Params are RFC 7235 auth-params.
-    """
-    found: dict[str, dict[str, str]] = {}
-    current = None
-    pos = 0
-    while pos < len(header):
-        match = _TOKEN.match(header, pos)
-        if not match:
-            break
-        name, pos = match.group(1), match.end()
-        if header.startswith("=", pos):
-            value_match = _VALUE.match(header, pos + 1)
-            value, pos = value_match.group(1), value_match.end()
-            if value.startswith('"'):
-                value = re.sub(r"\\(.)", r"\1", value[1:-1])
-            if current is not None:
-                current[name.lower()] = value
-        else:
-            current = found.setdefault(name.lower(), {})
-    for scheme in ("bearer", "basic"):
-        if scheme in found:
-            return scheme, found[scheme]
-    return None
-
-
-_TOKEN = re.compile(r"[\s,]*([A-Za-z0-9!#$%&'*+.^_`|~-]+)\s*")
-_VALUE = re.compile(r'\s*("(?:[^"\\]|\\.)*"|[^,\s]*)')
 
 
 def redact(url: str, trusted_host: str) -> str:
@@ -126,28 +88,6 @@ def registry_error(response: Response) -> str:
         return message or code or f"HTTP {response.status_code}"
     except (ValueError, AttributeError, IndexError, TypeError, *NETWORK_ERRORS):
         return f"HTTP {response.status_code} {shorten(response.reason or '', 60)}".strip()
-
-
-def token_lifetime(expires_in) -> int:
-    """Return the seconds a token lives: expires_in clamped, or 60 when it is not a number.
-
-    The token spec's default is 60 s; an endless (`Infinity`, `1e400`) or
-    huge lifetime is cut to a day, after which the token is asked again.
-    """
-    if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)) \
-            or (isinstance(expires_in, float) and math.isnan(expires_in)) or expires_in <= 0:
-        return TOKEN_DEFAULT_TTL
-    return int(min(expires_in, TOKEN_MAX_TTL))
-
-
-def check_header_safe(token: str, source: str) -> str:
-    """Return `token` if it can follow "Bearer " in a header; raise PullError naming `source`."""
-    if len(token) > TOKEN_MAX:
-        raise PullError(f"the token {source} is {len(token)} characters long, over {TOKEN_MAX}")
-    if not _HEADER_SAFE.match(token):
-        raise PullError(f"the token {source} has characters a header cannot carry "
-                        "(white space, control characters or non-ASCII)")
-    return token
 
 
 class Registry:
@@ -234,18 +174,18 @@ class Registry:
                     continue
             raise self._failure(response, what)
 
-    def _failure(self, response: Response, what: str) -> PullError:
+    def _failure(self, response: Response, what: str) -> RegistryError:
         status = response.status_code
         reason = registry_error(response)
         response.close()
         if status in (401, 403):
             return Unauthorized(
-                f"{what}: {reason}: access to {self.endpoint}/{self.repository} denied",
+                f"{what}: {reason}: access to {self.endpoint}/{self.repository} denied", status,
                 hint="the repository may not exist, or needs credentials in Docker's config.json",
             )
         if status == 429 or status >= 500:
             reason = f"HTTP {status}: {reason}"
-        return PullError(f"{what}: {reason}")
+        return RegistryError(f"{what}: {reason}", status)
 
     # -- ping and authentication ---------------------------------------------
 
@@ -267,7 +207,7 @@ class Registry:
                     log.debug(f"ping {base}: {text}; trying {order[i + 1]}")
                     continue
                 hint = None
-                if "TLS" in text and not self.insecure:
+                if isinstance(err, ssl.SSLError) and not self.insecure:
                     hint = "use --insecure to skip TLS verification (or plain HTTP) for this registry"
                 raise PullError(text, hint=hint) from None
             if response.status_code == 400 and not last:
@@ -313,7 +253,7 @@ class Registry:
         creds = self.credentials()
         if scheme == "basic":
             if not creds or not (creds.username or creds.password):
-                raise Unauthorized(f"{self.endpoint} requires a user name and password",
+                raise Unauthorized(f"{self.endpoint} requires a user name and password", 401,
                                    hint="add them to Docker's config.json (docker login)")
             pair = f"{creds.username}:{creds.password}".encode()
             self._authorization = "Basic " + base64.b64encode(pair).decode()
@@ -369,10 +309,12 @@ class Registry:
             response.close()
             raise Unauthorized(
                 f"the token server of {self.endpoint} refused "
-                f"{'the credentials from config.json' if creds else 'anonymous access'}: {reason}")
+                f"{'the credentials from config.json' if creds else 'anonymous access'}: {reason}",
+                response.status_code)
         if response.status_code != 200:
             response.close()
-            raise PullError(f"getting a token from {realm_host}: HTTP {response.status_code}")
+            raise RegistryError(f"getting a token from {realm_host}: HTTP {response.status_code}",
+                                response.status_code)
         try:
             with response:
                 answer = response.json()
@@ -420,15 +362,18 @@ class Registry:
         media = response.headers.get("Content-Type", "").split(";")[0].strip()
         return data, media, response.headers.get("Docker-Content-Digest")
 
-    def blob(self, digest: str, offset: int = 0) -> Response:
+    def blob(self, digest: str, offset: int = 0, missing_ok: bool = False) -> Response:
         """Return a streaming response for blob `digest`, from byte `offset` if > 0.
 
         The status is 200 (whole blob), 206 (from `offset`) or 416 (the
-        registry cannot serve that range); the caller reads the body with
-        read1() and closes it.
+        registry cannot serve that range), or with `missing_ok` 404 (a
+        foreign layer's URLs may have it: minict.image.foreign); the caller
+        reads the body with read1() and closes it.
         """
         headers = {"Range": f"bytes={offset}-"} if offset else None
         statuses = {200, 206, 416} if offset else {200}
+        if missing_ok:
+            statuses.add(404)
         what = f"fetching blob {digest}"
         return self.request("GET", f"/v2/{self.repository}/blobs/{digest}", statuses=statuses,
                             what=what, headers=headers, stream=True)

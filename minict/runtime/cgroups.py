@@ -14,7 +14,7 @@ makes the name unique.
 
 A Cgroup is one container's directory in each hierarchy it uses, by
 controller: on v1 each controller has its own mount, on v2 they all share
-the one directory.  devices.py asks for "devices"; a later resource-limits
+the one directory.  device_cgroup.py asks for "devices"; a later resource-limits
 module asks for "memory", "cpu" or "pids" the same way and writes its files
 into `directory(controller)`.  Processes join with `add` (launch.py puts a
 container's first process in before anything of the image runs), and

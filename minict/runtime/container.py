@@ -11,10 +11,10 @@ minict does not answer is kill.py's.
 
 import os
 
-from minict import boundedjson, fsutil, linux, log, store
+from minict import boundedjson, errors, fsutil, linux, log, store
 from minict.bundle import usermap
-from minict.errors import ContainerError, LaunchError, MinictError
-from minict.runtime import kill, launch, userns
+from minict.errors import ContainerError, ImageNotFound, LaunchError, MinictError
+from minict.runtime import kill, launch, netsettings, userns
 from minict.runtime import state as states
 
 EXITED_MESSAGE = "Container process exited. It can be started again using the 'start' option."
@@ -28,7 +28,7 @@ def run(ref, name: str, overrides=None, *, auto_remove: bool = False,
     so that `start` repeats them.  `auto_remove` deletes the container when
     it exits (`--rm`).  `pull` is "never" (the image must be stored),
     "missing" or "always".  `network` ("host", "none", "bridge") and
-    `publish` (network.parse_publish's ports) are kept in the bundle for
+    `publish` (netsettings.parse_publish's ports) are kept in the bundle for
     `start` too.  Raise ContainerError if the name is taken (also by a
     concurrent run), PullError, UnpackError, NetworkError or LaunchError.
     """
@@ -36,9 +36,8 @@ def run(ref, name: str, overrides=None, *, auto_remove: bool = False,
 
     from minict.bundle import create as bundles
     from minict.image import gc as images
-    from minict.runtime import network as networking
 
-    settings = networking.check(network, list(publish))
+    settings = netsettings.check(network, list(publish))
 
     store.ensure_dirs()
     lock = states.take_lock(name, wait=False)
@@ -59,7 +58,7 @@ def run(ref, name: str, overrides=None, *, auto_remove: bool = False,
         with images.using():  # no sweep deletes the layers being unpacked
             path = bundles.create(ref, name, overrides)
         if settings["mode"] != "host":
-            networking.save(path, settings)
+            netsettings.save(path, settings)
         states.write_state(path, {"status": "created", **({"autoRemove": True} if auto_remove else {})})
         try:
             return _launch(path)
@@ -85,7 +84,7 @@ def _pull(ref, policy: str) -> None:
         try:
             layout.Layout.for_reference(ref).resolve(ref)
             return
-        except MinictError:
+        except ImageNotFound:
             pass
     from minict.image import pull as pulling  # requests with it: only when a registry is asked
 
@@ -185,8 +184,9 @@ def exec_in(name: str, args: list[str], *, env=(), workdir: str | None = None,
         config = _read_config(path)
         config["process"] = _exec_process(path, config, args, env, workdir, user)
         # The command joins the container's cgroup too: its device rules hold for it.
-        return launch.launch(str(path), config, join=proc_fd,
-                             cgroup=cgroups.existing_cgroup(name))
+        with errors.stage(LaunchError):
+            return launch.launch(str(path), config, join=proc_fd,
+                                 cgroup=cgroups.existing_cgroup(name))
     finally:
         os.close(proc_fd)
 
@@ -308,11 +308,14 @@ def _launch(path) -> int:
 
     cgroup = None
     try:
-        cgroup = _create_cgroup(path.name, config)
-        status = launch.launch(str(path), config, on_start=started, on_netns=attachment.attach,
-                               cgroup=cgroup)
-    except LaunchError as err:
-        states.record(path, identity, {"status": "exited", "exitStatus": None, "error": err.message})
+        with errors.stage(LaunchError):
+            cgroup = _create_cgroup(path.name, config)
+            status = launch.launch(str(path), config, on_start=started,
+                                   on_netns=attachment.attach, cgroup=cgroup)
+    except MinictError as err:
+        if err.stage == "run":  # not a network's failure: those say nothing of the container
+            states.record(path, identity, {"status": "exited", "exitStatus": None,
+                                           "error": err.message})
         raise
     finally:
         attachment.release()
@@ -333,10 +336,7 @@ def _create_cgroup(name: str, config: dict):
     """Create the container's cgroup with its device rules (device_cgroup.py); raise LaunchError."""
     from minict.runtime import device_cgroup
 
-    try:
-        return device_cgroup.create_cgroup(name, config)
-    except MinictError as err:
-        raise LaunchError(err.message, err.hint) from None
+    return device_cgroup.create_cgroup(name, config)
 
 
 def _read_config(path) -> dict:

@@ -57,7 +57,7 @@ import termios
 from minict import linux, log, store
 from minict.bundle import usermap
 from minict.bundle.seccomp import SeccompError
-from minict.errors import LaunchError, MinictError
+from minict.errors import STAGE_PREFIXES, LaunchError
 from minict.runtime import execute, init, seccomp_filter, streams, userns
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -175,10 +175,7 @@ def _handshake(channel, intermediate: int, bundle: str, config: dict, on_netns,
             kind, _, rest = data.partition(b" ")
             if kind == b"cgroup":
                 if cgroup is not None:
-                    try:
-                        cgroup.add(intermediate)
-                    except MinictError as err:
-                        raise LaunchError(err.message) from None
+                    cgroup.add(intermediate)  # its errors are the run stage's (container._launch)
                 _send(channel, b"grouped")
             elif kind == b"userns":
                 _write_id_maps(intermediate, config.get("linux") or {})
@@ -284,7 +281,7 @@ def _failed(started: _Started) -> int:
     if started.master is not None:
         os.close(started.master)
     if status in (execute.NOT_EXECUTABLE, execute.NOT_FOUND):
-        log.error(LaunchError.prefix + text)
+        log.error(STAGE_PREFIXES["run"] + text)
         return status
     raise LaunchError(text)
 
