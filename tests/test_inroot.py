@@ -218,3 +218,16 @@ def test_passwd_linked_elsewhere_in_the_rootfs_is_read_there(mode, root, tmp_pat
     os.symlink("/usr/share/passwd", rootfs / "etc/passwd")
     os.symlink(tmp_path / "outside/secret", rootfs / "etc/group")  # a host path: not there
     assert bundle.read_user_databases(rootfs) == ("root:x:0:0::/root:/bin/sh\n", None)
+
+
+def test_dotdot_after_a_link_is_the_parent_of_its_target(mode, root):
+    # As the kernel does: `..` is taken on the resolved path, not on the text.
+    rootfs, fd = root
+    (rootfs / "usr/lib/deep").mkdir(parents=True)
+    (rootfs / "usr/lib/file").write_text("x\n")
+    os.symlink("usr/lib/deep", rootfs / "d")
+    found = opened(fd, "d/../file")
+    try:
+        assert same_file(found, rootfs / "usr/lib/file")
+    finally:
+        os.close(found)

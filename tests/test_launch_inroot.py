@@ -108,3 +108,18 @@ def test_working_directory_through_a_dangling_link_is_made_inside_the_rootfs(min
     assert done.returncode == 0, done.stderr
     assert done.stdout == "/srv/app\n"
     assert os.path.isfile(bundle / "rootfs/srv/app/here")
+
+
+def test_a_link_planted_by_an_earlier_run_is_resolved_inside_the_rootfs(minict, box, canary):
+    # `start` reuses the rootfs: what the container did to it last time is hostile now.
+    before = tree(canary)
+    bundle = box(sh("if [ -L /etc/resolv.conf ]; then cat /etc/resolv.conf; else"
+                    " mv /etc /etc.old && mkdir /etc && cp /etc.old/passwd /etc.old/group /etc/"
+                    f" && ln -s {canary}/resolv.conf /etc/resolv.conf && echo planted; fi"))
+    first = minict("start", "--name", "box")
+    assert first.stdout == "planted\n", first.stderr
+    second = minict("start", "--name", "box")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == host_resolv_conf()
+    assert tree(canary) == before
+    assert os.path.isfile(in_rootfs(bundle, canary / "resolv.conf"))
