@@ -24,15 +24,9 @@ import urllib.parse
 from minict import log
 from minict.errors import PullError, shorten
 from minict.image.http_errors import NETWORK_ERRORS, describe
+from minict.image.mediatypes import FOREIGN_LAYERS
 from minict.image.registry import MAX_REDIRECTS, redact
 
-FOREIGN_LAYERS = frozenset({
-    "application/vnd.docker.image.rootfs.foreign.diff.tar",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-})
 URLS_MAX = 8  # URLs tried per layer; a manifest may list thousands
 
 

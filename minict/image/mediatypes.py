@@ -49,6 +49,10 @@ LAYER_MEDIA_TYPES = {
     "application/vnd.docker.image.rootfs.foreign.diff.tar": None,
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
 }
+# Non-distributable ("foreign") layers: a registry need not hold them; their
+# descriptor's `urls` say where they are (foreign.py fetches them from there).
+FOREIGN_LAYERS = frozenset(kind for kind in LAYER_MEDIA_TYPES
+                           if ".foreign." in kind or ".nondistributable." in kind)
 # Manifests, indexes and configs are small; refusing big ones keeps a hostile
 # registry from making us hold gigabytes of JSON (containerd uses 4 MiB too).
 JSON_BLOB_MAX = 4 * 1024 * 1024
