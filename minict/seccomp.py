@@ -27,7 +27,6 @@ gets the profile's answer, an unknown one ENOSYS.
 """
 
 import contextlib
-import copy
 import errno as errnos
 import os
 import re
@@ -119,6 +118,8 @@ def to_oci(profile: dict, bounding, machine: str | None = None,
     section["syscalls"] = rules
     check(section)
     # A copy: the caller may change the document, never DEFAULT_PROFILE.
+    import copy  # here: `start` only loads a built filter
+
     return copy.deepcopy(section)
 
 
