@@ -16,8 +16,8 @@ VENV ?= .venv
 BENCH_ARGS ?= --plain-venv --markdown
 
 RUNTIME_PACKAGES = python3 python3-venv python3-seccomp ca-certificates nftables iproute2
-TEST_PACKAGES = docker-registry skopeo umoci busybox-static apache2-utils zstd tmux gcc libc6-dev \
-	iproute2 nftables util-linux procps debootstrap podman runc keyutils
+TEST_PACKAGES = docker-registry skopeo umoci busybox-static apache2-utils zstd tmux gcc libc6-dev tar \
+	libarchive-tools iproute2 nftables util-linux procps debootstrap podman runc keyutils
 BENCH_PACKAGES = debootstrap runc crun hyperfine time
 
 .PHONY: install uninstall demo test test-unprivileged lint bench deps test-deps bench-deps clean
@@ -28,7 +28,7 @@ install: deps
 	$(call link_seccomp,$(PREFIX))
 	ln -sf $(PREFIX)/bin/minict $(BINDIR)/minict
 	@# Subordinate ids for `run --userns auto` (subuid(5)); kept by uninstall, like /var/lib/minict.
-	$(PREFIX)/bin/python -m minict.subids
+	$(PREFIX)/bin/python -m minict.runtime.subids
 	@$(BINDIR)/minict --version
 
 uninstall:

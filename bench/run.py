@@ -249,8 +249,8 @@ def bench_unpack_on(session: Session, base: Path, where: str, runs: int) -> list
     trash = Trash(base / "trash")
     bundle = store / "containers" / "x"
     umoci_bundle, tar_root = base / "umoci-bundle", base / "tar-rootfs"
-    create = ("from minict import bundle, reference; "
-              f"bundle.create(reference.parse({session.reference!r}), 'x')")
+    create = ("from minict.bundle import create; from minict.image import reference; "
+              f"create.create(reference.parse({session.reference!r}), 'x')")
     extract = [f"tar -xzf {shlex.quote(str(blob))} -C {shlex.quote(str(tar_root))}"
                for blob in image.layer_blobs(layout)]
 

@@ -1,3 +1,3 @@
-from minict.entry import main
+from minict.cli.main import main
 
 main()

@@ -7,12 +7,12 @@
         .index.lock                     held while index.json is rewritten
         .partial/<hex>                  resumable downloads
       containers/<name>/              an OCI runtime bundle per container (bundle_file):
-        config.json, rootfs/          the runtime config and root (bundle.py)
-        .minict-complete              the completion mark, written last (bundle.py)
+        config.json, rootfs/          the runtime config and root (bundle/create.py)
+        .minict-complete              the completion mark, written last (bundle/create.py)
         state.json                    status, pid, exit status (container.py)
         network.json, hosts,          the network settings and the files bound
         resolv.conf                     over /etc's (network.py)
-        seccomp-bpf.json              the compiled filter, reused by start (seccomp.py)
+        seccomp-bpf.json              the compiled filter, reused by start (runtime/seccomp_filter.py)
       containers/.partial-<name>/     a bundle being built (partial_bundle_dir)
       containers/.<name>.lock         held while a minict creates, runs or removes it
 
@@ -39,7 +39,7 @@ from minict.errors import InvalidName, MinictError
 # typing.TYPE_CHECKING without importing typing (~2 ms of `start`): False when run.
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # `start` and `rm` never parse a reference: keep its import off their path
-    from minict.reference import Reference
+    from minict.image.reference import Reference
 
 DEFAULT_ROOT = "/var/lib/minict"
 DEFAULT_RUN_DIR = "/run/minict"

@@ -9,6 +9,8 @@
     minict         run `python -m minict ARGS...` with MINICT_DIR set; returns CompletedProcess
     busybox_image  a busybox image built by umoci, pushed once by skopeo to the session's
                    registry (or, for an `own_registry` test, to the test's registry)
+    debian_layout  the bench's debootstrap bookworm image (bench/image.py), built once
+                   and cached on disk under bench/.cache/
     require_tool   require_tool("skopeo") -> path; skips locally, fails under CI=true
 
 Mark tests that need root with `@pytest.mark.root`: they skip locally when not
@@ -91,21 +93,47 @@ def _container_cgroups() -> set[Path]:
     return found
 
 
+def _state_dir_keys(base: str, depth: int = 4) -> set[str]:
+    """The cgroup keys (<dev>-<ino> in hex, as cgroups.leaf_name makes them) of every
+    directory up to `depth` levels below `base`: the session's MINICT_DIRs are among them."""
+    keys = set()
+    level = [base]
+    for _ in range(depth):
+        below = []
+        for directory in level:
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    keys.add(f"{st.st_dev:x}-{st.st_ino:x}")
+                    below.append(entry.path)
+        level = below
+    return keys
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _no_container_cgroups_left_in_session():
+def _no_container_cgroups_left_in_session(_pytest_tmp_base):
     """After the session, no cgroup of a test's container may hold a process.
 
     Tests that SIGKILL a minict leave its container's empty cgroup for the
     next start or rm of a container to sweep; with the tests' MINICT_DIRs
-    gone, nothing would, so the empty ones are removed here.
+    gone, nothing would, so the empty ones are removed here.  Only this
+    session's: another session running at the same time (make test next to
+    a developer's pytest) has containers of its own, running or being made
+    (empty between the cgroup's mkdir and its first process).
     """
     before = _container_cgroups() if os.geteuid() == 0 else set()
     yield
     if os.geteuid() != 0:
         return
+    ours = _state_dir_keys(_pytest_tmp_base)
+    made = [path for path in sorted(_container_cgroups() - before)
+            if "-".join(path.name.split("-", 2)[:2]) in ours]
     # A killed container's last processes may still be exiting.
-    busy = [str(path) for path in sorted(_container_cgroups() - before)
-            if not rmdir_when_empty(path, timeout=5.0)]
+    busy = [str(path) for path in made if not rmdir_when_empty(path, timeout=5.0)]
     assert not busy, f"container cgroups with processes left behind: {busy}"
 
 
@@ -231,3 +259,17 @@ def busybox_image(request, busybox_layout):
         return request.getfixturevalue("session_busybox_image")
     registry = request.getfixturevalue("registry")
     return tools.skopeo_push(busybox_layout, registry, "test/busybox", "latest")
+
+
+@pytest.fixture(scope="session")
+def debian_layout():
+    """The bench's debootstrap minbase bookworm image (bench/image.py; cached on disk)."""
+    for tool in ("debootstrap", "umoci", "tar"):
+        ci.require_tool(tool)
+    from bench import image
+
+    try:
+        image.debian_mirror()
+    except image.BenchError as err:
+        ci.skip_or_fail(str(err))
+    return image.layout()

@@ -14,8 +14,11 @@ import time
 
 import pytest
 
-from minict import bundle, reference, spec, store
+from minict import store
+from minict.bundle import create as bundle
+from minict.bundle import spec
 from minict.errors import MinictError, UnpackError
+from minict.image import reference
 from tests.support.images import Dir, File, Image, Index, Layer, Symlink, tar_layer, write_layout
 from tests.support.layers import tree
 
@@ -159,8 +162,8 @@ def test_a_bundle_without_its_mark_is_replaced_one_with_it_is_not(home, stale):
 
 # -- interruption ----------------------------------------------------------------------
 
-CREATE = ("import sys; from minict import bundle, reference; "
-          "bundle.create(reference.parse(sys.argv[1]), sys.argv[2])")
+CREATE = ("import sys; from minict.bundle import create; from minict.image import reference; "
+          "create.create(reference.parse(sys.argv[1]), sys.argv[2])")
 
 
 def _big_image():

@@ -304,7 +304,7 @@ def test_unusable_minict_dir(minict, tmp_path, request, argv, where):
     assert snapshot(tmp_path / "blocker") == before
 
 
-# -- `start --name N` and `pull --image I` without click (minict/entry.py) -----------------
+# -- `start --name N` and `pull --image I` without click (minict/cli/main.py) -----------------
 
 
 def _message(stderr: str) -> str:
@@ -322,10 +322,10 @@ def test_plain_start_or_pull_skips_click_and_says_what_click_path_says(minict_di
                           capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
     imported = {line.split("|")[-1].strip() for line in fast.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert "minict.entry" in imported and "click" not in imported
+    assert "minict.cli.main" in imported and "click" not in imported
     messages = "\n".join(line for line in fast.stderr.splitlines()
                          if not line.startswith("import time:"))
-    via_click = "import sys; from minict import cli; cli.main(sys.argv[1:])"
+    via_click = "import sys; from minict.cli import commands as cli; cli.main(sys.argv[1:])"
     slow = subprocess.run([sys.executable, "-c", via_click, *argv], check=False,
                           capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
     assert fast.returncode == slow.returncode == 1

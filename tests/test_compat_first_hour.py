@@ -128,7 +128,7 @@ def test_pull_progress_rows_fit_on_one_line(monkeypatch, columns):
     # status included, on one line of at most COLUMNS characters.
     from rich.console import Console
 
-    from minict import pull
+    from minict.image import pull
 
     monkeypatch.setenv("COLUMNS", str(columns))
     progress = pull.RichProgress()

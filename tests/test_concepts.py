@@ -18,10 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from minict import bundle, fsutil, listing, mediatypes, pull, reference, store
+from minict import fsutil, store
+from minict.bundle import create as bundle
+from minict.cli import listing
+from minict.image import mediatypes, pull, reference
 from tests.support.images import File, Image, Index, write_layout
 
-MINICT = Path(mediatypes.__file__).parent
+MINICT = Path(mediatypes.__file__).parent.parent  # the minict package
 
 # `uname -m` -> the platform both pull and run must choose (containerd's table).
 MACHINES = {
@@ -208,7 +211,7 @@ def _string_constants(path: Path):
 
 
 def _modules_except(*owners: str):
-    return [p for p in sorted(MINICT.glob("*.py")) if p.name not in owners]
+    return [p for p in sorted(MINICT.rglob("*.py")) if p.name not in owners]
 
 
 def test_only_store_names_files_under_minict_dir():
@@ -239,22 +242,44 @@ def _modules_start_imports() -> set[str]:
 
 def test_start_does_not_import_the_image_side():
     imported = _modules_start_imports()
-    assert "minict.container" in imported
-    assert not imported & {"minict.mediatypes", "minict.pull", "minict.bundle", "minict.layout"}
+    assert "minict.runtime.container" in imported
+    assert not imported & {"minict.image.mediatypes", "minict.image.pull", "minict.bundle.create",
+                           "minict.image.layout"}
 
 
 def test_start_does_not_import_what_it_only_annotates_or_copies_with():
     """typing, platform and copy cost `start` ~3 ms together (issue 12's start budget)."""
     imported = _modules_start_imports()
-    assert "minict.container" in imported and "minict.devices" in imported
+    assert "minict.runtime.container" in imported and "minict.bundle.devices" in imported
     assert not imported & {"typing", "platform", "copy"}
 
 
 def test_a_seccomp_profile_nested_too_deep_is_refused_in_one_line(tmp_path):
     """Files a user hands over are parsed by boundedjson too: no RecursionError traceback."""
-    from minict import seccomp
+    from minict.bundle import seccomp
 
     profile = tmp_path / "deep.json"
     profile.write_text("[" * 200_000 + "]" * 200_000)
     with pytest.raises(seccomp.SeccompError, match="nested deeper than"):
         seccomp.read_profile(str(profile))
+
+
+# -- errors: typed, and the stage prefix added in one place ----------------------------
+
+def test_a_step_names_its_failures_once_and_typed_errors_keep_their_type():
+    from minict import errors
+
+    with pytest.raises(errors.UnpackError) as caught, errors.stage(errors.UnpackError):
+        raise FileNotFoundError(2, "No such file or directory", "/x/config.json")
+    assert str(caught.value) == ("Failed to unpack image. Error received: "
+                                 "No such file or directory: /x/config.json")
+    with pytest.raises(errors.ImageNotFound) as caught, errors.stage(errors.UnpackError):
+        raise errors.ImageNotFound("image a:1 not found")
+    assert str(caught.value) == "Failed to unpack image. Error received: image a:1 not found"
+    # A pull inside run stays a pull; the request's own errors are never prefixed.
+    with pytest.raises(errors.RegistryError) as caught, errors.stage(errors.LaunchError):
+        raise errors.RegistryError("manifest: not found", 404)
+    assert caught.value.status == 404 and str(caught.value).startswith("Failed to pull image.")
+    with pytest.raises(errors.ContainerError) as caught, errors.stage(errors.LaunchError):
+        raise errors.ContainerError("Container with name x is already running.")
+    assert str(caught.value) == "Container with name x is already running."

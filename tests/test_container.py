@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from minict import container, linux, store
+from minict import linux, store
+from minict.runtime import state as states
 
 pytest_plugins = ["tests.support.bundles"]  # the box and busybox_rootfs fixtures
 
@@ -29,7 +30,7 @@ def spawn(minict_dir, *args):
 def wait_running(path, timeout=10):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        state = container.read_state(path)
+        state = states.read_state(path)
         if state.get("status") == "running":
             return state["pid"]
         time.sleep(0.02)
@@ -43,7 +44,7 @@ def test_start_keeps_what_the_first_run_wrote(minict, box):
     assert EXITED in first.stderr
     second = minict("start", "--name", "box")
     assert second.stdout == "run\n"
-    assert container.read_state(path) == {"status": "exited", "exitStatus": 0}
+    assert states.read_state(path) == {"status": "exited", "exitStatus": 0}
 
 
 @pytest.mark.unprivileged
@@ -117,7 +118,7 @@ def test_dead_minict_takes_its_container_along(minict_dir, box):
         time.sleep(0.02)
     assert not os.path.exists(f"/proc/{pid}")
     # The state still says running, but the free lock says otherwise.
-    assert container.read_state(path)["status"] == "running"
+    assert states.read_state(path)["status"] == "running"
     env = dict(os.environ, MINICT_DIR=str(minict_dir))
     rm = subprocess.run([sys.executable, "-m", "minict", "rm", "--name", "box"], env=env,
                         capture_output=True, text=True, timeout=60, check=False)
@@ -165,7 +166,7 @@ def test_run_creates_runs_and_refuses_the_name_again(minict, minict_dir, pulled)
     assert done.stdout == "one 1\n"
     assert EXITED in done.stderr
     path = minict_dir / "containers" / "one"
-    assert container.read_state(path) == {"status": "exited", "exitStatus": 3}
+    assert states.read_state(path) == {"status": "exited", "exitStatus": 3}
     again = minict("run", "--image", pulled, "--name", "one")
     assert again.returncode == 1
     assert again.stderr.rstrip().endswith("fatal Container with name one already exists.")

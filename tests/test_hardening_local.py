@@ -398,7 +398,7 @@ def test_a_killed_runs_partial_bundle_is_pruned_by_age_or_force(minict, minict_d
 
 @pytest.mark.unprivileged
 def test_prune_force_takes_young_leftovers_but_never_locked_ones(minict, minict_dir, monkeypatch):
-    from minict import container
+    from minict.runtime import state as states
 
     containers = minict_dir / "containers"
     partial_dl = minict_dir / "images" / "app" / ".partial"
@@ -412,7 +412,7 @@ def test_prune_force_takes_young_leftovers_but_never_locked_ones(minict, minict_
 
     # A run still building `building` holds its lock; a pull writing blob c holds c's flock.
     monkeypatch.setenv("MINICT_DIR", str(minict_dir))
-    lock = container._lock("building", wait=False)
+    lock = states.take_lock("building", wait=False)
     writer = os.open(partial_dl / ("c" * 64), os.O_RDWR)
     fcntl.flock(writer, fcntl.LOCK_EX)
     try:
@@ -431,7 +431,7 @@ def test_prune_force_takes_young_leftovers_but_never_locked_ones(minict, minict_
         assert sorted(os.listdir(containers)) == [".building.lock", ".partial-building"]
     finally:
         os.close(writer)
-        container._unlock("building", lock)
+        states.release_lock("building", lock)
 
 
 # -- host names and the state directory's modes ----------------------------------------

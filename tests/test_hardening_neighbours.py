@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from minict import container
+from minict.runtime import state as states
 from tests.support.procs import hold_lock, is_gone, state_and_start
 from tests.support.waiting import wait_for
 
@@ -72,7 +72,7 @@ def stopped():
 def test_rm_force_of_a_container_whose_minict_is_stopped(env, minict_dir, box, stopped):
     path = box(["sh", "-c", "sleep 1000 & sleep 1000 & wait"])
     owner = spawn(env, "start", "--name", "box")
-    init = wait_for(lambda: container.running_pid(path), "the container")
+    init = wait_for(lambda: states.running_pid(path), "the container")
     workers = wait_for(lambda: len(children(init)) == 2 and children(init), "its two sleeps")
     started = {pid: state_and_start(pid)[1] for pid in [init, *workers]}
     stopped(owner)
@@ -136,4 +136,4 @@ def test_rm_force_of_a_container_held_before_it_runs_is_bounded_and_says_why(
         "has not let go of it in 5 s, and has no process to kill: it is being created, "
         "started or stopped. Nothing was removed; if that minict hangs, continue or kill it "
         "first")
-    assert container.is_complete(path)
+    assert states.is_complete(path)

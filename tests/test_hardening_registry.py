@@ -18,9 +18,10 @@ import time
 
 import pytest
 
-from minict import boundedjson, timeouts
+from minict import boundedjson
 from minict.errors import InvalidReference, MinictError
-from minict.reference import REFERENCE_MAX, parse
+from minict.image import timeouts
+from minict.image.reference import REFERENCE_MAX, parse
 from tests.support import ci
 from tests.support.hostile_registry import HostileRegistry
 from tests.support.images import File, Image, Layer, sha256
@@ -259,7 +260,7 @@ def test_endless_or_odd_expires_in_is_clamped(hostile, minict, minict_dir, expir
 
 
 def test_token_lifetime_is_finite_and_clamped():
-    from minict.registry import TOKEN_DEFAULT_TTL, TOKEN_MAX_TTL, token_lifetime
+    from minict.image.challenge import TOKEN_DEFAULT_TTL, TOKEN_MAX_TTL, token_lifetime
 
     assert token_lifetime(float("inf")) == TOKEN_MAX_TTL
     assert token_lifetime(10 ** 400) == TOKEN_MAX_TTL

@@ -328,20 +328,6 @@ APT_SOURCES = [Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d")]
 APT_CONF = Path("/etc/apt/apt.conf.d")
 
 
-@pytest.fixture(scope="session")
-def debian_layout():
-    """The bench's debootstrap minbase bookworm image (bench/image.py; cached on disk)."""
-    for tool in ("debootstrap", "umoci", "tar"):
-        ci.require_tool(tool)
-    from bench import image
-
-    try:
-        image.debian_mirror()
-    except image.BenchError as err:
-        ci.skip_or_fail(str(err))
-    return image.layout()
-
-
 def _mirror_answers() -> str | None:
     """Return None if the host's Debian mirror serves bookworm's Release, else why not."""
     from bench import image
@@ -400,7 +386,7 @@ def test_apt_get_update_and_install_as_root(minict, minict_dir, debian_layout):
 
 @pytest.mark.unprivileged
 def test_privileged_config_has_every_capability_and_no_masks():
-    from minict import spec
+    from minict.bundle import spec
 
     doc = spec.generate({"config": {}}, "n", overrides=spec.Overrides(privileged=True),
                         host_masked=("/sys/devices/system/cpu/cpu0/thermal_throttle",))
@@ -413,7 +399,7 @@ def test_privileged_config_has_every_capability_and_no_masks():
 
 @pytest.mark.unprivileged
 def test_host_masked_paths_come_after_dockers_list():
-    from minict import spec
+    from minict.bundle import spec
 
     extra = ("/sys/devices/system/cpu/cpu0/thermal_throttle",)
     doc = spec.generate({"config": {}}, "n", host_masked=extra)
@@ -423,7 +409,7 @@ def test_host_masked_paths_come_after_dockers_list():
 
 @pytest.mark.unprivileged
 def test_thermal_throttle_paths_are_the_hosts():
-    from minict import bundle
+    from minict.bundle import create as bundle
 
     expected = sorted(str(p) for p in Path("/sys/devices/system/cpu").glob(
         "cpu[0-9]*/thermal_throttle") if p.is_dir())

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from minict import cgroups, devices, linux, spec
+from minict import linux
+from minict.bundle import devices, spec
+from minict.runtime import cgroups, device_cgroup
 from tests.support import ci, probes
 from tests.support.images import CharDevice, Image, push, rootfs_entries
 from tests.support.waiting import rmdir_when_empty
@@ -106,7 +108,7 @@ def mc(minict, version):
     """minict(...) with MINICT_CGROUP_DEVICES set to the test's version."""
 
     def call(*args, env=None, **kw):
-        return minict(*args, env={devices.ENV_VERSION: version, **(env or {})}, **kw)
+        return minict(*args, env={device_cgroup.ENV_VERSION: version, **(env or {})}, **kw)
 
     return call
 
@@ -281,7 +283,7 @@ def test_the_cgroup_holds_the_rules_while_running_and_is_gone_after(minict_dir, 
     bundle = probed_box(sh("echo up; read line"))
     proc = subprocess.Popen([sys.executable, "-m", "minict", "start", "--name", "box"],
                             env=dict(os.environ, MINICT_DIR=str(minict_dir),
-                                     **{devices.ENV_VERSION: version}),
+                                     **{device_cgroup.ENV_VERSION: version}),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -307,7 +309,7 @@ def test_a_stale_cgroup_of_a_killed_minict_is_replaced_by_start_and_removed_by_r
     bundle = probed_box(sh("echo up; sleep 60"))
     proc = subprocess.Popen([sys.executable, "-m", "minict", "start", "--name", "box"],
                             env=dict(os.environ, MINICT_DIR=str(minict_dir),
-                                     **{devices.ENV_VERSION: version}),
+                                     **{device_cgroup.ENV_VERSION: version}),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "up\n"
     [stale] = container_cgroups(minict_dir)
@@ -350,7 +352,7 @@ def test_two_state_directories_with_the_same_name_get_two_cgroups(tmp_path, busy
             probes.install_probe(bundle / "rootfs", probe)
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "minict", "start", "--name", "web"],
-                env=dict(os.environ, MINICT_DIR=str(minict_dir), **{devices.ENV_VERSION: version}),
+                env=dict(os.environ, MINICT_DIR=str(minict_dir), **{device_cgroup.ENV_VERSION: version}),
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         seen = []
         for proc in procs:
@@ -451,7 +453,7 @@ def test_exec_joins_the_cgroup_and_cannot_open_a_denied_device(mc, busybox, mini
                                                                monkeypatch):
     from tests.test_manage_run import spawn, wait_running
 
-    monkeypatch.setenv(devices.ENV_VERSION, version)  # spawn() passes the environment on
+    monkeypatch.setenv(device_cgroup.ENV_VERSION, version)  # spawn() passes the environment on
     proc = spawn(minict_dir, "run", "--image", busybox, "--name", "ex", "--device",
                  "/dev/loop-control:/dev/lc:r", "--", "sh", "-c", "sleep 60")
     try:
@@ -575,30 +577,30 @@ def reference_allows(rules, kind, major, minor, access: str) -> bool:
 
 def run_program(insns, kind, major, minor, access: str) -> int:
     """Interpret the emitter's eight opcodes on one struct bpf_cgroup_dev_ctx."""
-    bits = sum(devices._ACCESS_BITS[a] for a in access)
-    ctx = {0: ({"b": devices.DEV_BLOCK, "c": devices.DEV_CHAR}[kind] | bits << 16), 4: major,
+    bits = sum(device_cgroup._ACCESS_BITS[a] for a in access)
+    ctx = {0: ({"b": device_cgroup.DEV_BLOCK, "c": device_cgroup.DEV_CHAR}[kind] | bits << 16), 4: major,
            8: minor}
     regs = [0] * 11
     pc = 0
     for _ in range(10000):
         i = insns[pc]
         pc += 1
-        if i.code == devices.LDX_W:
+        if i.code == device_cgroup.LDX_W:
             assert i.src == 1
             regs[i.dst] = ctx[i.off]
-        elif i.code == devices.AND32_K:
+        elif i.code == device_cgroup.AND32_K:
             regs[i.dst] &= i.imm & 0xFFFFFFFF
-        elif i.code == devices.RSH32_K:
+        elif i.code == device_cgroup.RSH32_K:
             regs[i.dst] = (regs[i.dst] & 0xFFFFFFFF) >> i.imm
-        elif i.code == devices.MOV32_K:
+        elif i.code == device_cgroup.MOV32_K:
             regs[i.dst] = i.imm & 0xFFFFFFFF
-        elif i.code == devices.MOV32_X:
+        elif i.code == device_cgroup.MOV32_X:
             regs[i.dst] = regs[i.src] & 0xFFFFFFFF
-        elif i.code == devices.JNE_K:
+        elif i.code == device_cgroup.JNE_K:
             pc += i.off if regs[i.dst] != i.imm else 0
-        elif i.code == devices.JEQ_K:
+        elif i.code == device_cgroup.JEQ_K:
             pc += i.off if regs[i.dst] == i.imm else 0
-        elif i.code == devices.EXIT:
+        elif i.code == device_cgroup.EXIT:
             return regs[0]
         else:
             raise AssertionError(f"unexpected opcode {i.code:#x}")
@@ -623,7 +625,7 @@ RULE_SETS = [
 @pytest.mark.parametrize("entries", RULE_SETS)
 def test_the_program_decides_as_cgroup_v1_would(entries):
     rules = devices.normalise(entries)
-    insns = devices.program(rules)
+    insns = device_cgroup.program(rules)
     accesses = ["r", "w", "m", "rw", "rm", "wm", "rwm"]
     for kind in ("c", "b"):
         for major, minor in [(1, 3), (1, 5), (1, 11), (5, 2), (136, 4), (7, 0), (10, 200)]:
@@ -634,8 +636,8 @@ def test_the_program_decides_as_cgroup_v1_would(entries):
 
 
 def test_the_program_is_eight_bytes_an_instruction():
-    insns = devices.program(devices.normalise(devices.DEFAULT_RULES))
-    raw = devices.encode(insns)
+    insns = device_cgroup.program(devices.normalise(devices.DEFAULT_RULES))
+    raw = device_cgroup.encode(insns)
     assert len(raw) == 8 * len(insns)
     assert raw[:8] == bytes([0x61, 0x12, 0, 0, 0, 0, 0, 0])  # r2 = *(u32 *)(r1 + 0)
 
@@ -656,7 +658,7 @@ def test_the_kernel_verifier_accepts_random_rule_sets():
                 entry["minor"] = rng.randrange(0, 300)
             entries.append(entry)
         fd = linux.bpf_prog_load(linux.BPF_PROG_TYPE_CGROUP_DEVICE,
-                                 devices.encode(devices.program(devices.normalise(entries))), "MIT")
+                                 device_cgroup.encode(device_cgroup.program(devices.normalise(entries))), "MIT")
         os.close(fd)
 
 
@@ -664,7 +666,7 @@ def test_the_kernel_verifier_accepts_random_rule_sets():
 def test_a_bad_cgroup_version_choice_is_one_clear_error_and_runs_nothing(minict, minict_dir,
                                                                          probed_box):
     bundle = probed_box(["touch", "/ran"])
-    bad = minict("start", "--name", "box", env={devices.ENV_VERSION: "v3"})
+    bad = minict("start", "--name", "box", env={device_cgroup.ENV_VERSION: "v3"})
     assert bad.returncode == 1
     [line] = bad.stderr.splitlines()
     assert "fatal Failed to run image. Error received: MINICT_CGROUP_DEVICES='v3': use v1 or v2" \

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from minict import seccomp, seccomp_profile, spec, store
+from minict import store
+from minict.bundle import seccomp, seccomp_profile, spec
+from minict.runtime import seccomp_filter
 from tests.support import ci
 from tests.support.probes import compile_probe, install_probe
 from tests.test_launch import wait_running
@@ -228,7 +230,7 @@ def test_calls_newer_than_libseccomp_get_enosys_not_eperm(minict, box, probe):
     """mseal (x86_64 462, Linux 6.10) is allowed by docker's profile, by name."""
     if not X86_64:
         pytest.skip("the probe's numbers are x86_64's")
-    lib = seccomp.binding()
+    lib = seccomp_filter.binding()
     try:
         lib.resolve_syscall(lib.Arch.NATIVE, 462)
         known = True

@@ -28,7 +28,8 @@ import tty
 
 import pytest
 
-from minict import execute, spec
+from minict.bundle import spec
+from minict.runtime import execute
 from tests.support import waiting
 from tests.support.probes import compile_probe, install_probe
 

@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from minict import subids, userns
+from minict.bundle import usermap
+from minict.runtime import subids, userns
 
 pytest_plugins = ["tests.support.bundles"]  # the box fixture
 
@@ -163,7 +164,7 @@ def test_two_containers_get_disjoint_ranges_and_start_keeps_them(minict, minict_
     (uid1, gid1), (uid2, gid2) = host_range(minict_dir, "one"), host_range(minict_dir, "two")
     assert abs(uid1 - uid2) >= userns.SIZE and abs(gid1 - gid2) >= userns.SIZE
     assert outputs["one"].split() == ["0", str(uid1), "65536", "0", str(gid1), "65536"]
-    assert config_of(minict_dir, "one")["annotations"][userns.ANNOTATION] == "auto"
+    assert config_of(minict_dir, "one")["annotations"][usermap.ANNOTATION] == "auto"
 
     again = minict("start", "--name", "one")
     assert again.returncode == 0, again.stderr
@@ -282,7 +283,7 @@ def test_container_root_cannot_use_host_root_files_bound_in(minict, minict_dir, 
             {"destination": "/secret", "type": "bind", "source": str(secret), "options": ["bind"]},
             {"destination": "/shared", "type": "bind", "source": str(shared), "options": ["bind"]}]
         if mode == "auto":
-            userns.configure(config, "auto", userns.reserve(minict_dir, "probe"))
+            usermap.configure(config, "auto", userns.reserve(minict_dir, "probe"))
 
     box(["sh", "-c", "cat /secret; touch /shared/planted && echo planted; true"], name="probe",
         edit=edit)

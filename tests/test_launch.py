@@ -19,7 +19,9 @@ import time
 
 import pytest
 
-from minict import execute, linux, mounts, spec
+from minict import linux
+from minict.bundle import spec
+from minict.runtime import execute, mounts
 
 pytest_plugins = ["tests.support.bundles"]  # the box and busybox_rootfs fixtures
 

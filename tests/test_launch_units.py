@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from minict import execute, mounts, steps
+from minict.runtime import execute, mounts, steps
 
 
 @pytest.fixture

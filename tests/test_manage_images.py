@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from minict import images as gc
+from minict.image import gc
 from tests.support import waiting
 from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.images import File, Image, Index, host_platform, push, write_layout

@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from minict import container, linux
+from minict import linux
+from minict.runtime import state as states
 
 pytestmark = pytest.mark.root
 
@@ -40,7 +41,7 @@ def wait_running(minict_dir, name, timeout=20):
     path = minict_dir / "containers" / name
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if container.read_state(path).get("status") == "running":
+        if states.read_state(path).get("status") == "running":
             return
         time.sleep(0.02)
     raise AssertionError(f"{name} did not start")
@@ -146,7 +147,7 @@ def test_rm_also_after_a_command_that_cannot_run(minict, minict_dir, busybox):
 
 def test_rm_state_is_recorded_while_it_runs(minict_dir, running):
     running("temp", "--rm")
-    state = container.read_state(minict_dir / "containers" / "temp")
+    state = states.read_state(minict_dir / "containers" / "temp")
     assert state["status"] == "running" and state["autoRemove"] is True
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from minict import spec
+from minict.bundle import spec
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n"
 GROUP = "root:x:0:\napp:x:1000:\nstaff:x:50:app\n"

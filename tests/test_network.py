@@ -20,8 +20,8 @@ import uuid
 
 import pytest
 
-from minict import network
 from minict.errors import NetworkError
+from minict.runtime import etc_files, netsettings, network
 from tests.support import ci
 from tests.support.procs import hold_lock, is_gone, state_and_start
 from tests.support.waiting import wait_for
@@ -43,39 +43,39 @@ EXITED = "Container process exited. It can be started again using the 'start' op
     ("1:65535/tcp", {"host": 1, "container": 65535, "protocol": "tcp"}),
 ])
 def test_publish_parses(text, port):
-    assert network.parse_publish(text) == port
+    assert netsettings.parse_publish(text) == port
 
 
 @pytest.mark.parametrize("text", ["80", "0:80", "80:65536", "a:b", "80:80/sctp", ":80",
                                   "80:80/", "1.2.3.4:80:80"])
 def test_publish_refuses_what_it_cannot_do(text):
     with pytest.raises(NetworkError, match="invalid published port"):
-        network.parse_publish(text)
+        netsettings.parse_publish(text)
 
 
 def test_ports_need_bridge_and_each_host_port_once():
-    port = network.parse_publish("8080:80")
+    port = netsettings.parse_publish("8080:80")
     with pytest.raises(NetworkError, match="need --network bridge"):
-        network.check("host", [port])
+        netsettings.check("host", [port])
     with pytest.raises(NetworkError, match="published twice"):
-        network.check("bridge", [port, network.parse_publish("8080:81")])
-    assert network.check("bridge", [port, network.parse_publish("8080:80/udp")])["publish"]
+        netsettings.check("bridge", [port, netsettings.parse_publish("8080:81")])
+    assert netsettings.check("bridge", [port, netsettings.parse_publish("8080:80/udp")])["publish"]
 
 
 def test_bundle_without_network_json_keeps_the_host_network(tmp_path):
-    assert network.load(tmp_path) == {"mode": "host", "publish": []}
-    settings = network.check("bridge", [network.parse_publish("8080:80")])
-    network.save(tmp_path, settings)
-    assert network.load(tmp_path) == settings
+    assert netsettings.load(tmp_path) == {"mode": "host", "publish": []}
+    settings = netsettings.check("bridge", [netsettings.parse_publish("8080:80")])
+    netsettings.save(tmp_path, settings)
+    assert netsettings.load(tmp_path) == settings
 
 
 def test_resolv_conf_drops_loopback_servers(tmp_path):
     stub, upstream = tmp_path / "stub", tmp_path / "upstream"
     stub.write_text("nameserver 127.0.0.53\noptions edns0\nsearch lan\n")
     upstream.write_text("nameserver ::1\nnameserver 192.0.2.53\nsearch lan\n")
-    assert network.resolv_conf([stub, upstream]) == "nameserver 192.0.2.53\nsearch lan\n"
-    assert network.resolv_conf([tmp_path / "missing", upstream]).startswith("nameserver 192.0.2")
-    only_stub = network.resolv_conf([stub])
+    assert etc_files.resolv_conf([stub, upstream]) == "nameserver 192.0.2.53\nsearch lan\n"
+    assert etc_files.resolv_conf([tmp_path / "missing", upstream]).startswith("nameserver 192.0.2")
+    only_stub = etc_files.resolv_conf([stub])
     assert "nameserver" not in only_stub.replace("name servers", "")
 
 
@@ -183,7 +183,7 @@ def bridged(box):
 
     def make(script, name, *ports):
         path = box(["sh", "-c", script], name=name)
-        network.save(path, network.check("bridge", [network.parse_publish(p) for p in ports]))
+        netsettings.save(path, netsettings.check("bridge", [netsettings.parse_publish(p) for p in ports]))
         return path
 
     return make
@@ -210,9 +210,9 @@ def _same_minict_dir(monkeypatch, minict_dir):
 
 
 def running(path):
-    from minict import container
+    from minict.runtime import state as states
 
-    return container.read_state(path).get("status") == "running"
+    return states.read_state(path).get("status") == "running"
 
 
 # -- none ---------------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def test_bridge_container_gets_an_address_and_reaches_the_host(ns, bridged, tmp_
     assert address != f"{GATEWAY}/24"
     assert f"default via {GATEWAY} dev eth0" in done.stdout
     assert f"{address.split('/')[0]}\tclient\n" in done.stdout
-    assert network.resolv_conf() in done.stdout
+    assert etc_files.resolv_conf() in done.stdout
     assert done.stdout.endswith("hello from the host\n")
 
 
@@ -430,7 +430,7 @@ def bridged_in(minict_dir, rootfs, script, name, *ports):
     from tests.support.bundles import make_bundle  # a plugin of this module: not at import
 
     path = make_bundle(minict_dir, name, rootfs, cmd=["sh", "-c", script])
-    network.save(path, network.check("bridge", [network.parse_publish(p) for p in ports]))
+    netsettings.save(path, netsettings.check("bridge", [netsettings.parse_publish(p) for p in ports]))
     return path
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from minict.layout import REF_NAME, SOURCE_DIGEST, SOURCE_PLATFORM
+from minict.image.layout import REF_NAME, SOURCE_DIGEST, SOURCE_PLATFORM
 from tests.support import ci
 from tests.support.images import (
     OCI_CONFIG,
@@ -342,14 +342,15 @@ def test_progress_bars_on_a_tty_and_no_rich_otherwise(registry, minict_dir):
 
     # Not on a TTY, rich (~100 ms to import) is never loaded.  (pull ends in
     # os._exit, so what it imported is seen through -X importtime.)
-    code = "import sys\nfrom minict import cli\ncli.main(['pull', '--image', sys.argv[1]])\n"
+    code = ("import sys\nfrom minict.cli import commands as cli\n"
+            "cli.main(['pull', '--image', sys.argv[1]])\n")
     done = subprocess.run([sys.executable, "-X", "importtime", "-c", code,
                            registry.ref("test/app")], env=env,
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert "minict.pull" in imported and "rich" not in imported
+    assert "minict.image.pull" in imported and "rich" not in imported
 
 
 @pytest.mark.root  # unshare: a private mount or network namespace

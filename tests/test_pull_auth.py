@@ -8,7 +8,6 @@ import base64
 import json
 import os
 import stat
-import subprocess
 
 import pytest
 import requests
@@ -16,7 +15,7 @@ import requests
 from tests.support import ci
 from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.images import Dir, File, Image, push
-from tests.support.registry import Registry
+from tests.support.registry import Registry, write_htpasswd
 from tests.support.token_issuer import TokenIssuer
 from tests.test_pull import fails, list_images, ok
 
@@ -161,9 +160,7 @@ def basic_registry(tmp_path_factory):
     """A registry with basic auth serving team/app; its tests only pull, so they share it."""
     ci.require_tool("docker-registry")
     workdir = tmp_path_factory.mktemp("basic-registry")
-    htpasswd = workdir / "htpasswd"
-    subprocess.run([ci.require_tool("htpasswd"), "-Bbc", str(htpasswd), USER, PASSWORD],
-                   check=True, capture_output=True)
+    htpasswd = write_htpasswd(workdir / "htpasswd", USER, PASSWORD, ci.require_tool("htpasswd"))
     with Registry(workdir / "registry", htpasswd=htpasswd) as reg:
         push(reg.url, "team/app", "latest", image("basic"), auth=(USER, PASSWORD))
         yield reg
@@ -193,7 +190,7 @@ def test_basic_auth_wrong_password(basic_registry, minict, tmp_path):
 
 
 def test_a_token_without_expires_in_lives_60_seconds(tmp_path):
-    from minict import registry
+    from minict.image import registry
 
     with TokenIssuer(tmp_path, public={"pub/app"}, expires_in=0, field="access_token") as issuer:
         client = registry.Registry("127.0.0.1:1", "pub/app", insecure=False)

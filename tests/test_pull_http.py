@@ -223,7 +223,7 @@ def test_plain_http_through_the_proxy(registry, minict, tmp_path):
 
 
 def test_a_forwarding_proxy_refusing_credentials_raises_proxy_failed(monkeypatch):
-    from minict import http, http_errors
+    from minict.image import http, http_errors
 
     with AuthProxy(USER, PASSWORD) as proxy:
         monkeypatch.setenv("HTTP_PROXY", proxy.url_with(USER, "wrong"))
@@ -249,7 +249,7 @@ def test_loopback_registries_bypass_the_proxy(registry, minict):
 # -- the one retry policy ------------------------------------------------------------
 
 def test_one_retry_policy_for_drops_429_and_503():
-    from minict import http, http_errors
+    from minict.image import http, http_errors
     from tests.support import loopback_http
 
     script = ["drop", "429", "503", "200"]
@@ -299,14 +299,14 @@ def test_run_of_a_present_image_never_imports_requests(busybox_layout, minict_di
     assert done.returncode == 0, done.stderr[-3000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert "minict.container" in imported  # the check sees what ran
-    assert not imported & {"requests", "urllib3", "minict.http", "minict.registry"}
+    assert "minict.runtime.container" in imported  # the check sees what ran
+    assert not imported & {"requests", "urllib3", "minict.image.http", "minict.image.registry"}
 
 
 def test_a_connection_nobody_accepts_times_out_once(monkeypatch):
     # A listener that never accepts, its queue full: the kernel drops further SYNs,
     # as a firewall that drops packets does.  One connect timeout, not five.
-    from minict import http, http_errors
+    from minict.image import http, http_errors
 
     monkeypatch.setattr(http, "CONNECT_TIMEOUT", 1)
     listener = socket.socket()

@@ -8,26 +8,26 @@ import stat
 
 import pytest
 
-from minict import auth, pull, registry
-from minict.errors import MinictError, PullError
-from minict.layout import SOURCE_DIGEST, DigestMismatch, Layout
-from minict.reference import parse
+from minict.errors import InvalidImage, MinictError
+from minict.image import auth, challenge, pull, registry
+from minict.image.layout import SOURCE_DIGEST, DigestMismatch, Layout
+from minict.image.reference import parse
 
 
 def test_parse_challenge():
     hub = ('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
            'scope="repository:library/ubuntu:pull"')
-    assert registry.parse_challenge(hub) == ("bearer", {
+    assert challenge.parse_challenge(hub) == ("bearer", {
         "realm": "https://auth.docker.io/token", "service": "registry.docker.io",
         "scope": "repository:library/ubuntu:pull"})
-    assert registry.parse_challenge('Basic realm="Registry Realm"') == \
+    assert challenge.parse_challenge('Basic realm="Registry Realm"') == \
         ("basic", {"realm": "Registry Realm"})
     both = 'Basic realm="x", Bearer realm="https://t/token", error="invalid_token"'
-    assert registry.parse_challenge(both) == \
+    assert challenge.parse_challenge(both) == \
         ("bearer", {"realm": "https://t/token", "error": "invalid_token"})
-    assert registry.parse_challenge('Bearer realm="a\\"b"')[1]["realm"] == 'a"b'
-    assert registry.parse_challenge("Negotiate") is None
-    assert registry.parse_challenge("") is None
+    assert challenge.parse_challenge('Bearer realm="a\\"b"')[1]["realm"] == 'a"b'
+    assert challenge.parse_challenge("Negotiate") is None
+    assert challenge.parse_challenge("") is None
 
 
 @pytest.mark.parametrize("endpoint,insecure,expected", [
@@ -52,7 +52,7 @@ def test_redact_keeps_secrets_out_of_logs():
 
 
 def test_proxies_from_the_environment_but_never_for_loopback(monkeypatch):
-    from minict import http
+    from minict.image import http
 
     for key in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
         monkeypatch.delenv(key, raising=False)
@@ -67,7 +67,7 @@ def test_proxies_from_the_environment_but_never_for_loopback(monkeypatch):
 
 
 def test_retry_after():
-    from minict.http_errors import RETRY
+    from minict.image.http_errors import RETRY
 
     assert RETRY.retry_after({"Retry-After": "2"}, 1) == 2.0
     assert RETRY.retry_after({"Retry-After": "100000"}, 1) == RETRY.backoff_max
@@ -92,7 +92,7 @@ def test_platforms_normalise(text, expected):
 
 @pytest.mark.parametrize("bad", ["linux", "linux/", "/amd64", "a/b/c/d", ""])
 def test_bad_platforms_are_refused(bad):
-    with pytest.raises(PullError, match="invalid platform"):
+    with pytest.raises(InvalidImage, match="invalid platform"):
         pull.parse_platform(bad)
 
 
@@ -124,7 +124,7 @@ def test_choose_platform():
     assert pull.choose_platform(index, "linux/amd64", "x")["digest"][7] == "d"
     assert pull.choose_platform(index, "linux/arm64/v8", "x")["digest"][7] == "c"
     assert pull.choose_platform(index, "linux/arm/v7", "x")["digest"][7] == "b"  # v7 runs v6
-    with pytest.raises(PullError) as caught:
+    with pytest.raises(InvalidImage) as caught:
         pull.choose_platform(index, "linux/arm/v5", "x")
     assert "offers linux/amd64, linux/arm/v6, linux/arm64/v8" in str(caught.value)
     assert "unknown" not in str(caught.value)
@@ -161,7 +161,7 @@ def test_docker_manifest_converts_like_skopeo():
     (b"{}", "application/vnd.docker.distribution.manifest.v1+prettyjws"),
 ])
 def test_schema1_is_refused(body, media):
-    with pytest.raises(PullError, match="schema 1"):
+    with pytest.raises(InvalidImage, match="schema 1"):
         pull.classify(body, media, "x")
 
 
@@ -169,16 +169,16 @@ def test_classify_by_media_type_header_and_shape():
     assert pull.classify(b'{"manifests":[]}', "", "x")[0] == "index"
     assert pull.classify(b'{"schemaVersion":2,"config":{}}', "", "x")[0] == "oci"
     assert pull.classify(b"{}", registry.DOCKER_MANIFEST, "x")[0] == "docker"
-    with pytest.raises(PullError, match="unsupported manifest media type"):
+    with pytest.raises(InvalidImage, match="unsupported manifest media type"):
         pull.classify(b"{}", "text/html", "x")
-    with pytest.raises(PullError, match="not valid JSON"):
+    with pytest.raises(InvalidImage, match="not valid JSON"):
         pull.classify(b"<html>", "text/html", "x")
 
 
 def test_manifest_with_huge_config_is_refused():
     doc = {"schemaVersion": 2, "config": {"digest": "sha256:" + "a" * 64, "size": 5 << 20},
            "layers": []}
-    with pytest.raises(PullError, match="over the"):
+    with pytest.raises(InvalidImage, match="over the"):
         pull.check_manifest(doc, "x")
 
 

@@ -5,7 +5,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from minict.errors import InvalidReference
-from minict.reference import Reference, parse
+from minict.image.reference import Reference, parse
 
 HEX = "0123456789abcdef" * 4
 DIGEST = f"sha256:{HEX}"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from minict import spec
+from minict.bundle import spec
 
 # ubuntu:20.04's image config as the seed article unpacked it (2020-11-25 build).
 UBUNTU_CONFIG = {

@@ -11,8 +11,8 @@ import tarfile
 import pytest
 import requests
 
-from minict.layout import Layout
-from minict.reference import parse
+from minict.image.layout import Layout
+from minict.image.reference import parse
 from tests.support import ci
 from tests.support.images import (
     DOCKER_LAYER,

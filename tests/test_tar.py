@@ -6,19 +6,24 @@ names and link names, numbers past what octal fields hold (GNU writes them
 base-256, PAX as records), fractional pax mtimes, SCHILY.xattr records.
 The reader is fed the archive in pieces of random sizes, as the inflate
 thread hands them over, and reads some members' data and leaves the rest
-(the reader must skip what was not read).  No root: the reader writes nothing.
+(the reader must skip what was not read).  GNU sparse members (random maps
+in the four forms, which tarfile reads but does not write) are compared
+with what tarfile reads of them.  No root: the reader writes nothing.
 """
 
 import io
+import random
 import tarfile
 from decimal import Decimal
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from minict.bundle.tar import REGULAR, TarStream, members
+from minict.bundle.tarsparse import place
 from minict.errors import UnpackError
-from minict.tar import REGULAR, TarStream, members
+from tests.support.sparse_tar import END, sparse_member
 
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
 _TEXT = st.characters(blacklist_categories=("Cs",))  # any character UTF-8 can encode
@@ -160,3 +165,50 @@ def test_sizes_past_the_octal_field_are_read_before_the_data(fmt, size):
     with pytest.raises(UnpackError, match="ends in the middle of a file"):
         for _ in stream.data():
             pass
+
+
+# -- GNU sparse members, read as tarfile reads them ---------------------------------
+
+@st.composite
+def sparse_maps(draw) -> tuple[int, list[tuple[int, int]]]:
+    """Return (real size, [(offset, length), ...]): segments in order, holes between and after."""
+    segments, end = [], 0
+    for gap, length in draw(st.lists(st.tuples(st.integers(0, 3000), st.integers(0, 1500)),
+                                     max_size=30)):
+        segments.append((end + gap, length))
+        end += gap + length
+    return end + draw(st.integers(0, 3000)), segments
+
+
+def _read_sparse_archive(archive: bytes, sizes: list[int]) -> list[tuple]:
+    stream = TarStream(Pieces(archive, sizes))
+    found = []
+    for m in members(stream):
+        content = bytearray(m.size)
+        if m.sparse is None:
+            content[:] = b"".join(bytes(chunk) for chunk in stream.data())
+        else:
+            for offset, piece in place(m.sparse, stream.data()):
+                content[offset:offset + len(piece)] = piece
+        found.append((m.name, m.size, bytes(content)))
+    return found
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(form=st.sampled_from(["gnu", "0.0", "0.1", "1.0"]), sparse=sparse_maps(),
+       name=st.text(_NAME_CHAR, min_size=1, max_size=20), seed=st.integers(0, 2**32),
+       sizes=st.lists(st.integers(1, 3000), max_size=4))
+def test_reads_sparse_members_as_tarfile_does(form, sparse, name, seed, sizes):
+    # No tool writes random maps: the members are written by hand in the four
+    # forms GNU tar writes (tests.support.sparse_tar), and tarfile reads them too.
+    real_size, segments = sparse
+    assume(segments or form != "0.1")  # tarfile fails on an empty GNU.sparse.map (GNU tar too)
+    data = random.Random(seed).randbytes(sum(length for _, length in segments))
+    after = tarfile.TarInfo("after")  # the reader must land on the next member
+    after.size = 3
+    archive = (sparse_member(form, name, real_size, segments, data)
+               + after.tobuf(tarfile.GNU_FORMAT) + b"abc".ljust(512, b"\0") + END)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        want = [(m.name.encode(), m.size, tar.extractfile(m).read()) for m in tar]
+    assert _read_sparse_archive(archive, sizes) == want
+    assert want[0][1] == real_size

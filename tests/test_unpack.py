@@ -12,9 +12,9 @@ import tarfile
 
 import pytest
 
-from minict.apply import apply_layer
+from minict.bundle.apply import apply_layer
+from minict.bundle.layerstream import LayerStream
 from minict.errors import UnpackError
-from minict.layerstream import LayerStream
 from tests.support.images import (
     BlockDevice,
     CharDevice,

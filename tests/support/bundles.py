@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from minict import spec, store
+from minict import store
+from minict.bundle import spec
 from tests.support import tools
 
 

@@ -177,15 +177,7 @@ class FaultProxy:
         except OSError:
             pass
 
-    @staticmethod
-    def _send(handler, status: int, headers: dict, body: bytes) -> None:
-        handler.send_response(status)
-        for key, value in headers.items():
-            handler.send_header(key, value)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        if handler.command != "HEAD":
-            handler.wfile.write(body)
+    _send = staticmethod(loopback_http.send)
 
     # -- the storage host ------------------------------------------------------
 

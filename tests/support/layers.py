@@ -12,8 +12,8 @@ import os
 import stat
 from pathlib import Path
 
-from minict.apply import apply_layer
-from minict.layerstream import LayerStream
+from minict.bundle.apply import apply_layer
+from minict.bundle.layerstream import LayerStream
 from tests.support.images import Layer, compress, sha256, tar_layer
 
 
@@ -76,3 +76,22 @@ def tree(root) -> dict[str, tuple]:
             path = os.path.join(current, name)
             found[os.path.relpath(path, root)] = describe(path)
     return found
+
+
+def with_mtimes(root) -> dict[str, tuple]:
+    """Return tree(root) with each entry's mtime in nanoseconds appended."""
+    return {path: (*described, os.lstat(os.path.join(root, path)).st_mtime_ns)
+            for path, described in tree(root).items()}
+
+
+def tree_differences(ours, theirs) -> dict[str, tuple]:
+    """Compare two unpacked rootfs trees entry by entry: {path: (ours, theirs)} that differ.
+
+    Each entry is with_mtimes' description (type, mode, owner, size,
+    content hash, link target, xattrs, device, link count, mtime); the
+    root itself, as ".", by type, mode and owner.  {} when they match.
+    """
+    mine, other = with_mtimes(ours), with_mtimes(theirs)
+    mine["."], other["."] = describe(ours)[:4], describe(theirs)[:4]
+    return {path: (mine.get(path), other.get(path))
+            for path in sorted(set(mine) | set(other)) if mine.get(path) != other.get(path)}

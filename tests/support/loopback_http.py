@@ -5,7 +5,8 @@
     stop(server)
 
 The function gets http.server's BaseHTTPRequestHandler (GET, HEAD and POST)
-and writes the whole answer itself; no request is logged.
+and writes the whole answer itself (`send` writes a plain one); no request
+is logged.
 """
 
 import threading
@@ -34,6 +35,17 @@ def serve(answer, host: str = "127.0.0.1") -> ThreadingHTTPServer:
     server = _Server((host, 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+def send(handler, status: int, headers: dict, body: bytes) -> None:
+    """Write a whole answer: status, `headers`, Content-Length, and `body` unless HEAD."""
+    handler.send_response(status)
+    for key, value in headers.items():
+        handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(body)
 
 
 def stop(server: ThreadingHTTPServer | None) -> None:

@@ -103,7 +103,7 @@ def python_for_nobody(pythonpath: str, into: Path) -> tuple[str, str]:
 
 
 def _imports_as_nobody(python: str, pythonpath: str) -> bool:
-    probe = subprocess.run([python, "-c", "import minict.cli"], capture_output=True, check=False,
+    probe = subprocess.run([python, "-c", "import minict.cli.commands"], capture_output=True, check=False,
                            cwd="/", env={"PYTHONPATH": pythonpath}, **NOBODY)
     return probe.returncode == 0
 

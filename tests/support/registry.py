@@ -39,6 +39,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def write_htpasswd(path, user: str, password: str, binary: str = "htpasswd") -> Path:
+    """Write an htpasswd file of one bcrypt entry (what distribution reads); return its path."""
+    subprocess.run([binary, "-Bbc", str(path), user, password], check=True, capture_output=True)
+    return Path(path)
+
+
 class RegistryError(RuntimeError):
     """The registry would not start (its log is in the message)."""
 
@@ -49,9 +55,12 @@ class Registry:
     `htpasswd`: path of an htpasswd file (bcrypt entries) to turn on basic auth.
     `token`: a dict for distribution's `auth: token` section
     (realm, service, issuer, rootcertbundle).
+    `url_allow`: regular expressions of the URLs a manifest's foreign layers
+    may name (distribution's validation.manifests.urls.allow; without it,
+    distribution refuses every manifest with URLs).
     """
 
-    def __init__(self, workdir, *, htpasswd=None, token=None, binary=BINARY):
+    def __init__(self, workdir, *, htpasswd=None, token=None, binary=BINARY, url_allow=None):
         if htpasswd is not None and token is not None:
             raise ValueError("choose one of htpasswd and token auth")
         self.workdir = Path(workdir)
@@ -60,6 +69,7 @@ class Registry:
         self.log_path = self.workdir / "registry.log"
         self.htpasswd = htpasswd
         self.token = token
+        self.url_allow = url_allow
         self.binary = binary
         self.port = None
         self.process = None
@@ -111,6 +121,8 @@ class Registry:
             config["auth"] = {"htpasswd": {"realm": "minict-test", "path": str(self.htpasswd)}}
         elif self.token is not None:
             config["auth"] = {"token": {k: str(v) for k, v in self.token.items()}}
+        if self.url_allow is not None:
+            config["validation"] = {"manifests": {"urls": {"allow": list(self.url_allow)}}}
         return config
 
     # -- life cycle -------------------------------------------------------
@@ -237,7 +249,7 @@ def _status(url: str) -> int | None:
         return None
 
 
-__all__ = ["Namespace", "Registry", "RegistryError", "free_port"]
+__all__ = ["Namespace", "Registry", "RegistryError", "free_port", "write_htpasswd"]
 
 if __name__ == "__main__":  # a quick manual check: python -m tests.support.registry
     import tempfile

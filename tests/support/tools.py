@@ -94,15 +94,19 @@ def build_busybox_layout(workdir) -> Path:
     return layout
 
 
-def skopeo_push(layout, registry, repo, tag, creds=None) -> PushedImage:
-    """Copy `layout:latest` to `registry` (a Registry or a Namespace of one) as repo:tag."""
+def skopeo_push(layout, registry, repo, tag, creds=None, *, source_tag="latest",
+                options=()) -> PushedImage:
+    """Copy `layout:source_tag` to `registry` (a Registry or a Namespace of one) as repo:tag.
+
+    `options` are more `skopeo copy` options (`--format v2s2`, say).
+    """
     layout = _colon_free(Path(layout))
     repo = registry.repo(repo)
     reference = f"{registry.host}/{repo}:{tag}"
     argv = ["skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false"]
     if creds:
         argv += ["--dest-creds", f"{creds[0]}:{creds[1]}"]
-    run(*argv, f"oci:{layout}:latest", f"docker://{reference}")
+    run(*argv, *options, f"oci:{layout}:{source_tag}", f"docker://{reference}")
     pushed = PushedImage(reference)
     pushed.registry, pushed.layout, pushed.repo, pushed.tag = registry, layout, repo, tag
     return pushed
