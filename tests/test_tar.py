@@ -167,6 +167,26 @@ def test_sizes_past_the_octal_field_are_read_before_the_data(fmt, size):
             pass
 
 
+@pytest.mark.parametrize("mtime", [-1, -86400 * 365 * 100, -(8**11) - 5])
+def test_a_time_before_1970_is_read_as_gnu_tar_writes_it(mtime):
+    # GNU tar (and tarfile's GNU format) writes a negative mtime in
+    # two's-complement base-256; Go's archive/tar and umoci read it.
+    info = tarfile.TarInfo("old")
+    info.mtime = mtime
+    archive = info.tobuf(tarfile.GNU_FORMAT)
+    assert archive[136] == 0xFF
+    member = next(members(TarStream(Pieces(archive + bytes(1024), []))))
+    assert member.mtime_ns == mtime * 1_000_000_000
+
+
+def test_a_negative_size_or_id_is_still_refused():
+    info = tarfile.TarInfo("bad")
+    info.uid = -5
+    archive = info.tobuf(tarfile.GNU_FORMAT)
+    with pytest.raises(ValueError, match="negative number"):  # apply.py: "invalid tar: ..."
+        next(members(TarStream(Pieces(archive + bytes(1024), []))))
+
+
 # -- GNU sparse members, read as tarfile reads them ---------------------------------
 
 @st.composite

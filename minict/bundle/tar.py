@@ -151,8 +151,13 @@ class TarStream:
 # -- headers ----------------------------------------------------------------------
 
 
-def _number(field: bytes) -> int:
-    """Parse a numeric header field: octal text, or GNU base-256 for large values."""
+def _number(field: bytes, *, signed: bool = False) -> int:
+    """Parse a numeric header field: octal text, or GNU base-256 for large values.
+
+    Base-256 is two's complement (0xFF first: negative).  Only a time may be
+    negative (GNU tar writes an mtime before 1970 so, and Go reads it); a
+    negative size, id or device number is refused.
+    """
     if field[-1] in (0, 32):  # the usual "0000644\0": one int() call (it takes bytes)
         try:
             return int(field[:-1], 8)
@@ -160,7 +165,9 @@ def _number(field: bytes) -> int:
             pass
     if field[0] & 0x80:
         if field[0] == 0xFF:
-            raise ValueError("negative number in a tar header")
+            if not signed:
+                raise ValueError("negative number in a tar header")
+            return int.from_bytes(field, "big", signed=True)
         return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
     text = field.split(b"\0", 1)[0].strip()
     try:
@@ -304,14 +311,14 @@ def members(reader: TarStream):
             e.gid = _pax_int(records, b"gid", _ID_MAX) if b"gid" in records else _number(gid)
             e.size = _pax_int(records, b"size", _SIZE_MAX) if b"size" in records else size
             e.mtime_ns = (_pax_time_ns(records[b"mtime"]) if b"mtime" in records
-                          else _number(mtime) * 1_000_000_000)
+                          else _number(mtime, signed=True) * 1_000_000_000)
             if tarsparse.pax_version(records):  # its path is GNU tar's made-up one
                 e.name = records.get(b"GNU.sparse.name", e.name)
         else:
             e.name = long_name or name
             e.linkname = long_link or _cstring(linkname)
             e.uid, e.gid, e.size = _number(uid), _number(gid), size
-            e.mtime_ns = _number(mtime) * 1_000_000_000
+            e.mtime_ns = _number(mtime, signed=True) * 1_000_000_000
         for what, value in (("name", e.name), ("link name", e.linkname)):
             if len(value) > PATH_MAX:
                 raise Refused(f"its {what} is {len(value)} bytes long, more than PATH_MAX "
