@@ -12,6 +12,8 @@
     debian_layout  the bench's debootstrap bookworm image (bench/image.py), built once
                    and cached on disk under bench/.cache/
     require_tool   require_tool("skopeo") -> path; skips locally, fails under CI=true
+    canary         a host directory (dir/, resolv.conf) that symlinks in a rootfs aim at;
+                   compare tests.support.layers.tree(canary) before and after
 
 Mark tests that need root with `@pytest.mark.root`: they skip locally when not
 root and fail under CI=true.  In a module marked root, `@pytest.mark.unprivileged`
@@ -219,6 +221,15 @@ def minict(minict_dir):
                           timeout=timeout, cwd=cwd)
 
     return call
+
+
+@pytest.fixture
+def canary(tmp_path):
+    """A host directory that hostile symlinks aim at: it must never change."""
+    path = tmp_path / "canary"
+    (path / "dir").mkdir(parents=True)
+    (path / "resolv.conf").write_text("host file, untouched\n")
+    return path
 
 
 # -- images built with real tools -----------------------------------------

@@ -131,11 +131,13 @@ class _Applier:
         if base.startswith(b".wh."):
             self.whiteout(parent, base[4:])
             return
-        path = parent + b"/" + base if parent else base
         if not base:
             self.root_entry(e)
             return
-        parent_fd = self.dirs.dir_fd(parent)
+        # Symlinks on the way are followed inside the rootfs; the entry
+        # itself (base) never is: it replaces whatever is there.
+        parent_fd, parent = self.dirs.resolve(parent)
+        path = parent + b"/" + base if parent else base
         self.keep_times(parent, parent_fd)
         kind = e.type
         if kind in REGULAR:
@@ -227,13 +229,16 @@ class _Applier:
         target_parent, target_base = split_name(e.linkname.lstrip(b"/"), "link name")
         if not target_base:
             raise Refused("hardlink to the rootfs itself")
+        # The target's directory is resolved in root too; its last name is not followed.
+        found = self.dirs.resolve(target_parent, create=False)
+        if found is None:
+            raise Refused(f"hardlink target {e.linkname!r} does not exist")
+        target_fd, target_parent = found
         target_path = target_parent + b"/" + target_base if target_parent else target_base
         if target_path == path:
             return  # a link to itself: the file is already there
-        target_fd = self.dirs.dir_fd(target_parent, create=False)
-        if target_fd is None:
-            raise Refused(f"hardlink target {e.linkname!r} does not exist")
-        parent_fd = self.dirs.dir_fd(path.rpartition(b"/")[0])  # target_fd's lookup may have evicted it
+        # (The target's lookup may have evicted parent_fd; `path` is resolved already.)
+        parent_fd = self.dirs.dir_fd(path.rpartition(b"/")[0])
         try:
             self.create(lambda: os.link(target_base, base, src_dir_fd=target_fd,
                                         dst_dir_fd=parent_fd, follow_symlinks=False),
@@ -247,7 +252,7 @@ class _Applier:
         if name in (b"", b".", b".."):
             raise Refused("whiteout of an invalid name")
         try:
-            self._whiteout(parent, name)
+            self.dirs.dir_fd(parent, create=False)  # does the path go through a symlink?
         except Refused:
             # umoci writes `dir -> target` and then `dir/.wh.child` when a
             # directory became a symlink: below a path this layer replaced,
@@ -255,23 +260,22 @@ class _Applier:
             parts = parent.split(b"/")
             if any(b"/".join(parts[:i]) in self.written for i in range(1, len(parts) + 1)):
                 return
-            raise
+        # Otherwise the whiteout's directory is resolved in root, as umoci does.
+        found = self.dirs.resolve(parent, create=False)
+        if found is not None:
+            self._whiteout(*found, name)
 
-    def _whiteout(self, parent: bytes, name: bytes):
+    def _whiteout(self, parent_fd: int, parent: bytes, name: bytes):
         if name == b".wh..opq":
-            parent_fd = self.dirs.dir_fd(parent, create=False)
-            if parent_fd is not None:
-                self.keep_times(parent, parent_fd)
-                for child in os.listdir(parent_fd):
-                    child_path = parent + b"/" + os.fsencode(child) if parent else os.fsencode(child)
-                    self.remove_lower(parent_fd, os.fsencode(child), child_path)
+            self.keep_times(parent, parent_fd)
+            for child in os.listdir(parent_fd):
+                child_path = parent + b"/" + os.fsencode(child) if parent else os.fsencode(child)
+                self.remove_lower(parent_fd, os.fsencode(child), child_path)
             return
         if name.startswith(b".wh."):
             return  # aufs metadata (.wh..wh.plnk and such): nothing to apply
-        parent_fd = self.dirs.dir_fd(parent, create=False)
-        if parent_fd is not None:
-            self.keep_times(parent, parent_fd)
-            self.remove_lower(parent_fd, name, parent + b"/" + name if parent else name)
+        self.keep_times(parent, parent_fd)
+        self.remove_lower(parent_fd, name, parent + b"/" + name if parent else name)
 
     def remove_lower(self, parent_fd: int, name: bytes, path: bytes):
         """Remove `path` as the layers below made it, sparing what this layer wrote."""

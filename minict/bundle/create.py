@@ -17,12 +17,13 @@ stays on one mount, never follows a symlink and works at any depth
 (container.remove uses it too).
 """
 
+import errno
 import os
 import stat
 import time
 from pathlib import Path
 
-from minict import errors, fsutil, log, store
+from minict import errors, fsutil, inroot, log, store
 from minict.bundle import spec
 from minict.bundle.apply import apply_layer
 from minict.bundle.layerstream import LayerStream
@@ -184,7 +185,7 @@ def thermal_throttle_paths() -> tuple[str, ...]:
 
 
 def read_user_databases(rootfs) -> tuple[str | None, str | None]:
-    """Return the rootfs's /etc/passwd and /etc/group (None when absent), never following a symlink."""
+    """Return the rootfs's /etc/passwd and /etc/group (None when absent), resolved in the rootfs."""
     root_fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         return _read_user_db(root_fd, "passwd"), _read_user_db(root_fd, "group")
@@ -193,22 +194,31 @@ def read_user_databases(rootfs) -> tuple[str | None, str | None]:
 
 
 def _read_user_db(root_fd: int, name: str) -> str | None:
-    """Return the rootfs's /etc/<name>, or None if absent; never follow a symlink out."""
+    """Return the rootfs's /etc/<name>, or None if absent or not a file.
+
+    Symlinks are followed inside the rootfs (`/etc/passwd ->
+    /usr/share/baselayout/passwd`), never out of it.
+    """
+    path = f"etc/{name}"
     try:
-        etc = fsutil.open_dir_at(root_fd, "etc")
-    except OSError:
-        return None
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=etc)
-    except OSError as err:
-        if err.errno not in (2, 40):  # ENOENT, ELOOP (a symlink: not read, it may lead out)
-            raise
-        if err.errno == 40:
-            log.warn(f"/etc/{name} in the rootfs is a symlink; not reading it")
-        return None
-    finally:
-        os.close(etc)
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        # Looked at before it is opened: opening a device node can do things.
+        found = inroot.open_in_root(root_fd, path)
+        try:
+            looked = os.fstat(found)
+        finally:
+            os.close(found)
+        if not stat.S_ISREG(looked.st_mode):
             return None
+        fd = inroot.open_in_root(root_fd, path, os.O_RDONLY | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        log.warn(f"/etc/{name} in the rootfs is a symlink loop; not reading it")
+        return None
+    with os.fdopen(fd, "rb") as f:
+        opened = os.fstat(f.fileno())
+        if (opened.st_dev, opened.st_ino) != (looked.st_dev, looked.st_ino):
+            return None  # changed in between
         return f.read(_USER_DB_MAX).decode("utf-8", "replace")

@@ -1,23 +1,28 @@
-"""The rootfs's directories, reached by descriptor: never through a symlink.
+"""The rootfs's directories, reached by descriptor, symlinks followed inside the rootfs.
 
     split_name(member.name)   -> (parent, base), normalised; Refused for '..' or absolute
     dirs = RootDirs(root_fd, before_mkdir)
-    dirs.dir_fd(parent)       -> an open fd of rootfs/parent, missing directories made
+    dirs.resolve(parent)      -> (fd, resolved path) of rootfs/parent, missing directories made
+    dirs.dir_fd(path)         -> an open fd of rootfs/path, which must have no symlink on the way
 
-Confinement, for the layer applier (minict.apply): every parent directory
-is reached one component at a time with `openat(..., O_NOFOLLOW |
-O_DIRECTORY)` from the rootfs's own descriptor, so no path is ever resolved
-through a symlink, inside the rootfs or out of it; a symlink or a file on
-the way is refused (minict.tar.Refused), never followed.  RootDirs keeps
-the most recently used descriptors open (a layer lists a directory's
-members together), at most _DIR_CACHE_MAX of them.  One directory below
-another is opened by minict.fsutil.open_dir_at.
+Confinement, for the layer applier (minict.apply): a member's parent
+directory is resolved by minict.inroot as if the rootfs were `/` (what umoci
+does): `bin -> usr/bin` makes `bin/tool` land in usr/bin, an absolute link
+starts again at the rootfs, `..` never climbs above it.  Every step is an
+`openat(..., O_NOFOLLOW)` below a descriptor, so nothing is resolved on
+the host.  The applier keeps paths as resolved ("usr/bin", never "bin"), so
+a directory has one name here; dir_fd takes such a resolved path and
+refuses a symlink on the way (minict.tar.Refused).  RootDirs keeps the most
+recently used descriptors open by resolved path (a layer lists a
+directory's members together), at most _DIR_CACHE_MAX of them.  One
+directory below another is opened by minict.fsutil.open_dir_at.
 """
 
 import errno
 import os
 import stat
 
+from minict import inroot
 from minict.bundle.tar import Refused
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -65,6 +70,51 @@ class RootDirs:
     def cached(self, path: bytes) -> int | None:
         """Return the open fd of `path` if there is one, without any lookup."""
         return self._fds.get(path)
+
+    def resolve(self, path: bytes, create: bool = True) -> tuple[int, bytes] | None:
+        """Return (fd, resolved path) of directory `path` (b"" is the root), resolved in root.
+
+        Missing directories are created (0755, root) when `create`, else None
+        is returned; so it is for a non-directory on the way when not
+        `create` (nothing below a file to find), and Refused when `create`.
+        More than inroot.MAX_LINKS symlinks is OSError ELOOP.
+        """
+        if not path:
+            return self.root_fd, b""
+        fd = self._fds.pop(path, None)
+        if fd is not None:
+            self._fds[path] = fd  # most recently used last
+            return fd, path
+        # Cached paths are resolved ones, real directories all the way down:
+        # walk on from the deepest one the path starts with.
+        parts = path.split(b"/")
+        known = len(parts) - 1
+        while known and b"/".join(parts[:known]) not in self._fds:
+            known -= 1
+        start = (self._fds[b"/".join(parts[:known])] if known else self.root_fd, parts[:known])
+        try:
+            found, real = inroot.walk(self.root_fd, b"/".join(parts[known:]), start=start,
+                                      create=inroot.DIR if create else None,
+                                      before_mkdir=self._before_mkdir)
+        except (FileNotFoundError, NotADirectoryError) as err:
+            if not create:
+                return None
+            where = err.filename if isinstance(err, NotADirectoryError) and err.filename else path
+            raise Refused(f"its parent {os.fsdecode(where)!r} is not a directory") from None
+        try:
+            if not stat.S_ISDIR(os.fstat(found).st_mode):
+                if not create:
+                    return None
+                raise Refused(f"its parent {path.decode(errors='replace')!r} is not a directory")
+            resolved = b"/".join(real)
+            if resolved in self._fds:  # a caller may hold that fd: keep it
+                return self.resolve(resolved, create)
+            # O_PATH is not enough to list, chown or utime it: open it for reading.
+            fd = os.open(".", _O_DIR, dir_fd=found)
+        finally:
+            os.close(found)
+        self.remember(resolved, fd)
+        return fd, resolved
 
     def dir_fd(self, path: bytes, create: bool = True) -> int | None:
         """Return an fd of directory `path` (b"" is the root), resolved without symlinks.

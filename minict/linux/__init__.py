@@ -7,11 +7,12 @@ line says which call failed and why.  The constants carry the man page they
 come from; their values are the kernel's UAPI ones (the same on x86_64 and
 aarch64 unless noted).
 
-The package is split by subject (libc.py the binding, mount.py, process.py,
-bpf.py, procfs.py); callers use `linux.<name>` whatever the file.
+The package is split by subject (libc.py the binding, mount.py, paths.py,
+process.py, bpf.py, procfs.py); callers use `linux.<name>` whatever the file.
 """
 
 from minict.linux.bpf import *
 from minict.linux.mount import *
+from minict.linux.paths import *
 from minict.linux.process import *
 from minict.linux.procfs import *

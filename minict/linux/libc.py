@@ -12,7 +12,7 @@ libc = ctypes.CDLL(None, use_errno=True)
 
 # System calls glibc has no wrapper for (or only a recent one), by machine;
 # see syscalls(2).  close_range and mount_setattr have one number everywhere
-# (the unified table from 424 on), as do open_tree and move_mount.
+# (the unified table from 424 on), as do open_tree, move_mount and openat2.
 _SYSCALLS = {
     "x86_64": {"pivot_root": 155, "seccomp": 317, "bpf": 321, "keyctl": 250},
     "aarch64": {"pivot_root": 41, "seccomp": 277, "bpf": 280, "keyctl": 219},
@@ -20,6 +20,7 @@ _SYSCALLS = {
 SYS_OPEN_TREE = 428
 SYS_MOVE_MOUNT = 429
 SYS_CLOSE_RANGE = 436
+SYS_OPENAT2 = 437
 SYS_MOUNT_SETATTR = 442
 
 

@@ -15,7 +15,7 @@ import resource
 import signal
 import termios
 
-from minict import linux
+from minict import inroot, linux
 from minict.runtime.steps import SCM_RIGHTS, SOL_SOCKET, SetupError, expect, fail
 
 # A working directory reached through a descriptor could be one leaked from
@@ -52,15 +52,20 @@ def become(channel, process: dict, terminal: bool, syscall_filter=None) -> None:
 
     # 10. The working directory exists before it is entered (as root, who can
     #     create it; Docker does the same for a WorkingDir missing from the image).
+    #     It is resolved in the container's root (its symlinks followed there,
+    #     no magic link of /proc), its missing part made, and held open.
     cwd = process.get("cwd") or "/"
     if not cwd.startswith("/") or FD_PATH.match(os.path.normpath(cwd)):
         raise SetupError(f"refusing working directory {cwd!r}: it must be an absolute path "
                          "that does not go through /proc/<pid>/fd")
-    if not os.path.isdir(cwd):
+    try:
+        root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            os.makedirs(cwd, 0o755, exist_ok=True)
-        except OSError as err:
-            raise fail(f"create working directory {cwd}", err) from None
+            cwd_fd = inroot.open_dir(root_fd, cwd, create=True)
+        finally:
+            os.close(root_fd)
+    except OSError as err:
+        raise fail(f"create working directory {cwd}", err) from None
 
     # 11. User and capabilities.  The bounding set is cut first, while we
     #     still hold CAP_SETPCAP; keepcaps keeps the permitted set across the
@@ -86,13 +91,19 @@ def become(channel, process: dict, terminal: bool, syscall_filter=None) -> None:
     #     the parent that execve succeeded).
     linux.close_range_cloexec(3)
 
-    # 13. Enter the working directory as the container's user, and make sure
-    #     it is inside the new root (getcwd fails for an unreachable one).
+    # 13. Enter the working directory as the container's user, by its path
+    #     (so every directory on it must let the user through, as with runc),
+    #     and make sure it is the one resolved in root at step 10 and inside
+    #     the new root (getcwd fails for an unreachable one).
     try:
         os.chdir(cwd)
         os.getcwd()
+        entered, resolved = os.stat("."), os.fstat(cwd_fd)
     except OSError as err:
         raise fail(f"chdir to {cwd}", err) from None
+    os.close(cwd_fd)
+    if (entered.st_dev, entered.st_ino) != (resolved.st_dev, resolved.st_ino):
+        raise SetupError(f"chdir to {cwd}: it is not the directory resolved in the container")
 
     # 14. Die with minict: the parent is minict itself once the intermediate
     #     process is reaped, and credential changes clear this setting, so it

@@ -318,11 +318,22 @@ def _setup_and_exec(channel, bundle, config, terminal, rootfs_fd, syscall_filter
     execute.become(channel, process, terminal, syscall_filter)
 
 
+# Every signal a disposition can be set for: not SIGKILL and SIGSTOP, nor the
+# two real-time signals glibc keeps for itself (Python refuses those).
+_SETTABLE = tuple(s for s in signal.valid_signals()
+                  if s not in (signal.SIGKILL, signal.SIGSTOP) and not 32 <= s < signal.SIGRTMIN)
+
+
 def _default_signals() -> None:
-    """Undo what the Python runtime and the parent did to signals before fork."""
-    # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored
-    # across execve; the parent blocked the signals it forwards.
-    for signo in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
+    """Give the container every signal at its default and none blocked, as docker's do.
+
+    An ignored signal stays ignored across execve: Python ignores SIGPIPE and
+    SIGXFSZ, and minict itself may have been started with SIGHUP ignored
+    (nohup) or SIGINT and SIGQUIT ignored (a shell's background job).  None
+    of that may reach the container, where `trap` could not even undo it.
+    The parent blocked the signals it forwards.
+    """
+    for signo in _SETTABLE:
         signal.signal(signo, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 

@@ -2,16 +2,19 @@
 
 config.json's mounts in order, the curated /dev (host device nodes bound in,
 as mknod(2) is refused in a user namespace), masked and read-only paths,
-then pivot_root.  Every target inside the rootfs is reached one component
-at a time with O_NOFOLLOW descriptors and mounted on through
-/proc/self/fd/N, so a symlink planted in the image cannot move a mount onto
-the host (the CVE-2021-30465 class).
+then pivot_root.  Every target is resolved inside the rootfs as if it were
+`/` (minict.inroot: `/etc/resolv.conf -> ../run/systemd/resolve/stub-resolv.conf`
+or `/dev/shm -> /run/shm` lead to their targets in the rootfs, made when
+missing; an absolute link or `..` never leaves it), held by a descriptor and
+mounted on through /proc/self/fd/N, as runc does since CVE-2021-30465: a
+symlink planted in the image, or by an earlier run of the container, cannot
+move a mount onto the host, nor can one swapped in after the resolution.
 """
 
 import os
 import stat
 
-from minict import linux
+from minict import inroot, linux
 from minict.bundle import devices
 from minict.runtime.steps import SetupError, fail
 
@@ -97,62 +100,18 @@ def parse_options(options):
     return flags, propagation, ",".join(data)
 
 
-def open_parent(root_fd: int, destination: str, create: bool):
-    """Return (fd of the parent directory, last name) of `destination` in the rootfs.
+def open_target(root_fd: int, destination: str, create=None) -> inroot.Found:
+    """Resolve `destination` inside the rootfs, its symlinks followed there; return it found.
 
-    Walk one component at a time with O_NOFOLLOW from the rootfs, creating
-    missing directories if `create`, and refuse any component that is a
-    symlink: a symlink planted in the image (or by an earlier run) must not
-    move a mount onto the host (the CVE-2021-30465 class).  Raise
-    FileNotFoundError when a component is missing and not `create`.
+    `create` (inroot.DIR or inroot.FILE) makes what is missing, the
+    directories on the way included.  Raise FileNotFoundError when something
+    is missing and not `create`, OSError for a loop or a file on the way.
     """
     parts = [p for p in destination.split("/") if p and p != "."]
     if not destination.startswith("/") or not parts or ".." in parts:
         raise SetupError(f"mount destination {destination!r} must be an absolute path "
                          "without '..' and other than /")
-    fd = os.dup(root_fd)
-    try:
-        for part in parts[:-1]:
-            _refuse_symlink(fd, part, destination, create_dir=create)
-            child = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                            dir_fd=fd)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, parts[-1]
-
-
-def _refuse_symlink(dir_fd: int, name: str, destination: str, *, create_dir=False,
-                    create_file=False) -> None:
-    """Raise SetupError if `name` in `dir_fd` is a symlink; create it if asked and missing."""
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        if create_dir:
-            os.mkdir(name, 0o755, dir_fd=dir_fd)
-        elif create_file:
-            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, 0o644, dir_fd=dir_fd))
-        else:
-            raise
-        return
-    if stat.S_ISLNK(st.st_mode):
-        raise SetupError(f"mount destination {destination} goes through the symlink {name!r} "
-                         "inside the rootfs; refusing to follow it")
-
-
-def open_target(root_fd, destination, *, create_dir=False, create_file=False):
-    """Open `destination` in the rootfs (O_PATH, no symlinks); return (parent fd, name, fd)."""
-    parent, name = open_parent(root_fd, destination, create_dir or create_file)
-    try:
-        _refuse_symlink(parent, name, destination, create_dir=create_dir, create_file=create_file)
-        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-    except BaseException:
-        os.close(parent)
-        raise
-    return parent, name, fd
+    return inroot.resolve(root_fd, destination, create=create)
 
 
 def proc_fd(fd: int) -> str:
@@ -180,8 +139,7 @@ def mount_entry(root_fd: int, bundle: str, entry: dict) -> None:
     else:
         is_dir = True
     try:
-        parent, name, fd = open_target(root_fd, destination, create_dir=is_dir,
-                                        create_file=not is_dir)
+        target = open_target(root_fd, destination, inroot.DIR if is_dir else inroot.FILE)
     except SetupError:
         raise
     except OSError as err:
@@ -190,32 +148,38 @@ def mount_entry(root_fd: int, bundle: str, entry: dict) -> None:
         if bind:
             # A bind mount ignores all flags but MS_REC; ro, nosuid, nodev and
             # noexec are added to the new mount afterwards (mount(2)).
-            mount(source, proc_fd(fd), None, flags & (linux.MS_BIND | linux.MS_REC), step=step)
+            mount(source, proc_fd(target.fd), None, flags & (linux.MS_BIND | linux.MS_REC),
+                  step=step)
             attrs = _mount_attrs(flags)
             if attrs:
-                _setattr_at(parent, name, attrs, bool(flags & linux.MS_REC), step)
+                _setattr_at(target, attrs, bool(flags & linux.MS_REC), step)
         else:
-            mount(source, proc_fd(fd), kind, flags & ~linux.MS_PROPAGATION, data, step=step)
+            mount(source, proc_fd(target.fd), kind, flags & ~linux.MS_PROPAGATION, data, step=step)
         if propagation:
-            top = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            top = _mount_on_top(target)
             try:
                 mount(None, proc_fd(top), None, propagation, step=f"{step}: propagation")
             finally:
                 os.close(top)
     finally:
-        os.close(fd)
-        os.close(parent)
+        target.close()
 
 
 def _mount_attrs(flags: int) -> int:
     return sum(attr for ms, attr in linux.MS_TO_MOUNT_ATTR.items() if flags & ms)
 
 
-def _setattr_at(parent: int, name: str, attrs: int, recursive: bool, step: str) -> None:
-    """Add `attrs` to the mount now on top of `name` in `parent`."""
-    # Looking the name up again crosses into the new mount; the old
-    # descriptor would still name the directory underneath it.
-    top = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+def _mount_on_top(target: inroot.Found) -> int:
+    """Return an O_PATH descriptor of the mount just made on `target`."""
+    # Looking the name up again in its parent crosses into the new mount;
+    # the old descriptor would still name the directory underneath it.
+    return os.open(target.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                   dir_fd=target.parent_fd)
+
+
+def _setattr_at(target: inroot.Found, attrs: int, recursive: bool, step: str) -> None:
+    """Add `attrs` to the mount now on top of `target`."""
+    top = _mount_on_top(target)
     try:
         setattr_path(proc_fd(top), attrs, recursive, step)
     finally:
@@ -244,60 +208,64 @@ def populate_dev(root_fd: int, extra: list) -> None:
         nodes.setdefault(f"/dev/{name}", f"/dev/{name}")
     for destination, source in nodes.items():
         try:
-            parent, _, fd = open_target(root_fd, destination, create_file=True)
+            target = open_target(root_fd, destination, inroot.FILE)
         except OSError as err:
             raise fail(f"create {destination}", err) from None
         try:
-            mount(source, proc_fd(fd), None, linux.MS_BIND, step=f"bind {destination}")
+            mount(source, proc_fd(target.fd), None, linux.MS_BIND, step=f"bind {destination}")
         finally:
-            os.close(fd)
-            os.close(parent)
-    dev, _ = open_parent(root_fd, "/dev/x", create=True)
+            target.close()
     try:
-        for name, target in DEFAULT_SYMLINKS:
+        dev = open_target(root_fd, "/dev", inroot.DIR)
+    except OSError as err:
+        raise fail("open /dev", err) from None
+    try:
+        for name, link in DEFAULT_SYMLINKS:
             try:
-                os.symlink(target, name, dir_fd=dev)
+                os.symlink(link, name, dir_fd=dev.fd)
             except FileExistsError:
                 pass  # the image or an earlier run has one; /dev is a fresh tmpfs normally
             except OSError as err:
                 raise fail(f"create /dev/{name}", err) from None
     finally:
-        os.close(dev)
+        dev.close()
+
+
+def _existing_target(root_fd: int, path: str, step: str) -> inroot.Found | None:
+    """open_target, or None when nothing is there (/proc/kcore on some kernels)."""
+    try:
+        return open_target(root_fd, path)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise fail(step, err) from None
 
 
 def mask(root_fd: int, path: str) -> None:
     """Hide `path`: /dev/null over a file, an empty read-only tmpfs over a directory."""
+    target = _existing_target(root_fd, path, f"mask {path}")
+    if target is None:
+        return
     try:
-        parent, _, fd = open_target(root_fd, path)
-    except FileNotFoundError:
-        return  # nothing to hide on this kernel (/proc/kcore on some)
-    except OSError as err:
-        raise fail(f"mask {path}", err) from None
-    try:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            mount("tmpfs", proc_fd(fd), "tmpfs", linux.MS_RDONLY, step=f"mask {path}")
+        if stat.S_ISDIR(os.fstat(target.fd).st_mode):
+            mount("tmpfs", proc_fd(target.fd), "tmpfs", linux.MS_RDONLY, step=f"mask {path}")
         else:
-            mount("/dev/null", proc_fd(fd), None, linux.MS_BIND, step=f"mask {path}")
+            mount("/dev/null", proc_fd(target.fd), None, linux.MS_BIND, step=f"mask {path}")
     finally:
-        os.close(fd)
-        os.close(parent)
+        target.close()
 
 
 def make_readonly(root_fd: int, path: str) -> None:
     """Bind `path` on itself, then make that mount (and those below) read-only."""
-    try:
-        parent, name, fd = open_target(root_fd, path)
-    except FileNotFoundError:
+    target = _existing_target(root_fd, path, f"make {path} read-only")
+    if target is None:
         return
-    except OSError as err:
-        raise fail(f"make {path} read-only", err) from None
     try:
-        mount(proc_fd(fd), proc_fd(fd), None, linux.MS_BIND | linux.MS_REC,
-               step=f"bind {path} on itself")
-        _setattr_at(parent, name, linux.MOUNT_ATTR_RDONLY, True, f"make {path} read-only")
+        mount(proc_fd(target.fd), proc_fd(target.fd), None, linux.MS_BIND | linux.MS_REC,
+              step=f"bind {path} on itself")
+        _setattr_at(target, linux.MOUNT_ATTR_RDONLY, True, f"make {path} read-only")
     finally:
-        os.close(fd)
-        os.close(parent)
+        target.close()
 
 
 def pivot_root(root_fd: int) -> None:
