@@ -31,10 +31,10 @@ it (a member replaces a symlink, as tar and umoci do), mounts do (a bind on
 /etc/resolv.conf -> ../run/... lands on the target, as runc's does).
 """
 
+import collections
 import errno
 import os
 import stat
-from typing import NamedTuple
 
 from minict import linux
 
@@ -49,16 +49,15 @@ _OPENAT2_TRIES = 4
 use_openat2: bool | None = None
 
 
-class Found(NamedTuple):
-    """A resolved path: its parent directory, its name there, and itself (O_PATH).
+# A namedtuple, not typing.NamedTuple: importing typing costs `start` ~2 ms.
+class Found(collections.namedtuple("Found", "parent_fd name fd")):
+    """A resolved path: its parent directory, its name there (bytes), and itself (O_PATH).
 
     `name` is the real last component (after following a last symlink):
     looking it up again in `parent_fd` crosses a mount made on `fd`.
     """
 
-    parent_fd: int
-    name: bytes
-    fd: int
+    __slots__ = ()
 
     def close(self) -> None:
         os.close(self.fd)

@@ -32,11 +32,12 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from minict import log
 from minict.errors import InvalidName, MinictError
 
+# typing.TYPE_CHECKING without importing typing (~2 ms of `start`): False when run.
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # `start` and `rm` never parse a reference: keep its import off their path
     from minict.image.reference import Reference
 

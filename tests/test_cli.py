@@ -304,7 +304,7 @@ def test_unusable_minict_dir(minict, tmp_path, request, argv, where):
     assert snapshot(tmp_path / "blocker") == before
 
 
-# -- `start --name N` without click (minict/cli/main.py) --------------------------------------
+# -- `start --name N` and `pull --image I` without click (minict/cli/main.py) -----------------
 
 
 def _message(stderr: str) -> str:
@@ -313,8 +313,9 @@ def _message(stderr: str) -> str:
 
 
 @pytest.mark.parametrize("argv", [["start", "--name", "ghost"], ["start", "--name=ghost"],
-                                  ["start", "--name", "../x"]])
-def test_plain_start_skips_click_and_says_what_click_path_says(minict_dir, argv):
+                                  ["start", "--name", "../x"], ["pull", "--image", "Upper/case"],
+                                  ["pull", "--image=a//b"]])
+def test_plain_start_or_pull_skips_click_and_says_what_click_path_says(minict_dir, argv):
     env = {**os.environ, "MINICT_DIR": str(minict_dir)}
     env.pop("MINICT_LOG_LEVEL", None)
     fast = subprocess.run([sys.executable, "-X", "importtime", "-m", "minict", *argv], check=False,

@@ -230,16 +230,28 @@ def test_only_mediatypes_spells_a_media_type():
     assert not found
 
 
-def test_start_does_not_import_the_image_side():
+def _modules_start_imports() -> set[str]:
+    """Return the modules `minict start` imports (a missing container: the same imports)."""
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "minict", "start",
                            "--name", "no-such-container"], check=False, cwd=MINICT.parent,
                           env={**os.environ, "MINICT_DIR": "/nonexistent/minict-test"},
                           capture_output=True, text=True)
-    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines()
-                if line.startswith("import time:")}
+    return {line.split("|")[-1].strip() for line in done.stderr.splitlines()
+            if line.startswith("import time:")}
+
+
+def test_start_does_not_import_the_image_side():
+    imported = _modules_start_imports()
     assert "minict.runtime.container" in imported
     assert not imported & {"minict.image.mediatypes", "minict.image.pull", "minict.bundle.create",
                            "minict.image.layout"}
+
+
+def test_start_does_not_import_what_it_only_annotates_or_copies_with():
+    """typing, platform and copy cost `start` ~3 ms together (issue 12's start budget)."""
+    imported = _modules_start_imports()
+    assert "minict.runtime.container" in imported and "minict.bundle.devices" in imported
+    assert not imported & {"typing", "platform", "copy"}
 
 
 def test_a_seccomp_profile_nested_too_deep_is_refused_in_one_line(tmp_path):

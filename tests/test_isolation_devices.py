@@ -369,6 +369,27 @@ def test_two_state_directories_with_the_same_name_get_two_cgroups(tmp_path, busy
             proc.communicate(timeout=30)
 
 
+@pytest.mark.root
+def test_a_process_that_joins_is_in_the_cgroup_and_so_is_what_it_forks(tmp_path, monkeypatch,
+                                                                       version):
+    # Cgroup.join as the container's first process calls it: in a child right
+    # after fork (on v1 it moves the calling thread alone, through `tasks`).
+    monkeypatch.setenv("MINICT_DIR", str(tmp_path))
+    cgroup = cgroups.open_cgroup("joiner", {"devices": 1 if version == "v1" else 2})
+    cgroup.create()
+    try:
+        done = subprocess.run(["sh", "-c", "cat /proc/$$/cgroup; echo --; cat /proc/self/cgroup"],
+                              preexec_fn=cgroup.join,  # in the child after fork, as init.py calls it
+                              capture_output=True, text=True, check=True)
+    finally:
+        cgroup.remove()
+    inside = f"/{cgroups.PARENT}/{cgroups.leaf_name('joiner')}"
+    wanted = ":devices:" if version == "v1" else "0::"
+    for listing in done.stdout.split("--\n"):
+        [line] = [line for line in listing.splitlines() if wanted in line]
+        assert line.endswith(inside), done.stdout
+
+
 # -- run --device, exec, --privileged ----------------------------------------------------
 
 @pytest.fixture

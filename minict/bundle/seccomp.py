@@ -28,7 +28,6 @@ the filter loaded last (seccomp(2), "Filter return values"): a known call
 gets the profile's answer, an unknown one ENOSYS.
 """
 
-import copy
 import os
 import re
 
@@ -112,6 +111,8 @@ def to_oci(profile: dict, bounding, machine: str | None = None,
     section["syscalls"] = rules
     check(section)
     # A copy: the caller may change the document, never DEFAULT_PROFILE.
+    import copy  # here: `start` only loads a built filter
+
     return copy.deepcopy(section)
 
 

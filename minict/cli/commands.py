@@ -99,18 +99,13 @@ def _print_json_list(items):
               help="Which platform to pick from a multi-platform image (default: this host's).")
 @click.option("--insecure", is_flag=True,
               help="Allow plain HTTP and unverified TLS for this registry.")
-@click.option("--jobs", "-j", type=click.IntRange(1, 32), default=4, show_default=True,
+@click.option("--jobs", "-j", type=click.IntRange(1, 32), default=outcome.PULL_JOBS,
+              show_default=True,
               help="How many blobs to download at once.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only errors.")
 def pull(image, platform, insecure, jobs, quiet):
     """Pull an image from Dockerhub or a different container registry."""
-    ref = _parse_reference(image)
-    if quiet:
-        log.set_quiet(True)
-    from minict.image import pull as pulling
-
-    pulling.pull(ref, platform=platform, insecure=insecure, jobs=jobs)
-    log.info("Image pulled successfully.")
+    outcome.pull(image, platform=platform, insecure=insecure, jobs=jobs, quiet=quiet)
 
 
 @group.command(short_help="Run a new container.")

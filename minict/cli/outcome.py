@@ -10,6 +10,8 @@ import sys
 from minict import log
 from minict.errors import MinictError, describe_os_error
 
+PULL_JOBS = 4  # blobs `pull` downloads at once, unless --jobs says otherwise
+
 
 def start(name: str) -> None:
     """Start container `name` and exit with its status (the `start` command, both paths)."""
@@ -19,6 +21,24 @@ def start(name: str) -> None:
     store.ensure_dirs()  # as every command that uses the state (commands.StateCommand)
     store.check_container_name(name)
     exit_now(container.start(name))
+
+
+def pull(image: str, *, platform: str | None = None, insecure: bool = False,
+         jobs: int = PULL_JOBS, quiet: bool = False) -> None:
+    """Pull `image` and exit 0 (the `pull` command, both paths)."""
+    from minict import store
+    from minict.image import reference
+
+    store.ensure_dirs()  # as every command that uses the state (commands.StateCommand)
+    ref = reference.parse(image)
+    if quiet:
+        log.set_quiet(True)
+    from minict.image import pull as pulling  # requests with it: only when a registry is asked
+
+    pulling.pull(ref, platform=platform, insecure=insecure, jobs=jobs)
+    log.info("Image pulled successfully.")
+    # requests, urllib3 and their threads' objects take ~20-40 ms to tear down.
+    exit_now(0)
 
 
 def exit_now(status: int) -> None:

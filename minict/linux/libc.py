@@ -6,7 +6,6 @@ errno, the call's name and the path it acted on.
 
 import ctypes
 import os
-import platform
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -38,6 +37,6 @@ def encode_path(value) -> bytes | None:
 
 def syscall_number(name: str) -> int:
     try:
-        return _SYSCALLS[platform.machine()][name]
+        return _SYSCALLS[os.uname().machine][name]
     except KeyError:
-        raise OSError(38, f"{name}: not supported on {platform.machine()}") from None
+        raise OSError(38, f"{name}: not supported on {os.uname().machine}") from None

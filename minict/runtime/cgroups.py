@@ -16,8 +16,8 @@ A Cgroup is one container's directory in each hierarchy it uses, by
 controller: on v1 each controller has its own mount, on v2 they all share
 the one directory.  device_cgroup.py asks for "devices"; a later resource-limits
 module asks for "memory", "cpu" or "pids" the same way and writes its files
-into `directory(controller)`.  Processes join with `add` (launch.py puts a
-container's first process in before anything of the image runs), and
+into `directory(controller)`.  Processes move themselves in with `join`
+(a container's first process does, before anything of the image runs), and
 `remove` deletes the directories once the container has exited.  A cgroup
 left by a minict that was killed is removed by the next start (`create`) or
 by `rm` (`remove_leftovers`).  One whose state directory is gone too (a
@@ -125,14 +125,31 @@ class Cgroup:
                     self.remove()
                     raise CgroupError(f"cannot create the cgroup {path}: {err.strerror}") from None
 
-    def add(self, pid: int) -> None:
-        """Move process `pid` (and its later children) into the cgroup; raise CgroupError."""
+    def join(self) -> None:
+        """Move the calling process into the cgroup; raise CgroupError.
+
+        Only for a process with one thread (a child right after fork): on v1
+        it writes 0, "the calling thread", to each hierarchy's `tasks`.  The
+        kernel moves the calling thread alone without write-locking the
+        global threadgroup lock (cgroup_procs_write_start: "If we migrate a
+        single thread ... we can skip the global lock"), which a cgroup.procs
+        write takes, waiting out an RCU grace period: 0.3 ms against 6-30 ms
+        here (runc pays it: it writes cgroup.procs).  With one thread, that
+        thread is the whole process.  A v2 domain cgroup has no `tasks`:
+        there the process moves itself through cgroup.procs.
+        """
         for path in self._unique():
             try:
-                with open(path / "cgroup.procs", "w") as f:
-                    f.write(str(pid))
+                try:
+                    fd = os.open(path / "tasks", os.O_WRONLY | os.O_CLOEXEC)
+                except FileNotFoundError:  # cgroup v2
+                    fd = os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, b"0")
+                finally:
+                    os.close(fd)
             except OSError as err:
-                raise CgroupError(f"cannot move process {pid} into the cgroup {path}: "
+                raise CgroupError(f"cannot move process {os.getpid()} into the cgroup {path}: "
                                   f"{err.strerror}") from None
 
     def remove(self) -> None:

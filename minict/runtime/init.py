@@ -3,7 +3,7 @@
 For run and start, two processes run this code, both forked from minict
 (launch.py is the parent side and documents the messages on the channel):
 
-    intermediate()   leave minict's session, get put in the container's cgroup,
+    intermediate()   leave minict's session, move into the container's cgroup,
                      unshare the namespaces, wait for the uid/gid maps (and the
                      network), fork PID 1 of the new pid namespace, tell its pid, exit
     container()      PID 1: a session keyring of its own, mounts, pivot_root,
@@ -11,7 +11,7 @@ For run and start, two processes run this code, both forked from minict
                      terminal, limits, user, capabilities, the seccomp filter,
                      execve of the command
 
-`exec` replaces both: joiner() leaves minict's session, gets put in the
+`exec` replaces both: joiner() leaves minict's session, moves into the
 container's cgroup, enters a running container's namespaces, session keyring
 and root, and forks the command, which then takes the same last steps as
 PID 1 (execute.become).
@@ -38,17 +38,21 @@ import signal
 
 from minict import linux
 from minict.bundle import usermap
+from minict.errors import MinictError
 from minict.runtime import execute, mounts
 from minict.runtime.steps import SetupError, expect, expect_fd, fail, report
 
 # -- the two processes ---------------------------------------------------------
 
-def intermediate(channel, bundle: str, config: dict, terminal: bool, syscall_filter=None):
+def intermediate(channel, bundle: str, config: dict, terminal: bool, syscall_filter=None,
+                 cgroup=None):
     """Unshare, get mapped, fork PID 1 of the new pid namespace; never return.
 
-    `syscall_filter` is config.json's seccomp filter (a seccomp_filter.Program), or None.
+    `syscall_filter` is config.json's seccomp filter (a seccomp_filter.Program), or None;
+    `cgroup` (cgroups.Cgroup) the container's cgroup, or None.
     """
-    _never_return(channel, _unshare_and_fork, channel, bundle, config, terminal, syscall_filter)
+    _never_return(channel, _unshare_and_fork, channel, bundle, config, terminal, syscall_filter,
+                  cgroup)
 
 
 def container(channel, bundle: str, config: dict, terminal: bool, rootfs_fd: int | None = None,
@@ -63,10 +67,10 @@ def container(channel, bundle: str, config: dict, terminal: bool, rootfs_fd: int
 
 
 def joiner(channel, proc_fd: int, bundle: str, config: dict, terminal: bool,
-           syscall_filter=None):
+           syscall_filter=None, cgroup=None):
     """Join the running container `proc_fd` (/proc/<pid>) names, fork the command; never return."""
     _never_return(channel, _join_and_fork, channel, proc_fd, bundle, config, terminal,
-                  syscall_filter)
+                  syscall_filter, cgroup)
 
 
 def _never_return(channel, work, *args):
@@ -84,10 +88,10 @@ def _never_return(channel, work, *args):
         os._exit(status)
 
 
-def _unshare_and_fork(channel, bundle, config, terminal, syscall_filter):
+def _unshare_and_fork(channel, bundle, config, terminal, syscall_filter, cgroup):
     _leave_session()
     _default_signals()
-    _enter_cgroup(channel)
+    _enter_cgroup(cgroup)
     flags = 0
     for ns in config.get("linux", {}).get("namespaces", []):
         kind = ns.get("type")
@@ -136,7 +140,7 @@ _NS_FILES = {"mnt": linux.CLONE_NEWNS, "pid": linux.CLONE_NEWPID, "ipc": linux.C
              "cgroup": linux.CLONE_NEWCGROUP, "user": linux.CLONE_NEWUSER}
 
 
-def _join_and_fork(channel, proc_fd, bundle, config, terminal, syscall_filter):
+def _join_and_fork(channel, proc_fd, bundle, config, terminal, syscall_filter, cgroup):
     _leave_session()
     _default_signals()
     # Until its execve the command is minict's Python, with the host's
@@ -145,7 +149,7 @@ def _join_and_fork(channel, proc_fd, bundle, config, terminal, syscall_filter):
     # (CVE-2019-5736; runc's nsexec does the same).  The fork inherits this,
     # and the execve of a normal program makes it dumpable again.
     linux.set_dumpable(False)
-    _enter_cgroup(channel)
+    _enter_cgroup(cgroup)
     # Open everything first: once in the container's mount namespace, the
     # host's /proc is out of reach.
     try:
@@ -177,14 +181,20 @@ def _join_and_fork(channel, proc_fd, bundle, config, terminal, syscall_filter):
     channel.send(b"pid %d" % pid)
 
 
-def _enter_cgroup(channel) -> None:
-    """Have the parent put us in the container's cgroup, before anything else happens.
+def _enter_cgroup(cgroup) -> None:
+    """Move into the container's cgroup (if any), before anything else happens.
 
     Its device rules then hold for us and for every process we fork, and a
-    cgroup namespace made later would be rooted there.
+    cgroup namespace made later would be rooted there.  We move ourselves,
+    one thread as we are, which the kernel does far faster than the parent
+    could move us (cgroups.Cgroup.join).
     """
-    channel.send(b"cgroup")
-    expect(channel, b"grouped")
+    if cgroup is None:
+        return
+    try:
+        cgroup.join()
+    except MinictError as err:
+        raise SetupError(err.message) from None
 
 
 def _namespaces_to_join(proc_fd: int) -> list[tuple[str, int, int]]:

@@ -17,8 +17,6 @@ so its end-of-file tells P that C's execve succeeded.
 
     | from | message               | meaning                                              |
     |------|-----------------------|------------------------------------------------------|
-    | I    | `cgroup`              | I's first step: put me in the container's cgroup      |
-    | P    | `grouped`             | I is in it (or there is none); go on                  |
     | I    | `userns`              | I has unshared; write my uid_map and gid_map          |
     | P    | `rootfs` + fd         | the rootfs, idmapped through I's user namespace, as a |
     |      |                       | detached mount (SCM_RIGHTS); only with --userns auto  |
@@ -79,7 +77,8 @@ def launch(bundle: str, config: dict, on_start=None, on_netns=None, *,
     `on_netns(pid)` is called when the process `pid` has unshared a new
     network namespace, before anything runs in it; `on_start(pid)` once the
     container's init exists.  `cgroup` (cgroups.Cgroup) gets I, and so
-    every process of the container, before anything else happens in it.
+    every process of the container, before anything else happens in it:
+    I moves itself in as its first step (init._enter_cgroup).
     Failures of minict or of the container's setup
     raise LaunchError; a command that cannot be executed is logged and gives
     126 or 127, as a shell would.
@@ -107,12 +106,12 @@ def launch(bundle: str, config: dict, on_start=None, on_netns=None, *,
             if pipes is not None:
                 _give_pipes(pipes)
             if join is not None:
-                init.joiner(theirs, join, bundle, config, terminal, syscall_filter)
-            init.intermediate(theirs, bundle, config, terminal, syscall_filter)
+                init.joiner(theirs, join, bundle, config, terminal, syscall_filter, cgroup)
+            init.intermediate(theirs, bundle, config, terminal, syscall_filter, cgroup)
         theirs.close()
         if pipes is not None:
             pipes.close_child_ends()
-        started = _handshake(ours, intermediate, bundle, config, on_netns, cgroup)
+        started = _handshake(ours, intermediate, bundle, config, on_netns)
         if started.error is not None:
             return _failed(started)
         try:
@@ -159,8 +158,7 @@ class _Started:
     error = None  # (status, text)
 
 
-def _handshake(channel, intermediate: int, bundle: str, config: dict, on_netns,
-               cgroup) -> _Started:
+def _handshake(channel, intermediate: int, bundle: str, config: dict, on_netns) -> _Started:
     """Answer the children until execve (end of file); return what they told."""
     started = _Started()
     try:
@@ -173,11 +171,7 @@ def _handshake(channel, intermediate: int, bundle: str, config: dict, on_netns,
             if not data:
                 break
             kind, _, rest = data.partition(b" ")
-            if kind == b"cgroup":
-                if cgroup is not None:
-                    cgroup.add(intermediate)  # its errors are the run stage's (container._launch)
-                _send(channel, b"grouped")
-            elif kind == b"userns":
+            if kind == b"userns":
                 _write_id_maps(intermediate, config.get("linux") or {})
                 if usermap.idmapped(config):
                     _send_idmapped_rootfs(channel, bundle, config, intermediate)
