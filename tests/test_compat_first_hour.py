@@ -128,10 +128,10 @@ def test_pull_progress_rows_fit_on_one_line(monkeypatch, columns):
     # status included, on one line of at most COLUMNS characters.
     from rich.console import Console
 
-    from minict.image import pull
+    from minict.image import progress as pull_progress
 
     monkeypatch.setenv("COLUMNS", str(columns))
-    progress = pull.RichProgress()
+    progress = pull_progress.RichProgress()
     task = progress.start("config", "sha256:" + "a" * 64, 1234)
     task.finish()
     running = progress.start("blob", "sha256:" + "b" * 64, 987_654_321, 123_456_789)

@@ -33,7 +33,7 @@ Streams: the container never gets a descriptor of the host's terminal, and
 its processes start in a session of their own (init.py), without the host's
 terminal as their controlling terminal.  With `process.terminal` and a
 terminal on all of minict's descriptors 0-2, the container gets a pty from
-its own devpts and minict relays bytes between it and the host terminal (raw
+its own devpts and minict relays bytes between it and the host terminal (pty_relay.py; raw
 while the container runs, restored after).  Otherwise each of 0-2 that is a
 terminal becomes a pipe minict copies (streams.py); the rest (files, pipes,
 /dev/null) the container inherits, so redirections and `$(...)` work as for
@@ -45,18 +45,16 @@ another session, it gets none of them from the terminal itself.  With a pty,
 SIGWINCH passes the window size.
 """
 
-import fcntl
 import os
 import select
 import signal
 import sys
-import termios
 
 from minict import linux, log, store
 from minict.bundle import usermap
 from minict.bundle.seccomp import SeccompError
 from minict.errors import STAGE_PREFIXES, LaunchError
-from minict.runtime import execute, init, seccomp_filter, streams, userns
+from minict.runtime import execute, init, pty_relay, seccomp_filter, streams, userns
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 WATCHED = FORWARDED + (signal.SIGCHLD, signal.SIGWINCH)
@@ -285,7 +283,7 @@ def _supervise(pid: int, master: int | None, pipes) -> int:
     sigfd = linux.signalfd(WATCHED)
     poller = select.poll()
     poller.register(sigfd, select.POLLIN)
-    relay = _TerminalRelay(master, poller) if master is not None else None
+    relay = pty_relay.TerminalRelay(master, poller) if master is not None else None
     if pipes is not None:
         pipes.attach(poller)
     status = None
@@ -356,70 +354,3 @@ def _exit_status(raw: int) -> int:
     return 128 - code if code < 0 else code
 
 
-class _TerminalRelay:
-    """Copy bytes between the host terminal and the container's pty master."""
-
-    def __init__(self, master: int, poller):
-        import tty
-
-        self.master = master
-        self.poller = poller
-        self.pending = b""
-        self.open = True
-        self.saved = termios.tcgetattr(0)
-        tty.setraw(0, termios.TCSANOW)
-        os.set_blocking(master, False)
-        poller.register(0, select.POLLIN)
-        poller.register(master, self._master_events())
-        self.copy_window_size()
-
-    def _master_events(self):
-        return select.POLLIN | (select.POLLOUT if self.pending else 0)
-
-    def copy_window_size(self) -> None:
-        try:
-            size = fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8)
-            fcntl.ioctl(self.master, termios.TIOCSWINSZ, size)
-        except OSError:
-            pass
-
-    def on_event(self, fd: int, events: int) -> None:
-        if fd == 0:
-            data = os.read(0, 65536) if events & (select.POLLIN | select.POLLHUP) else b""
-            if not data:
-                self.poller.unregister(0)  # end of input: stop reading, keep showing output
-            else:
-                self.pending += data
-        elif fd == self.master and self.open:
-            if events & select.POLLOUT and self.pending:
-                try:
-                    self.pending = self.pending[os.write(self.master, self.pending):]
-                except BlockingIOError:
-                    pass
-            if events & (select.POLLIN | select.POLLHUP | select.POLLERR):
-                self._drain()
-        if self.open:
-            self.poller.modify(self.master, self._master_events())
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                data = os.read(self.master, 65536)
-            except BlockingIOError:
-                return
-            except OSError:  # EIO: every slave descriptor is closed
-                data = b""
-            if not data:
-                self.poller.unregister(self.master)
-                self.open = False
-                return
-            _write_all(1, data)
-
-    def close(self) -> None:
-        termios.tcsetattr(0, termios.TCSADRAIN, self.saved)
-        os.close(self.master)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        data = data[os.write(fd, data):]
