@@ -158,9 +158,9 @@ def test_the_checks_see_a_breach_and_a_cycle(tmp_path):
 
 
 def test_every_module_is_short_enough_to_read_in_one_sitting():
-    # ~400 lines, as [design] asks: a few lines of slack, not a second module's worth.
+    # [design] asks for ~400 lines; past that, a module holds two concepts.
     long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > 440}
+            if (n := len(p.read_text().splitlines())) > 400}
     assert long == {}
 
 
