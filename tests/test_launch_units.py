@@ -65,3 +65,23 @@ def test_working_directories_through_proc_fd_are_recognised(cwd):
 @pytest.mark.parametrize("cwd", ["/", "/proc", "/proc/self", "/home/fd", "/srv/proc/1/fd"])
 def test_ordinary_working_directories_pass(cwd):
     assert not execute.FD_PATH.match(os.path.normpath(cwd))
+
+
+def test_what_a_child_said_before_closing_is_read_though_it_left_our_message_unread():
+    # A child that exits with a message of ours unread resets the connection:
+    # the first recv reports ECONNRESET even though the child's own last
+    # message (its error) is queued; reading on must still find it.
+    import socket
+
+    from minict.runtime import launch
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.send(b"reaped")  # never read by the child
+    theirs.send(b"error 1 mount /proc: Operation not permitted")
+    theirs.close()
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    started = launch._handshake(ours, child, "/nonexistent", {}, None)
+    ours.close()
+    assert started.error == (1, "mount /proc: Operation not permitted")

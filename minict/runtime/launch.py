@@ -164,8 +164,10 @@ def _handshake(channel, intermediate: int, bundle: str, config: dict, on_netns) 
             try:
                 data, ancillary, _, _ = channel.recvmsg(_MESSAGE_MAX, 64)
             except ConnectionResetError:
-                # A child exited with a message of ours unread: an end of file too.
-                break
+                # A child exited with a message of ours unread.  The kernel
+                # reports that once, before what the child sent last (its
+                # error, say), which the next recv returns; then end of file.
+                continue
             if not data:
                 break
             kind, _, rest = data.partition(b" ")
