@@ -81,16 +81,28 @@ def test_debian_mirror_without_the_suite_is_an_error(tmp_path, monkeypatch):
         image.debian_mirror()
 
 
+def _same_mtimes(*roots):
+    # Whole seconds are compared: pin them, so a second boundary between the
+    # two trees' writes cannot make them differ.
+    for root in roots:
+        for path in sorted(root.rglob("*"), reverse=True):
+            os.utime(path, (1_000_000, 1_000_000), follow_symlinks=False)
+
+
 def test_trees_differ_in_mode_link_target_and_missing_entries(tmp_path):
     left, right = tmp_path / "left", tmp_path / "right"
     for root in (left, right):
         (root / "dir").mkdir(parents=True)
         (root / "dir" / "file").write_text("same")
         os.symlink("file", root / "dir" / "link")
+    _same_mtimes(left, right)
     assert trees.differences(left, right) == []
 
     (right / "dir" / "file").chmod(0o600)
     (right / "dir" / "link").unlink()
     os.symlink("elsewhere", right / "dir" / "link")
     (left / "only-left").write_text("")
+    _same_mtimes(left, right)
     assert trees.differences(left, right) == ["dir/file", "dir/link", "only-left"]
+    os.utime(right / "dir", (2_000_000, 2_000_000))
+    assert trees.differences(left, right) == ["dir", "dir/file", "dir/link", "only-left"]

@@ -14,8 +14,10 @@ libc = ctypes.CDLL(None, use_errno=True)
 # see syscalls(2).  close_range and mount_setattr have one number everywhere
 # (the unified table from 424 on), as do open_tree, move_mount and openat2.
 _SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "seccomp": 317, "bpf": 321, "keyctl": 250},
-    "aarch64": {"pivot_root": 41, "seccomp": 277, "bpf": 280, "keyctl": 219},
+    "x86_64": {"pivot_root": 155, "seccomp": 317, "bpf": 321, "keyctl": 250,
+               "rt_sigaction": 13},
+    "aarch64": {"pivot_root": 41, "seccomp": 277, "bpf": 280, "keyctl": 219,
+                "rt_sigaction": 134},
 }
 SYS_OPEN_TREE = 428
 SYS_MOVE_MOUNT = 429

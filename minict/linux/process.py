@@ -203,6 +203,20 @@ def set_key_permissions(serial: int, permissions: int) -> None:
 # -- signals ------------------------------------------------------------------
 
 SIGINFO_SIZE = 128  # struct signalfd_siginfo, signalfd(2)
+# The kernel's struct sigaction: handler, flags, restorer, mask (8 bytes each
+# on x86_64 and aarch64); all zero is SIG_DFL with no flags and an empty mask.
+_KERNEL_SIGACTION_DEFAULT = bytes(32)
+
+
+def default_signal(signo: int) -> None:
+    """Set `signo`'s disposition to SIG_DFL with rt_sigaction(2) itself; raise OSError.
+
+    glibc's sigaction refuses the two real-time signals it keeps for itself
+    (32 and 33), and so does Python; an ignored one still survives execve.
+    """
+    check(libc.syscall(ctypes.c_long(syscall_number("rt_sigaction")), ctypes.c_int(signo),
+                       _KERNEL_SIGACTION_DEFAULT, None, ctypes.c_size_t(8)),
+          f"rt_sigaction({signo})")
 
 
 def signalfd(signals) -> int:

@@ -318,10 +318,11 @@ def _setup_and_exec(channel, bundle, config, terminal, rootfs_fd, syscall_filter
     execute.become(channel, process, terminal, syscall_filter)
 
 
-# Every signal a disposition can be set for: not SIGKILL and SIGSTOP, nor the
-# two real-time signals glibc keeps for itself (Python refuses those).
+# Every signal a disposition can be set for, but SIGKILL and SIGSTOP; the
+# real-time signals glibc keeps for itself (32 and 33) need the raw call.
 _SETTABLE = tuple(s for s in signal.valid_signals()
                   if s not in (signal.SIGKILL, signal.SIGSTOP) and not 32 <= s < signal.SIGRTMIN)
+_GLIBC_OWN = tuple(range(32, signal.SIGRTMIN))
 
 
 def _default_signals() -> None:
@@ -335,6 +336,8 @@ def _default_signals() -> None:
     """
     for signo in _SETTABLE:
         signal.signal(signo, signal.SIG_DFL)
+    for signo in _GLIBC_OWN:
+        linux.default_signal(signo)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
