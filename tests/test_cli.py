@@ -17,6 +17,7 @@ import pytest
 from minict import log
 from tests.support import ci, nobody
 from tests.support.images import File, Image, push, write_layout
+from tests.support.procs import run_importing
 
 # The original's seven first, in its order, then what minict added ([manage]).
 COMMANDS = ["pull", "run", "start", "rm", "list-containers", "list-images", "help, h",
@@ -318,13 +319,9 @@ def _message(stderr: str) -> str:
 def test_plain_start_or_pull_skips_click_and_says_what_click_path_says(minict_dir, argv):
     env = {**os.environ, "MINICT_DIR": str(minict_dir)}
     env.pop("MINICT_LOG_LEVEL", None)
-    fast = subprocess.run([sys.executable, "-X", "importtime", "-m", "minict", *argv], check=False,
-                          capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
-    imported = {line.split("|")[-1].strip() for line in fast.stderr.splitlines()
-                if line.startswith("import time:")}
+    fast, imported = run_importing(["-m", "minict", *argv], env=env, stdin=subprocess.DEVNULL)
     assert "minict.cli.main" in imported and "click" not in imported
-    messages = "\n".join(line for line in fast.stderr.splitlines()
-                         if not line.startswith("import time:"))
+    messages = fast.stderr
     via_click = "import sys; from minict.cli import commands as cli; cli.main(sys.argv[1:])"
     slow = subprocess.run([sys.executable, "-c", via_click, *argv], check=False,
                           capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)

@@ -10,7 +10,6 @@ import json
 import os
 import pty
 import re
-import select
 import shutil
 import stat
 import subprocess
@@ -21,6 +20,7 @@ import pytest
 
 from tests.support import ci
 from tests.support.images import File, Image, write_layout
+from tests.support.procs import read_terminal
 
 # CSI and OSC sequences rich writes to a terminal (colours, cursor moves).
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
@@ -36,21 +36,13 @@ def run_on_terminal(argv, env) -> tuple[int, str, str]:
     proc = subprocess.Popen([sys.executable, "-m", "minict", *argv], env=env, stdin=subprocess.DEVNULL,
                             stdout=slave, stderr=subprocess.PIPE)
     os.close(slave)
-    chunks = []
-    while True:
-        ready, _, _ = select.select([master], [], [], 60)
-        assert ready, "timed out"
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(master)
+    try:
+        output = read_terminal(master)
+    finally:
+        os.close(master)
     stderr = proc.stderr.read().decode()
     status = proc.wait(timeout=60)
-    text = ANSI.sub("", b"".join(chunks).decode())
+    text = ANSI.sub("", output.decode())
     return status, text.replace("\r\n", "\n"), stderr
 
 

@@ -23,6 +23,7 @@ from minict.bundle import create as bundle
 from minict.cli import listing
 from minict.image import mediatypes, pull, reference
 from tests.support.images import File, Image, Index, write_layout
+from tests.support.procs import run_importing
 
 MINICT = Path(mediatypes.__file__).parent.parent  # the minict package
 
@@ -232,12 +233,10 @@ def test_only_mediatypes_spells_a_media_type():
 
 def _modules_start_imports() -> set[str]:
     """Return the modules `minict start` imports (a missing container: the same imports)."""
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "minict", "start",
-                           "--name", "no-such-container"], check=False, cwd=MINICT.parent,
-                          env={**os.environ, "MINICT_DIR": "/nonexistent/minict-test"},
-                          capture_output=True, text=True)
-    return {line.split("|")[-1].strip() for line in done.stderr.splitlines()
-            if line.startswith("import time:")}
+    _, imported = run_importing(["-m", "minict", "start", "--name", "no-such-container"],
+                                cwd=MINICT.parent,
+                                env={**os.environ, "MINICT_DIR": "/nonexistent/minict-test"})
+    return imported
 
 
 def test_start_does_not_import_the_image_side():

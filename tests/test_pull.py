@@ -24,6 +24,7 @@ from tests.support.images import (
     push,
     sha256,
 )
+from tests.support.procs import read_terminal, run_importing
 from tests.support.registry import free_port
 
 FATAL = "fatal Failed to pull image. Error received: "
@@ -323,15 +324,7 @@ def test_progress_bars_on_a_tty_and_no_rich_otherwise(registry, minict_dir):
                                  registry.ref("test/app")], env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=sub)
         os.close(sub)
-        output = b""
-        while True:
-            try:
-                chunk = os.read(main, 65536)
-            except OSError:  # EIO: the pull closed its end
-                break
-            if not chunk:
-                break
-            output += chunk
+        output = read_terminal(main)
         assert proc.wait(timeout=60) == 0
     finally:
         os.close(main)
@@ -344,12 +337,8 @@ def test_progress_bars_on_a_tty_and_no_rich_otherwise(registry, minict_dir):
     # os._exit, so what it imported is seen through -X importtime.)
     code = ("import sys\nfrom minict.cli import commands as cli\n"
             "cli.main(['pull', '--image', sys.argv[1]])\n")
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", code,
-                           registry.ref("test/app")], env=env,
-                          capture_output=True, text=True, check=False)
+    done, imported = run_importing(["-c", code, registry.ref("test/app")], env=env)
     assert done.returncode == 0, done.stderr
-    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines()
-                if line.startswith("import time:")}
     assert "minict.image.pull" in imported and "rich" not in imported
 
 

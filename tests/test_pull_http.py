@@ -16,8 +16,6 @@ import ipaddress
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
@@ -28,6 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.support.auth_proxy import AuthProxy
 from tests.support.images import File, Image, push
+from tests.support.procs import run_importing
 from tests.support.registry import Registry
 from tests.test_pull import fails, list_images, ok
 from tests.test_pull_faults import TLSRegistry
@@ -292,13 +291,10 @@ def test_run_of_a_present_image_never_imports_requests(busybox_layout, minict_di
     shutil.copytree(busybox_layout, minict_dir / "images" / "busybox", symlinks=True)
     env = {**os.environ, "MINICT_DIR": str(minict_dir)}
     env.pop("MINICT_LOG_LEVEL", None)
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "minict", "run", "--image",
-                           "busybox", "--name", "imports", "--rm", "--pull", "missing", "--",
-                           "true"], env=env, capture_output=True, text=True, timeout=60,
-                          check=False)
+    done, imported = run_importing(["-m", "minict", "run", "--image", "busybox", "--name",
+                                    "imports", "--rm", "--pull", "missing", "--", "true"],
+                                   env=env, timeout=60)
     assert done.returncode == 0, done.stderr[-3000:]
-    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
-                if line.startswith("import time:")}
     assert "minict.runtime.container" in imported  # the check sees what ran
     assert not imported & {"requests", "urllib3", "minict.image.http", "minict.image.registry"}
 

@@ -10,13 +10,12 @@ the heavy ones.  Imports inside functions count; `if TYPE_CHECKING:` ones do not
 
 import ast
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import minict
+from tests.support.procs import run_importing
 
 PACKAGE = Path(minict.__file__).parent
 
@@ -167,11 +166,9 @@ def test_every_module_is_short_enough_to_read_in_one_sitting():
 @pytest.mark.parametrize("argv", [["start", "--name", "no-such-container"],
                                   ["start", "--name=no-such-container"]])
 def test_start_imports_no_registry_client_no_rich_and_no_click(argv, tmp_path):
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "minict", *argv],
-                          check=False, cwd=PACKAGE.parent, capture_output=True, text=True,
-                          env={**os.environ, "MINICT_DIR": str(tmp_path / "minict")})
-    imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines()
-                if line.startswith("import time:")}
+    done, modules = run_importing(["-m", "minict", *argv], cwd=PACKAGE.parent,
+                                  env={**os.environ, "MINICT_DIR": str(tmp_path / "minict")})
+    imported = {module.split(".")[0] for module in modules}
     assert done.returncode == 1 and "does not exist" in done.stderr
     assert "minict" in imported
     assert not imported & {"requests", "urllib3", "rich", "click", "pyroute2"}

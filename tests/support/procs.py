@@ -45,3 +45,37 @@ def hold_lock(path):
     with open(path) as f, pytest.raises(BlockingIOError):  # it is really held
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return proc
+
+
+def run_importing(args: list[str], **kwargs) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run `python -X importtime ARGS` (text, output captured); return it and what it imported.
+
+    The returned process's stderr is what the program wrote, without the
+    interpreter's `import time:` lines, which the set holds by module name.
+    """
+    done = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True,
+                          text=True, check=False, **kwargs)
+    lines = done.stderr.splitlines(keepends=True)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in lines
+                if line.startswith("import time:")}
+    done.stderr = "".join(line for line in lines if not line.startswith("import time:"))
+    return done, imported
+
+
+def read_terminal(master: int, timeout: float = 60) -> bytes:
+    """Return what is written to the pty `master` until its other side is closed."""
+    import os
+    import select
+
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], timeout)
+        assert ready, "timed out reading the terminal"
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: every descriptor of the other side is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
