@@ -291,7 +291,7 @@ def list_names() -> list[str]:
 
 def _launch(path) -> int:
     """Launch the bundle at `path` (its lock held); record and return the exit status."""
-    from minict.runtime import network
+    from minict.runtime import device_cgroup, network
 
     config = _read_config(path)
     if usermap.idmapped(config):  # --userns auto: its host ids are still its own
@@ -309,7 +309,7 @@ def _launch(path) -> int:
     cgroup = None
     try:
         with errors.stage(LaunchError):
-            cgroup = _create_cgroup(path.name, config)
+            cgroup = device_cgroup.create_cgroup(path.name, config)  # its device rules
             status = launch.launch(str(path), config, on_start=started,
                                    on_netns=attachment.attach, cgroup=cgroup)
     except MinictError as err:
@@ -330,13 +330,6 @@ def _launch(path) -> int:
     if not states.read_state(path).get("autoRemove"):  # run --rm: it cannot be started again
         log.info(EXITED_MESSAGE)
     return status
-
-
-def _create_cgroup(name: str, config: dict):
-    """Create the container's cgroup with its device rules (device_cgroup.py); raise LaunchError."""
-    from minict.runtime import device_cgroup
-
-    return device_cgroup.create_cgroup(name, config)
 
 
 def _read_config(path) -> dict:
